@@ -1,0 +1,90 @@
+/**
+ * The one place configuration is read. Adapters receive values, never read the environment themselves.
+ */
+import { HelperCatalog } from "./catalog.ts";
+
+export interface Limits {
+  /** Request body cap in bytes, counted after base64 decoding, checked before any JSON parse. */
+  readonly maxBodyBytes: number;
+  readonly maxHelpersPerNotification: number;
+  readonly maxHelpersPerRouter: number;
+}
+
+export const DEFAULT_LIMITS: Limits = {
+  maxBodyBytes: 65_536,
+  maxHelpersPerNotification: 64,
+  maxHelpersPerRouter: 128,
+};
+
+/** Field length caps: every string that crosses a trust boundary is bounded. */
+export const FIELD_LIMITS = {
+  projectId: 64,
+  host: 48,
+  helperName: 32,
+  correlationId: 128,
+  idempotencyKey: 128,
+  errorMessage: 512,
+} as const;
+
+export interface Config {
+  readonly limits: Limits;
+  readonly catalog: HelperCatalog;
+  readonly region: string;
+  /** Override for emulators (dynalite, fauxqs, moto_server); undefined in AWS. */
+  readonly awsEndpoint: string | undefined;
+  readonly routersTable: string;
+  readonly idempotencyTable: string;
+  /** Queue URL per node: the template's `{node}` is replaced by the host name. */
+  readonly nodeQueueUrlTemplate: string;
+  readonly statusQueueUrl: string;
+  /** Reconciler: a router whose applied report is older than this is re-sent even when revisions match. */
+  readonly reconcileStaleSeconds: number;
+  readonly logLevel: string;
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+export function positiveInt(env: Env, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new Error(`${name} must be a positive integer, got "${raw}"`);
+  }
+  return value;
+}
+
+export function loadLimits(env: Env = process.env): Limits {
+  return {
+    maxBodyBytes: positiveInt(env, "CTH_MAX_BODY_BYTES", DEFAULT_LIMITS.maxBodyBytes),
+    maxHelpersPerNotification: positiveInt(
+      env,
+      "CTH_MAX_HELPERS_PER_NOTIFICATION",
+      DEFAULT_LIMITS.maxHelpersPerNotification,
+    ),
+    maxHelpersPerRouter: positiveInt(env, "CTH_MAX_HELPERS_PER_ROUTER", DEFAULT_LIMITS.maxHelpersPerRouter),
+  };
+}
+
+export function loadCatalog(env: Env = process.env): HelperCatalog {
+  const allowed = (env.CTH_ALLOWED_HELPERS ?? "")
+    .split(",")
+    .map((name) => name.trim())
+    .filter((name) => name.length > 0);
+  return new HelperCatalog(allowed);
+}
+
+export function loadConfig(env: Env = process.env): Config {
+  return {
+    limits: loadLimits(env),
+    catalog: loadCatalog(env),
+    region: env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? "us-east-1",
+    awsEndpoint: env.CTH_AWS_ENDPOINT || undefined,
+    routersTable: env.CTH_ROUTERS_TABLE ?? "cth-routers",
+    idempotencyTable: env.CTH_IDEMPOTENCY_TABLE ?? "cth-idempotency",
+    nodeQueueUrlTemplate: env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
+    statusQueueUrl: env.CTH_STATUS_QUEUE_URL ?? "http://127.0.0.1:9324/000000000000/cth-status",
+    reconcileStaleSeconds: positiveInt(env, "CTH_RECONCILE_STALE_SECONDS", 900),
+    logLevel: env.LOG_LEVEL ?? "info",
+  };
+}

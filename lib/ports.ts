@@ -1,0 +1,71 @@
+/**
+ * Every side effect sits behind one of these small interfaces. Adapters live in lib/aws (DynamoDB, SQS),
+ * agent/ (iptables) and test/support (stateful in-memory fakes with their own contract tests).
+ */
+import type { ApplyError, HelperRule, RouterSyncMessage, StatusMessage } from "./schemas/index.ts";
+
+/** A helper as stored on its router; `project_id` is the owner's project, kept for audit. */
+export type StoredHelper = HelperRule;
+
+/** One item per router: the unit of consistency (dynalite has no transactions; DynamoDB needs none here). */
+export interface RouterRecord {
+  readonly routerId: string;
+  readonly projectId: string;
+  readonly host: string;
+  /** Desired-state revision: +1 on every change, the condition of every write. */
+  readonly revision: number;
+  readonly helpers: readonly StoredHelper[];
+  /** Highest revision an agent has reported applied (0 = never). */
+  readonly appliedRevision: number;
+  readonly appliedAt?: string | undefined;
+  readonly appliedHost?: string | undefined;
+  readonly appliedErrors?: readonly ApplyError[] | undefined;
+  readonly updatedAt: string;
+}
+
+export interface RoutersStore {
+  /** Strongly consistent read. */
+  get(routerId: string): Promise<RouterRecord | undefined>;
+  /** Strongly consistent reads of several routers; missing ids are absent from the map. */
+  getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>>;
+  /**
+   * Writes `next` only if the stored revision still equals `expectedRevision` (undefined: must not exist).
+   * Throws RevisionConflictError when someone else wrote first.
+   */
+  put(next: RouterRecord, expectedRevision: number | undefined): Promise<void>;
+  /** Deletes only if the stored revision equals `expectedRevision`; RevisionConflictError otherwise. */
+  delete(routerId: string, expectedRevision: number): Promise<void>;
+  /**
+   * Raises the applied revision monotonically (never lowers it, never touches desired state).
+   * Returns false when the router is unknown or already at/after `revision`.
+   */
+  recordApplied(report: {
+    routerId: string;
+    revision: number;
+    host: string;
+    errors: readonly ApplyError[];
+    at: string;
+  }): Promise<boolean>;
+  /** Every router a node carries. */
+  listByHost(host: string): Promise<RouterRecord[]>;
+  /** Every router (reconciler); adapters page through the table. */
+  listAll(): AsyncIterable<RouterRecord>;
+}
+
+export interface CommandQueue {
+  /**
+   * Sends snapshots to `host`'s FIFO queue (group = router id, dedup = router id + revision).
+   * Retries per-entry failures; throws ServiceUnavailableError when some still fail.
+   */
+  send(host: string, commands: readonly RouterSyncMessage[]): Promise<void>;
+}
+
+export interface StatusSink {
+  send(message: StatusMessage): Promise<void>;
+}
+
+export interface Clock {
+  now(): Date;
+}
+
+export const systemClock: Clock = { now: () => new Date() };

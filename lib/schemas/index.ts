@@ -1,0 +1,210 @@
+/**
+ * All wire schemas, built once per (limits, catalog) pair. Every object is strict: unknown keys are errors.
+ * The functions and the agent share these; nothing else may define a second copy.
+ */
+import * as z from "zod";
+import type { HelperCatalog } from "../catalog.ts";
+import type { Limits } from "../config.ts";
+import { type FieldIssue, ValidationError } from "../errors.ts";
+import {
+  correlationId,
+  helperName,
+  host,
+  notificationEvent,
+  port,
+  projectId,
+  protocol,
+  revision,
+  uuid,
+} from "./primitives.ts";
+
+export * as primitives from "./primitives.ts";
+
+export type NotificationEvent = z.infer<typeof notificationEvent>;
+
+/** A helper as the dispatcher stores and ships it: canonical kernel helper name. */
+export interface HelperRule {
+  readonly id: string;
+  readonly protocol: "tcp" | "udp";
+  readonly port: number;
+  readonly helper: string;
+}
+
+export interface HelperChange extends HelperRule {
+  readonly router_id: string;
+  readonly project_id?: string | undefined;
+}
+
+export interface Notification {
+  readonly event: NotificationEvent;
+  readonly conntrack_helpers: readonly HelperChange[];
+}
+
+export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
+  /** Resolves aliases (h323) and rejects helpers the catalog lacks or that do not speak the protocol. */
+  const withCatalog = <T extends { protocol: "tcp" | "udp"; helper: string }>(value: T, ctx: z.RefinementCtx) => {
+    const canonical = catalog.resolve(value.helper, value.protocol);
+    if (canonical === undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["helper"],
+        message: `helper "${value.helper}" is not available for ${value.protocol} (allowed: ${catalog.names().join(", ")})`,
+      });
+      return z.NEVER;
+    }
+    return { ...value, helper: canonical };
+  };
+
+  const helperChange = z
+    .strictObject({
+      id: uuid,
+      router_id: uuid,
+      protocol,
+      port,
+      helper: helperName,
+      project_id: projectId.optional(),
+    })
+    .transform(withCatalog);
+
+  const helperList = z.array(helperChange).min(1).max(limits.maxHelpersPerNotification);
+
+  const notification = z.strictObject({
+    event: notificationEvent,
+    conntrack_helpers: helperList,
+  });
+
+  /** Neutron's push payload: `ConntrackHelper.obj_to_primitive()` items under `resource_list`. */
+  const neutronObject = z.strictObject({
+    "versioned_object.name": z.literal("ConntrackHelper"),
+    "versioned_object.namespace": z.literal("versionedobjects"),
+    "versioned_object.version": z.string().max(16).regex(/^\d+\.\d+$/),
+    "versioned_object.data": z.strictObject({
+      id: uuid,
+      router_id: uuid,
+      protocol,
+      port,
+      helper: helperName,
+      project_id: projectId.optional(),
+    }),
+    "versioned_object.changes": z.array(z.string().max(32)).max(16).optional(),
+  });
+
+  const neutronPush = z
+    .strictObject({
+      event_type: notificationEvent,
+      resource_list: z.array(neutronObject).min(1).max(limits.maxHelpersPerNotification),
+    })
+    .transform((push, ctx) => {
+      const helpers: HelperChange[] = [];
+      for (const [index, item] of push.resource_list.entries()) {
+        const data = item["versioned_object.data"];
+        const canonical = catalog.resolve(data.helper, data.protocol);
+        if (canonical === undefined) {
+          ctx.addIssue({
+            code: "custom",
+            path: ["resource_list", index, "versioned_object.data", "helper"],
+            message: `helper "${data.helper}" is not available for ${data.protocol}`,
+          });
+          continue;
+        }
+        helpers.push({ ...data, helper: canonical });
+      }
+      return { event: push.event_type, conntrack_helpers: helpers } satisfies Notification;
+    });
+
+  const routerUpsert = z.strictObject({ project_id: projectId, host });
+
+  const eventDetails = {
+    "Conntrack Helper Notification": z.strictObject({
+      event: notificationEvent,
+      conntrack_helpers: helperList,
+      project_id: projectId,
+    }),
+    "Router Upserted": z.strictObject({ router_id: uuid, project_id: projectId, host }),
+    "Router Deleted": z.strictObject({ router_id: uuid }),
+  } as const;
+
+  const queuedHelper = z
+    .strictObject({ id: uuid, protocol, port, helper: helperName })
+    .transform((value, ctx) => {
+      // The queue is a trust boundary: only names the catalog already holds in canonical form pass.
+      if (catalog.resolve(value.helper, value.protocol) !== value.helper) {
+        ctx.addIssue({ code: "custom", path: ["helper"], message: `helper "${value.helper}" is not allowed` });
+        return z.NEVER;
+      }
+      return value;
+    });
+
+  const routerSync = z.strictObject({
+    v: z.literal(1),
+    kind: z.literal("router-sync"),
+    router_id: uuid,
+    revision,
+    helpers: z.array(queuedHelper).max(limits.maxHelpersPerRouter),
+    correlation_id: correlationId,
+    issued_at: z.iso.datetime(),
+  });
+
+  const applyError = z.strictObject({
+    helper_id: uuid.optional(),
+    code: z.string().min(1).max(64),
+    message: z.string().max(512),
+  });
+
+  const appliedReport = z.strictObject({
+    v: z.literal(1),
+    kind: z.literal("applied"),
+    router_id: uuid,
+    revision,
+    host,
+    rules: z.strictObject({ ipv4: z.int().min(0), ipv6: z.int().min(0) }),
+    errors: z.array(applyError).max(limits.maxHelpersPerRouter + 8),
+  });
+
+  const resyncRequest = z.strictObject({ v: z.literal(1), kind: z.literal("resync-request"), host });
+
+  const statusMessage = z.discriminatedUnion("kind", [appliedReport, resyncRequest]);
+
+  return {
+    helperChange,
+    notification,
+    neutronPush,
+    routerUpsert,
+    eventDetails,
+    routerSync,
+    appliedReport,
+    resyncRequest,
+    statusMessage,
+  };
+}
+
+export type Schemas = ReturnType<typeof buildSchemas>;
+export type RouterSyncMessage = z.infer<Schemas["routerSync"]>;
+export type AppliedReport = z.infer<Schemas["appliedReport"]>;
+export type ResyncRequest = z.infer<Schemas["resyncRequest"]>;
+export type StatusMessage = z.infer<Schemas["statusMessage"]>;
+export type RouterUpsert = z.infer<Schemas["routerUpsert"]>;
+export type ApplyError = z.infer<Schemas["appliedReport"]>["errors"][number];
+
+/** Converts zod issues into field paths the caller can act on. */
+export function toFieldIssues(error: z.ZodError): FieldIssue[] {
+  return error.issues.slice(0, 50).map((issue) => ({
+    path: issue.path.map(String).join("."),
+    message: issue.message,
+  }));
+}
+
+/** Parses or throws a ValidationError that keeps field paths. */
+export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+  const result = schema.safeParse(input);
+  if (!result.success) throw new ValidationError(`invalid ${what}`, toFieldIssues(result.error));
+  return result.data;
+}
+
+/** The POST body: Neutron's push payload when it carries `event_type`, the native notification otherwise. */
+export function parseNotificationBody(schemas: Schemas, input: unknown): Notification {
+  const isNeutron = typeof input === "object" && input !== null && Object.hasOwn(input, "event_type");
+  return isNeutron
+    ? parseOrThrow(schemas.neutronPush, input, "Neutron notification")
+    : parseOrThrow(schemas.notification, input, "notification");
+}
