@@ -82,7 +82,8 @@ export function loadConfig(env: Env = process.env): Config {
     awsEndpoint: env.CTH_AWS_ENDPOINT || undefined,
     routersTable: env.CTH_ROUTERS_TABLE ?? "cth-routers",
     idempotencyTable: env.CTH_IDEMPOTENCY_TABLE ?? "cth-idempotency",
-    nodeQueueUrlTemplate: env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
+    nodeQueueUrlTemplate:
+      env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
     statusQueueUrl: env.CTH_STATUS_QUEUE_URL ?? "http://127.0.0.1:9324/000000000000/cth-status",
     reconcileStaleSeconds: positiveInt(env, "CTH_RECONCILE_STALE_SECONDS", 900),
     logLevel: env.LOG_LEVEL ?? "info",

@@ -42,7 +42,10 @@ export interface Notification {
 
 export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
   /** Resolves aliases (h323) and rejects helpers the catalog lacks or that do not speak the protocol. */
-  const withCatalog = <T extends { protocol: "tcp" | "udp"; helper: string }>(value: T, ctx: z.RefinementCtx) => {
+  const withCatalog = <T extends { protocol: "tcp" | "udp"; helper: string }>(
+    value: T,
+    ctx: z.RefinementCtx,
+  ) => {
     const canonical = catalog.resolve(value.helper, value.protocol);
     if (canonical === undefined) {
       ctx.addIssue({
@@ -77,7 +80,10 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
   const neutronObject = z.strictObject({
     "versioned_object.name": z.literal("ConntrackHelper"),
     "versioned_object.namespace": z.literal("versionedobjects"),
-    "versioned_object.version": z.string().max(16).regex(/^\d+\.\d+$/),
+    "versioned_object.version": z
+      .string()
+      .max(16)
+      .regex(/^\d+\.\d+$/),
     "versioned_object.data": z.strictObject({
       id: uuid,
       router_id: uuid,
@@ -129,7 +135,11 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     .transform((value, ctx) => {
       // The queue is a trust boundary: only names the catalog already holds in canonical form pass.
       if (catalog.resolve(value.helper, value.protocol) !== value.helper) {
-        ctx.addIssue({ code: "custom", path: ["helper"], message: `helper "${value.helper}" is not allowed` });
+        ctx.addIssue({
+          code: "custom",
+          path: ["helper"],
+          message: `helper "${value.helper}" is not allowed`,
+        });
         return z.NEVER;
       }
       return value;
