@@ -1,0 +1,54 @@
+/**
+ * Scheduled sweep (EventBridge schedule): re-sends the snapshot of every router whose agent is behind
+ * (`applied_revision < revision`) or has not reported within the staleness bound. Level-triggered
+ * snapshots make a re-send harmless, so this heals lost messages without knowing which one was lost.
+ */
+import { Logger } from "@aws-lambda-powertools/logger";
+import middy from "@middy/core";
+import type { Context, ScheduledEvent } from "aws-lambda";
+import { makeAwsClients } from "../lib/aws/clients.ts";
+import { queueUrlFromTemplate, SqsCommandQueue } from "../lib/aws/command-queue.ts";
+import { DynamoRoutersStore } from "../lib/aws/routers-store.ts";
+import { loadConfig } from "../lib/config.ts";
+import { type ReconcileSummary, type ReportDeps, reconcile } from "../lib/domain/reports.ts";
+import { ServiceUnavailableError } from "../lib/errors.ts";
+import { systemClock } from "../lib/ports.ts";
+
+export interface ReconcileDeps extends ReportDeps {
+  readonly staleAfterSeconds: number;
+  readonly logger: Logger;
+}
+
+export function makeHandler(deps: ReconcileDeps) {
+  return middy(async (event: ScheduledEvent, context: Context): Promise<ReconcileSummary> => {
+    const summary = await reconcile(deps, {
+      staleAfterSeconds: deps.staleAfterSeconds,
+      correlationId: `reconcile-${event.id ?? context.awsRequestId}`,
+    });
+    deps.logger.info("reconcile sweep", { ...summary });
+    // Failing the invocation makes the failure visible to the function-errors alarm.
+    if (summary.failedHosts.length > 0) {
+      throw new ServiceUnavailableError(`could not re-send to ${summary.failedHosts.length} host(s)`);
+    }
+    return summary;
+  });
+}
+
+let production: ReturnType<typeof makeHandler> | undefined;
+
+export const handler = (event: ScheduledEvent, context: Context): Promise<ReconcileSummary> => {
+  if (!production) {
+    const config = loadConfig();
+    const clients = makeAwsClients(config);
+    production = makeHandler({
+      store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
+      queue: new SqsCommandQueue(clients.sqs, (host) =>
+        queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+      ),
+      clock: systemClock,
+      staleAfterSeconds: config.reconcileStaleSeconds,
+      logger: new Logger({ serviceName: "cth-reconcile", logLevel: config.logLevel.toUpperCase() as "INFO" }),
+    });
+  }
+  return production(event, context);
+};
