@@ -1,0 +1,86 @@
+/**
+ * CommandQueue on SQS FIFO: one queue per node, group = router id (per-router order), dedup = router id +
+ * revision (a retried send of the same snapshot is dropped by SQS, a new revision never is).
+ */
+import {
+  SendMessageBatchCommand,
+  type SendMessageBatchRequestEntry,
+  type SQSClient,
+} from "@aws-sdk/client-sqs";
+import { ServiceUnavailableError } from "../errors.ts";
+import type { CommandQueue } from "../ports.ts";
+import type { RouterSyncMessage } from "../schemas/index.ts";
+
+export interface CommandQueueOptions {
+  /** Attempts per entry, the first included. */
+  readonly maxAttempts: number;
+  /** Backoff before retry n is a random delay in [0, baseDelayMs * 2^n) (full jitter). */
+  readonly baseDelayMs: number;
+}
+
+export const DEFAULT_COMMAND_QUEUE_OPTIONS: CommandQueueOptions = { maxAttempts: 4, baseDelayMs: 50 };
+
+/** SQS's SendMessageBatch limit. */
+const BATCH_LIMIT = 10;
+
+export function queueUrlFromTemplate(template: string, host: string): string {
+  return template.replaceAll("{node}", host);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class SqsCommandQueue implements CommandQueue {
+  constructor(
+    private readonly sqs: SQSClient,
+    private readonly queueUrlFor: (host: string) => string,
+    private readonly options: CommandQueueOptions = DEFAULT_COMMAND_QUEUE_OPTIONS,
+  ) {}
+
+  async send(host: string, commands: readonly RouterSyncMessage[]): Promise<void> {
+    const queueUrl = this.queueUrlFor(host);
+    for (let start = 0; start < commands.length; start += BATCH_LIMIT) {
+      await this.sendChunk(queueUrl, host, commands.slice(start, start + BATCH_LIMIT));
+    }
+  }
+
+  private async sendChunk(
+    queueUrl: string,
+    host: string,
+    chunk: readonly RouterSyncMessage[],
+  ): Promise<void> {
+    // Entry ids are positions in the chunk: unique per request, stable across retries.
+    let pending: SendMessageBatchRequestEntry[] = chunk.map((command, index) => ({
+      Id: String(index),
+      MessageBody: JSON.stringify(command),
+      MessageGroupId: command.router_id,
+      MessageDeduplicationId: `${command.router_id}-${command.revision}`,
+    }));
+    let lastFailure = "";
+    for (let attempt = 0; attempt < this.options.maxAttempts && pending.length > 0; attempt++) {
+      if (attempt > 0) await sleep(Math.random() * this.options.baseDelayMs * 2 ** attempt);
+      try {
+        const result = await this.sqs.send(
+          new SendMessageBatchCommand({ QueueUrl: queueUrl, Entries: pending }),
+        );
+        const failed = new Set((result.Failed ?? []).map((entry) => entry.Id));
+        // A sender fault (bad request) will not heal by retrying; only the rest is retried.
+        const permanent = (result.Failed ?? []).filter((entry) => entry.SenderFault);
+        if (permanent.length > 0) {
+          throw new ServiceUnavailableError(`could not queue snapshots for node ${host}`, undefined, {
+            cause: new Error(permanent.map((entry) => `${entry.Code}: ${entry.Message}`).join("; ")),
+          });
+        }
+        lastFailure = (result.Failed ?? []).map((entry) => entry.Code).join(", ");
+        pending = pending.filter((entry) => failed.has(entry.Id));
+      } catch (error) {
+        if (error instanceof ServiceUnavailableError) throw error;
+        lastFailure = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+      }
+    }
+    if (pending.length > 0) {
+      throw new ServiceUnavailableError(`could not queue snapshots for node ${host}`, undefined, {
+        cause: new Error(`${pending.length} entries still failing: ${lastFailure}`),
+      });
+    }
+  }
+}

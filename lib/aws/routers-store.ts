@@ -1,0 +1,220 @@
+/**
+ * RoutersStore on DynamoDB: one item per router, every desired-state write conditional on the revision the
+ * writer read (optimistic concurrency; dynalite has no transactions and none are needed).
+ */
+import { ConditionalCheckFailedException } from "@aws-sdk/client-dynamodb";
+import {
+  BatchGetCommand,
+  DeleteCommand,
+  type DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  QueryCommand,
+  ScanCommand,
+  UpdateCommand,
+} from "@aws-sdk/lib-dynamodb";
+import { RevisionConflictError } from "../errors.ts";
+import type { RouterRecord, RoutersStore } from "../ports.ts";
+import type { ApplyError } from "../schemas/index.ts";
+import { ROUTERS_BY_HOST_INDEX } from "./tables.ts";
+
+interface RouterItem {
+  router_id: string;
+  project_id: string;
+  host: string;
+  revision: number;
+  helpers: { id: string; protocol: "tcp" | "udp"; port: number; helper: string }[];
+  applied_revision: number;
+  applied_at?: string;
+  applied_host?: string;
+  applied_errors?: ApplyError[];
+  updated_at: string;
+}
+
+function toItem(record: RouterRecord): RouterItem {
+  return {
+    router_id: record.routerId,
+    project_id: record.projectId,
+    host: record.host,
+    revision: record.revision,
+    helpers: record.helpers.map(({ id, protocol, port, helper }) => ({ id, protocol, port, helper })),
+    applied_revision: record.appliedRevision,
+    ...(record.appliedAt ? { applied_at: record.appliedAt } : {}),
+    ...(record.appliedHost ? { applied_host: record.appliedHost } : {}),
+    ...(record.appliedErrors ? { applied_errors: [...record.appliedErrors] } : {}),
+    updated_at: record.updatedAt,
+  };
+}
+
+function fromItem(item: Record<string, unknown>): RouterRecord {
+  const row = item as unknown as RouterItem;
+  return {
+    routerId: row.router_id,
+    projectId: row.project_id,
+    host: row.host,
+    revision: Number(row.revision),
+    helpers: (row.helpers ?? []).map((h) => ({
+      id: h.id,
+      protocol: h.protocol,
+      port: Number(h.port),
+      helper: h.helper,
+    })),
+    appliedRevision: Number(row.applied_revision ?? 0),
+    appliedAt: row.applied_at,
+    appliedHost: row.applied_host,
+    appliedErrors: row.applied_errors,
+    updatedAt: row.updated_at,
+  };
+}
+
+const isConditionFailure = (error: unknown): boolean =>
+  error instanceof ConditionalCheckFailedException ||
+  (error instanceof Error && error.name === "ConditionalCheckFailedException");
+
+/** DynamoDB's BatchGetItem limit. */
+const BATCH_GET_LIMIT = 100;
+
+export class DynamoRoutersStore implements RoutersStore {
+  constructor(
+    private readonly client: DynamoDBDocumentClient,
+    private readonly tableName: string,
+  ) {}
+
+  async get(routerId: string): Promise<RouterRecord | undefined> {
+    const result = await this.client.send(
+      new GetCommand({ TableName: this.tableName, Key: { router_id: routerId }, ConsistentRead: true }),
+    );
+    return result.Item ? fromItem(result.Item) : undefined;
+  }
+
+  async getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>> {
+    const found = new Map<string, RouterRecord>();
+    const unique = [...new Set(routerIds)];
+    for (let start = 0; start < unique.length; start += BATCH_GET_LIMIT) {
+      let keys: Record<string, unknown>[] = unique
+        .slice(start, start + BATCH_GET_LIMIT)
+        .map((id) => ({ router_id: id }));
+      // UnprocessedKeys come back under throttling; a bounded loop keeps a stuck table from spinning forever.
+      for (let round = 0; keys.length > 0; round++) {
+        if (round >= 5) throw new Error("BatchGetItem left keys unprocessed after 5 rounds");
+        if (round > 0) await new Promise((resolve) => setTimeout(resolve, 20 * 2 ** round));
+        const result = await this.client.send(
+          new BatchGetCommand({
+            RequestItems: { [this.tableName]: { Keys: keys, ConsistentRead: true } },
+          }),
+        );
+        for (const item of result.Responses?.[this.tableName] ?? []) {
+          const record = fromItem(item);
+          found.set(record.routerId, record);
+        }
+        keys = result.UnprocessedKeys?.[this.tableName]?.Keys ?? [];
+      }
+    }
+    return found;
+  }
+
+  async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
+    const condition =
+      expectedRevision === undefined
+        ? { ConditionExpression: "attribute_not_exists(router_id)" }
+        : {
+            ConditionExpression: "revision = :expected",
+            ExpressionAttributeValues: { ":expected": expectedRevision },
+          };
+    try {
+      await this.client.send(new PutCommand({ TableName: this.tableName, Item: toItem(next), ...condition }));
+    } catch (error) {
+      if (isConditionFailure(error)) {
+        throw new RevisionConflictError(`router ${next.routerId} changed concurrently`, undefined, {
+          cause: error,
+        });
+      }
+      throw error;
+    }
+  }
+
+  async delete(routerId: string, expectedRevision: number): Promise<void> {
+    try {
+      await this.client.send(
+        new DeleteCommand({
+          TableName: this.tableName,
+          Key: { router_id: routerId },
+          ConditionExpression: "revision = :expected",
+          ExpressionAttributeValues: { ":expected": expectedRevision },
+        }),
+      );
+    } catch (error) {
+      if (isConditionFailure(error)) {
+        throw new RevisionConflictError(`router ${routerId} changed concurrently`, undefined, {
+          cause: error,
+        });
+      }
+      throw error;
+    }
+  }
+
+  async recordApplied(report: {
+    routerId: string;
+    revision: number;
+    host: string;
+    errors: readonly ApplyError[];
+    at: string;
+  }): Promise<boolean> {
+    try {
+      // Monotonic by condition: a late or replayed report can never lower the applied revision, and a host
+      // that no longer carries the router (it moved) cannot mark the new placement applied.
+      await this.client.send(
+        new UpdateCommand({
+          TableName: this.tableName,
+          Key: { router_id: report.routerId },
+          ConditionExpression:
+            "attribute_exists(router_id) AND #host = :host AND applied_revision < :rev AND revision >= :rev",
+          UpdateExpression:
+            "SET applied_revision = :rev, applied_at = :at, applied_host = :host, applied_errors = :errors",
+          ExpressionAttributeNames: { "#host": "host" },
+          ExpressionAttributeValues: {
+            ":rev": report.revision,
+            ":at": report.at,
+            ":host": report.host,
+            ":errors": [...report.errors],
+          },
+        }),
+      );
+      return true;
+    } catch (error) {
+      if (isConditionFailure(error)) return false;
+      throw error;
+    }
+  }
+
+  async listByHost(host: string): Promise<RouterRecord[]> {
+    const records: RouterRecord[] = [];
+    let startKey: Record<string, unknown> | undefined;
+    do {
+      const page = await this.client.send(
+        new QueryCommand({
+          TableName: this.tableName,
+          IndexName: ROUTERS_BY_HOST_INDEX,
+          KeyConditionExpression: "#host = :host",
+          ExpressionAttributeNames: { "#host": "host" },
+          ExpressionAttributeValues: { ":host": host },
+          ExclusiveStartKey: startKey,
+        }),
+      );
+      for (const item of page.Items ?? []) records.push(fromItem(item));
+      startKey = page.LastEvaluatedKey;
+    } while (startKey);
+    return records;
+  }
+
+  async *listAll(): AsyncIterable<RouterRecord> {
+    let startKey: Record<string, unknown> | undefined;
+    do {
+      const page = await this.client.send(
+        new ScanCommand({ TableName: this.tableName, ExclusiveStartKey: startKey, ConsistentRead: true }),
+      );
+      for (const item of page.Items ?? []) yield fromItem(item);
+      startKey = page.LastEvaluatedKey;
+    } while (startKey);
+  }
+}

@@ -1,0 +1,364 @@
+/**
+ * The use cases behind the functions. Each loads, authorizes, computes the whole new state first, writes with
+ * conditional writes (bounded, jittered retry on revision conflicts) and then enqueues level-triggered
+ * snapshots. State is committed before the queue is touched: a queue failure is a clean 503 and a retry
+ * (same Idempotency-Key) re-sends, because snapshots are sent even when nothing changed.
+ */
+import type { Limits } from "../config.ts";
+import { RevisionConflictError, routerNotFound, ServiceUnavailableError } from "../errors.ts";
+import type { Clock, CommandQueue, RouterRecord, RoutersStore } from "../ports.ts";
+import type { Notification, RouterSyncMessage, RouterUpsert } from "../schemas/index.ts";
+import { authorizeHelperProject, authorizeRouter, requireAdmin } from "./authorize.ts";
+import { applyChanges, type HelperOp, type IndexedChange, revertOps } from "./changes.ts";
+import { type Identity, isAdmin, isService } from "./identity.ts";
+import { buildEmptySnapshot, buildSnapshot, sortHelpers } from "./snapshot.ts";
+
+export interface RetryPolicy {
+  readonly maxAttempts: number;
+  readonly baseDelayMs: number;
+  readonly maxDelayMs: number;
+}
+
+/**
+ * Under N concurrent writers to one router each round has one winner, so a writer may lose up to N-1
+ * times; 200 attempts with capped full jitter leaves ample room for the 50-way case the tests prove.
+ */
+export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 200, baseDelayMs: 2, maxDelayMs: 50 };
+
+export interface DomainLogger {
+  warn(message: string, fields?: Record<string, unknown>): void;
+  error(message: string, fields?: Record<string, unknown>): void;
+}
+
+export interface DomainDeps {
+  readonly store: RoutersStore;
+  readonly queue: CommandQueue;
+  readonly clock: Clock;
+  readonly limits: Limits;
+  readonly retry?: RetryPolicy;
+  readonly log?: DomainLogger;
+}
+
+export interface SubmitResult {
+  readonly routers: { router_id: string; revision: number }[];
+}
+
+export const COMMITTED_BUT_NOT_QUEUED =
+  "the change is committed but its commands could not be queued; retrying the same request " +
+  "with the same Idempotency-Key is safe and re-sends them";
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function backoff(policy: RetryPolicy, attempt: number): Promise<void> {
+  const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** Math.min(attempt, 16));
+  await sleep(Math.random() * ceiling);
+}
+
+function busy(routerId: string): ServiceUnavailableError {
+  return new ServiceUnavailableError(`router ${routerId} is changing too often right now; retry later`);
+}
+
+function groupByRouter(notification: Notification): Map<string, IndexedChange[]> {
+  const groups = new Map<string, IndexedChange[]>();
+  notification.conntrack_helpers.forEach((change, index) => {
+    const group = groups.get(change.router_id) ?? [];
+    group.push({ index, change });
+    groups.set(change.router_id, group);
+  });
+  return groups;
+}
+
+/** Authorizes and computes one router's next state; throws the caller-facing error when it cannot. */
+function plan(
+  deps: DomainDeps,
+  identity: Identity,
+  notification: Notification,
+  routerId: string,
+  changes: readonly IndexedChange[],
+  record: RouterRecord | undefined,
+) {
+  const owned = authorizeRouter(identity, routerId, record);
+  for (const { index, change } of changes) authorizeHelperProject(identity, owned, change, index);
+  const result = applyChanges(
+    routerId,
+    owned.helpers,
+    notification.event,
+    changes,
+    deps.limits.maxHelpersPerRouter,
+  );
+  return { record: owned, ...result };
+}
+
+interface Committed {
+  readonly record: RouterRecord;
+  readonly ops: readonly HelperOp[];
+}
+
+async function commitRouter(
+  deps: DomainDeps,
+  identity: Identity,
+  notification: Notification,
+  routerId: string,
+  changes: readonly IndexedChange[],
+  first: RouterRecord | undefined,
+): Promise<Committed> {
+  const policy = deps.retry ?? DEFAULT_RETRY;
+  let current = first;
+  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+    if (attempt > 0) {
+      await backoff(policy, attempt);
+      current = await deps.store.get(routerId);
+    }
+    const planned = plan(deps, identity, notification, routerId, changes, current);
+    if (planned.ops.length === 0) return { record: planned.record, ops: [] };
+    const next: RouterRecord = {
+      ...planned.record,
+      helpers: planned.helpers,
+      revision: planned.record.revision + 1,
+      updatedAt: deps.clock.now().toISOString(),
+    };
+    try {
+      await deps.store.put(next, planned.record.revision);
+      return { record: next, ops: planned.ops };
+    } catch (error) {
+      if (!(error instanceof RevisionConflictError)) throw error;
+    }
+  }
+  throw busy(routerId);
+}
+
+/** Best effort: reverts what this request wrote, never what later writers did. */
+async function compensate(
+  deps: DomainDeps,
+  committed: readonly Committed[],
+  correlationId: string,
+): Promise<void> {
+  const policy = deps.retry ?? DEFAULT_RETRY;
+  for (const { record: written, ops } of [...committed].reverse()) {
+    if (ops.length === 0) continue;
+    for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+      if (attempt > 0) await backoff(policy, attempt);
+      try {
+        const current = await deps.store.get(written.routerId);
+        if (!current) break;
+        const reverted = revertOps(current.helpers, ops);
+        if (!reverted.changed) break;
+        const next: RouterRecord = {
+          ...current,
+          helpers: reverted.helpers,
+          revision: current.revision + 1,
+          updatedAt: deps.clock.now().toISOString(),
+        };
+        await deps.store.put(next, current.revision);
+        // The agent never saw the undone revision; this snapshot brings it level (the reconciler would too).
+        await deps.queue
+          .send(next.host, [buildSnapshot(next, correlationId, deps.clock)])
+          .catch((error: unknown) =>
+            deps.log?.warn("compensation snapshot not queued", {
+              routerId: next.routerId,
+              error: String(error),
+            }),
+          );
+        break;
+      } catch (error) {
+        if (error instanceof RevisionConflictError) continue;
+        deps.log?.error("compensation failed", { routerId: written.routerId, error: String(error) });
+        break;
+      }
+    }
+  }
+}
+
+async function enqueueByHost(deps: DomainDeps, byHost: Map<string, RouterSyncMessage[]>): Promise<void> {
+  try {
+    await Promise.all([...byHost].map(([host, commands]) => deps.queue.send(host, commands)));
+  } catch (error) {
+    deps.log?.error("snapshots not queued after retries", { error: String(error) });
+    throw new ServiceUnavailableError(COMMITTED_BUT_NOT_QUEUED, undefined, { cause: error });
+  }
+}
+
+/**
+ * Applies a notification whole or not at all across every router it names, then queues one snapshot per
+ * touched router (grouped per node).
+ */
+export async function submitNotification(
+  deps: DomainDeps,
+  identity: Identity,
+  notification: Notification,
+  correlationId: string,
+): Promise<SubmitResult> {
+  const groups = groupByRouter(notification);
+  const records = await deps.store.getMany([...groups.keys()]);
+  // Everything is validated against the current state before the first write.
+  for (const [routerId, changes] of groups) {
+    plan(deps, identity, notification, routerId, changes, records.get(routerId));
+  }
+  const committed: Committed[] = [];
+  for (const [routerId, changes] of groups) {
+    try {
+      committed.push(
+        await commitRouter(deps, identity, notification, routerId, changes, records.get(routerId)),
+      );
+    } catch (error) {
+      await compensate(deps, committed, correlationId);
+      throw error;
+    }
+  }
+  const byHost = new Map<string, RouterSyncMessage[]>();
+  for (const { record } of committed) {
+    const list = byHost.get(record.host) ?? [];
+    list.push(buildSnapshot(record, correlationId, deps.clock));
+    byHost.set(record.host, list);
+  }
+  await enqueueByHost(deps, byHost);
+  return {
+    routers: committed.map(({ record }) => ({ router_id: record.routerId, revision: record.revision })),
+  };
+}
+
+export interface RouterView {
+  readonly router_id: string;
+  readonly project_id: string;
+  readonly host: string;
+  readonly revision: number;
+}
+
+const view = (record: RouterRecord): RouterView => ({
+  router_id: record.routerId,
+  project_id: record.projectId,
+  host: record.host,
+  revision: record.revision,
+});
+
+/** PUT: creates or moves a router (admin). A move empties the old node and sends the full set to the new. */
+export async function upsertRouter(
+  deps: DomainDeps,
+  identity: Identity,
+  routerId: string,
+  body: RouterUpsert,
+  correlationId: string,
+): Promise<{ created: boolean; router: RouterView }> {
+  requireAdmin(identity);
+  const policy = deps.retry ?? DEFAULT_RETRY;
+  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+    if (attempt > 0) await backoff(policy, attempt);
+    const current = await deps.store.get(routerId);
+    const now = deps.clock.now().toISOString();
+    try {
+      if (!current) {
+        // Revision 0 with no helpers: nothing for an agent to apply yet.
+        const created: RouterRecord = {
+          routerId,
+          projectId: body.project_id,
+          host: body.host,
+          revision: 0,
+          helpers: [],
+          appliedRevision: 0,
+          updatedAt: now,
+        };
+        await deps.store.put(created, undefined);
+        return { created: true, router: view(created) };
+      }
+      if (current.projectId === body.project_id && current.host === body.host) {
+        // A retried PUT re-sends, so a snapshot lost to a queue outage is not stranded.
+        if (current.revision > 0) {
+          const byHost = new Map([[current.host, [buildSnapshot(current, correlationId, deps.clock)]]]);
+          await enqueueByHost(deps, byHost);
+        }
+        return { created: false, router: view(current) };
+      }
+      const next: RouterRecord = {
+        ...current,
+        projectId: body.project_id,
+        host: body.host,
+        revision: current.revision + 1,
+        updatedAt: now,
+      };
+      await deps.store.put(next, current.revision);
+      const byHost = new Map<string, RouterSyncMessage[]>([
+        [next.host, [buildSnapshot(next, correlationId, deps.clock)]],
+      ]);
+      if (current.host !== next.host) {
+        byHost.set(current.host, [buildEmptySnapshot(routerId, next.revision, correlationId, deps.clock)]);
+      }
+      await enqueueByHost(deps, byHost);
+      return { created: false, router: view(next) };
+    } catch (error) {
+      if (!(error instanceof RevisionConflictError)) throw error;
+    }
+  }
+  throw busy(routerId);
+}
+
+/** DELETE (admin): empties the router's node first, then removes the item (conditional on the revision). */
+export async function deleteRouter(
+  deps: DomainDeps,
+  identity: Identity,
+  routerId: string,
+  correlationId: string,
+): Promise<void> {
+  requireAdmin(identity);
+  const policy = deps.retry ?? DEFAULT_RETRY;
+  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+    if (attempt > 0) await backoff(policy, attempt);
+    const current = await deps.store.get(routerId);
+    if (!current) throw routerNotFound(routerId);
+    const empty = buildEmptySnapshot(routerId, current.revision + 1, correlationId, deps.clock);
+    try {
+      await deps.queue.send(current.host, [empty]);
+    } catch (error) {
+      throw new ServiceUnavailableError(
+        "the router's node could not be reached; nothing was changed",
+        undefined,
+        {
+          cause: error,
+        },
+      );
+    }
+    try {
+      await deps.store.delete(routerId, current.revision);
+      return;
+    } catch (error) {
+      if (!(error instanceof RevisionConflictError)) throw error;
+    }
+  }
+  throw busy(routerId);
+}
+
+export interface RouterState {
+  readonly router_id: string;
+  readonly host?: string;
+  readonly revision: number;
+  readonly applied_revision: number;
+  readonly in_sync: boolean;
+  readonly helpers: { id: string; protocol: "tcp" | "udp"; port: number; helper: string }[];
+  readonly applied_errors: { helper_id?: string | undefined; code: string; message: string }[];
+  readonly applied_at?: string;
+}
+
+/** GET: desired and applied state; ownership-checked like every other path (seed finding 6). */
+export async function readRouterState(
+  deps: Pick<DomainDeps, "store">,
+  identity: Identity,
+  routerId: string,
+): Promise<RouterState> {
+  const record = authorizeRouter(identity, routerId, await deps.store.get(routerId));
+  // Node names are infrastructure detail: only operators and control planes see them.
+  const operator = isAdmin(identity) || isService(identity);
+  return {
+    router_id: record.routerId,
+    ...(operator ? { host: record.host } : {}),
+    revision: record.revision,
+    applied_revision: record.appliedRevision,
+    in_sync: record.appliedRevision >= record.revision,
+    helpers: sortHelpers(record.helpers).map(({ id, protocol, port, helper }) => ({
+      id,
+      protocol,
+      port,
+      helper,
+    })),
+    applied_errors: [...(record.appliedErrors ?? [])],
+    ...(record.appliedAt ? { applied_at: record.appliedAt } : {}),
+  };
+}

@@ -1,0 +1,245 @@
+/**
+ * One spec, two implementations: the in-memory fakes (test/support/memory.ts) and the real adapters on
+ * dynalite and fauxqs through the AWS SDK. A fake that passes here acts like production where it matters.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { queueUrlFromTemplate, SqsCommandQueue } from "../../lib/aws/command-queue.ts";
+import { DynamoRoutersStore } from "../../lib/aws/routers-store.ts";
+import { buildSnapshot } from "../../lib/domain/snapshot.ts";
+import { RevisionConflictError } from "../../lib/errors.ts";
+import type { CommandQueue, RoutersStore } from "../../lib/ports.ts";
+import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { type Emulators, startEmulators } from "../support/emulators.ts";
+import { fixedClock, newId, routerRecord, storedHelper } from "../support/factories.ts";
+import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+
+interface QueueUnderTest {
+  queue: CommandQueue;
+  /** Messages the host's queue holds, in delivery order. */
+  read(host: string): Promise<RouterSyncMessage[]>;
+}
+
+let emu: Emulators;
+beforeAll(async () => {
+  emu = await startEmulators();
+});
+afterAll(async () => {
+  await emu?.stop();
+});
+
+const stores: [string, () => Promise<RoutersStore>][] = [
+  ["MemoryRoutersStore", async () => new MemoryRoutersStore()],
+  [
+    "DynamoRoutersStore on dynalite",
+    async () => {
+      const config = emu.makeConfig();
+      await emu.createTables(config);
+      return new DynamoRoutersStore(emu.clients(config).dynamo, config.routersTable);
+    },
+  ],
+];
+
+describe.each(stores)("RoutersStore contract: %s", (_name, make) => {
+  let store: RoutersStore;
+  beforeAll(async () => {
+    store = await make();
+  });
+
+  it("returns undefined for an unknown router", async () => {
+    expect(await store.get(newId())).toBeUndefined();
+  });
+
+  it("reads back exactly what was put", async () => {
+    const record = routerRecord({
+      helpers: [storedHelper(), storedHelper({ protocol: "udp", helper: "tftp" })],
+    });
+    await store.put(record, undefined);
+    expect(await store.get(record.routerId)).toEqual({
+      ...record,
+      appliedAt: undefined,
+      appliedHost: undefined,
+      appliedErrors: undefined,
+    });
+  });
+
+  it("refuses to create a router that already exists", async () => {
+    const record = routerRecord();
+    await store.put(record, undefined);
+    await expect(store.put({ ...record, host: "other" }, undefined)).rejects.toBeInstanceOf(
+      RevisionConflictError,
+    );
+    expect((await store.get(record.routerId))?.host).toBe(record.host);
+  });
+
+  it("writes only when the expected revision still holds", async () => {
+    const record = routerRecord();
+    await store.put(record, undefined);
+    await store.put({ ...record, revision: 1, helpers: [storedHelper()] }, 0);
+    await expect(store.put({ ...record, revision: 1 }, 0)).rejects.toBeInstanceOf(RevisionConflictError);
+    const stored = await store.get(record.routerId);
+    expect(stored?.revision).toBe(1);
+    expect(stored?.helpers).toHaveLength(1);
+  });
+
+  it("reads several routers at once and leaves unknown ids out", async () => {
+    const a = routerRecord();
+    const b = routerRecord();
+    await store.put(a, undefined);
+    await store.put(b, undefined);
+    const unknown = newId();
+    const found = await store.getMany([a.routerId, b.routerId, unknown]);
+    expect([...found.keys()].sort()).toEqual([a.routerId, b.routerId].sort());
+  });
+
+  it("deletes only at the expected revision", async () => {
+    const record = routerRecord({ revision: 3 });
+    await store.put(record, undefined);
+    await expect(store.delete(record.routerId, 2)).rejects.toBeInstanceOf(RevisionConflictError);
+    expect(await store.get(record.routerId)).toBeDefined();
+    await store.delete(record.routerId, 3);
+    expect(await store.get(record.routerId)).toBeUndefined();
+  });
+
+  it("raises the applied revision monotonically without touching desired state", async () => {
+    const record = routerRecord({ revision: 5, helpers: [storedHelper()] });
+    await store.put(record, undefined);
+    const report = {
+      routerId: record.routerId,
+      host: record.host,
+      errors: [],
+      at: "2026-11-24T06:00:00.000Z",
+    };
+    expect(await store.recordApplied({ ...report, revision: 4 })).toBe(true);
+    expect(await store.recordApplied({ ...report, revision: 3 })).toBe(false);
+    expect(await store.recordApplied({ ...report, revision: 4 })).toBe(false);
+    const stored = await store.get(record.routerId);
+    expect(stored).toMatchObject({ appliedRevision: 4, revision: 5, appliedHost: record.host });
+    expect(stored?.helpers).toEqual(record.helpers);
+  });
+
+  it("ignores applied reports for unknown routers, from another host, or ahead of the desired revision", async () => {
+    const record = routerRecord({ revision: 2 });
+    await store.put(record, undefined);
+    const at = "2026-11-24T06:00:00.000Z";
+    expect(
+      await store.recordApplied({ routerId: newId(), revision: 1, host: "node-a", errors: [], at }),
+    ).toBe(false);
+    expect(
+      await store.recordApplied({
+        routerId: record.routerId,
+        revision: 1,
+        host: "elsewhere",
+        errors: [],
+        at,
+      }),
+    ).toBe(false);
+    expect(
+      await store.recordApplied({
+        routerId: record.routerId,
+        revision: 3,
+        host: record.host,
+        errors: [],
+        at,
+      }),
+    ).toBe(false);
+    expect((await store.get(record.routerId))?.appliedRevision).toBe(0);
+  });
+
+  it("keeps the apply errors an agent reported", async () => {
+    const helper = storedHelper();
+    const record = routerRecord({ revision: 1, helpers: [helper] });
+    await store.put(record, undefined);
+    const errors = [
+      { helper_id: helper.id, code: "helper_missing", message: "kernel lacks nf_conntrack_ftp" },
+    ];
+    await store.recordApplied({ routerId: record.routerId, revision: 1, host: record.host, errors, at: "x" });
+    expect((await store.get(record.routerId))?.appliedErrors).toEqual(errors);
+  });
+
+  it("lists the routers of one host", async () => {
+    const host = `host-${newId().slice(0, 8)}`;
+    const mine = [routerRecord({ host }), routerRecord({ host })];
+    for (const record of [...mine, routerRecord({ host: "someone-else" })])
+      await store.put(record, undefined);
+    const listed = await store.listByHost(host);
+    expect(listed.map((r) => r.routerId).sort()).toEqual(mine.map((r) => r.routerId).sort());
+  });
+
+  it("lists every router", async () => {
+    const records = Array.from({ length: 25 }, () => routerRecord());
+    for (const record of records) await store.put(record, undefined);
+    const seen = new Set<string>();
+    for await (const record of store.listAll()) seen.add(record.routerId);
+    for (const record of records) expect(seen.has(record.routerId)).toBe(true);
+  });
+});
+
+const queues: [string, () => Promise<QueueUnderTest>][] = [
+  [
+    "MemoryCommandQueue",
+    async () => {
+      const queue = new MemoryCommandQueue();
+      return { queue, read: async (host) => queue.messages(host) };
+    },
+  ],
+  [
+    "SqsCommandQueue on fauxqs",
+    async () => {
+      const config = emu.makeConfig();
+      const prefix = `q${newId().slice(0, 6)}-`;
+      const template = config.nodeQueueUrlTemplate.replace("cth-{node}", `${prefix}{node}`);
+      const queue = new SqsCommandQueue(
+        emu.clients(config).sqs,
+        (host) => queueUrlFromTemplate(template, host),
+        {
+          maxAttempts: 3,
+          baseDelayMs: 1,
+        },
+      );
+      const created = new Map<string, string>();
+      const ensure = async (host: string) => {
+        if (!created.has(host)) created.set(host, (await emu.createNodeQueue(host, { prefix })).url);
+        return created.get(host)!;
+      };
+      await ensure("node-a");
+      await ensure("node-b");
+      return {
+        queue,
+        read: async (host) =>
+          (await emu.drain(await ensure(host))).map((m) => JSON.parse(m.Body ?? "null") as RouterSyncMessage),
+      };
+    },
+  ],
+];
+
+describe.each(queues)("CommandQueue contract: %s", (_name, make) => {
+  const clock = fixedClock();
+  const snapshot = (revision: number, routerId = newId()) =>
+    buildSnapshot(routerRecord({ routerId, revision, helpers: [storedHelper()] }), "corr-1", clock);
+
+  it("delivers more than one batch of snapshots in order", async () => {
+    const { queue, read } = await make();
+    const routerId = newId();
+    const sent = Array.from({ length: 23 }, (_, i) => snapshot(i + 1, routerId));
+    await queue.send("node-a", sent);
+    expect(await read("node-a")).toEqual(sent);
+  });
+
+  it("drops a second send of the same router revision", async () => {
+    const { queue, read } = await make();
+    const routerId = newId();
+    await queue.send("node-a", [snapshot(1, routerId)]);
+    await queue.send("node-a", [snapshot(1, routerId), snapshot(2, routerId)]);
+    expect((await read("node-a")).map((m) => m.revision)).toEqual([1, 2]);
+  });
+
+  it("keeps each host's snapshots on that host's queue", async () => {
+    const { queue, read } = await make();
+    const a = snapshot(1);
+    const b = snapshot(1);
+    await queue.send("node-a", [a]);
+    await queue.send("node-b", [b]);
+    expect(await read("node-a")).toEqual([a]);
+    expect(await read("node-b")).toEqual([b]);
+  });
+});

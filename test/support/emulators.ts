@@ -1,0 +1,281 @@
+/**
+ * Real emulators for integration tests, the local stack, agent tests and soak runs.
+ *
+ *   const emu = await startEmulators();          // dynalite + fauxqs + a router, all on 127.0.0.1:0
+ *   const config = emu.makeConfig();            // Config pointing at them (unique table names)
+ *   await emu.createTables(config);              // routers + idempotency tables from lib/aws/tables.ts
+ *   const { url, dlqUrl } = await emu.createNodeQueue("node-a");   // FIFO queue + FIFO DLQ + redrive
+ *   const status = await emu.createStatusQueue(); // standard status queue + DLQ
+ *   const clients = emu.clients(config);         // AWS SDK clients with the emulators' dummy credentials
+ *   emu.env(config)                              // the same as environment variables, for child processes
+ *   await emu.stop();                            // in afterAll
+ *
+ * DynamoDB and SQS are two servers, but Config has one `awsEndpoint` (as moto_server or LocalStack
+ * would): `emu.endpoint` is a small proxy that routes by the X-Amz-Target header (DynamoDB_* to
+ * dynalite, everything else to fauxqs). `dynamoEndpoint` / `sqsEndpoint` reach each server directly.
+ */
+import { randomUUID } from "node:crypto";
+import http from "node:http";
+import { createRequire } from "node:module";
+import type { AddressInfo } from "node:net";
+import { CreateTableCommand, DescribeTableCommand, UpdateTimeToLiveCommand } from "@aws-sdk/client-dynamodb";
+import {
+  CreateQueueCommand,
+  DeleteMessageBatchCommand,
+  GetQueueAttributesCommand,
+  type Message,
+  ReceiveMessageCommand,
+} from "@aws-sdk/client-sqs";
+import { type FauxqsServer, startFauxqs } from "fauxqs";
+import { type AwsClients, makeAwsClients } from "../../lib/aws/clients.ts";
+import {
+  IDEMPOTENCY_TTL_ATTRIBUTE,
+  idempotencyTableDefinition,
+  routersTableDefinition,
+} from "../../lib/aws/tables.ts";
+import { type Config, loadConfig } from "../../lib/config.ts";
+
+interface DynaliteServer {
+  listen(port: number, host: string, callback: () => void): void;
+  address(): AddressInfo | string | null;
+  close(callback?: () => void): void;
+}
+type DynaliteFactory = (options: Record<string, unknown>) => DynaliteServer;
+
+export const EMULATOR_REGION = "us-east-1";
+export const EMULATOR_CREDENTIALS = { accessKeyId: "test", secretAccessKey: "test" } as const;
+
+export interface QueuePair {
+  readonly url: string;
+  readonly dlqUrl: string;
+}
+
+export interface Emulators {
+  /** One endpoint for both services (Config.awsEndpoint / CTH_AWS_ENDPOINT). */
+  readonly endpoint: string;
+  readonly dynamoEndpoint: string;
+  readonly sqsEndpoint: string;
+  readonly region: string;
+  readonly credentials: { readonly accessKeyId: string; readonly secretAccessKey: string };
+  /** fauxqs itself, for inspectQueue(name) and spies. */
+  readonly fauxqs: FauxqsServer;
+  /** A Config for these emulators; table names are unique per call unless overridden. */
+  makeConfig(overrides?: Partial<Config>): Config;
+  /** SDK clients bound to the emulators (explicit dummy credentials). */
+  clients(config?: Pick<Config, "region" | "awsEndpoint">): AwsClients;
+  /** Creates the routers and idempotency tables named in `config`. */
+  createTables(config: Pick<Config, "routersTable" | "idempotencyTable">): Promise<void>;
+  /** FIFO queue `cth-<host>.fifo` (matching makeConfig's template) with a FIFO DLQ and redrive. */
+  createNodeQueue(host: string, options?: { maxReceiveCount?: number; prefix?: string }): Promise<QueuePair>;
+  /** Standard queue for agents' status reports, with a DLQ. */
+  createStatusQueue(name?: string): Promise<QueuePair>;
+  /** Receives and deletes every message currently on `url` (FIFO: deleting unblocks the next of a group). */
+  drain(url: string): Promise<Message[]>;
+  /** ApproximateNumberOfMessages + NotVisible + Delayed. */
+  depth(url: string): Promise<number>;
+  /** Environment variables equivalent to `config`, for child processes (agent, local stack). */
+  env(config: Config): Record<string, string>;
+  stop(): Promise<void>;
+}
+
+const require = createRequire(import.meta.url);
+
+async function startDynalite(): Promise<{ url: string; stop: () => Promise<void> }> {
+  const dynalite = require("dynalite") as DynaliteFactory;
+  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stop: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** Forwards each request to dynalite or fauxqs by its X-Amz-Target (both speak JSON over POST). */
+async function startRouter(dynamo: string, sqs: string): Promise<{ url: string; stop: () => Promise<void> }> {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+  const server = http.createServer((req, res) => {
+    const target = String(req.headers["x-amz-target"] ?? "");
+    const upstream = new URL(target.startsWith("DynamoDB") ? dynamo : sqs);
+    const forward = http.request(
+      {
+        host: upstream.hostname,
+        port: upstream.port,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+        agent,
+      },
+      (reply) => {
+        res.writeHead(reply.statusCode ?? 502, reply.headers);
+        reply.pipe(res);
+      },
+    );
+    forward.on("error", (error) => {
+      res.writeHead(502, { "content-type": "text/plain" });
+      res.end(`emulator proxy: ${error.message}`);
+    });
+    req.pipe(forward);
+  });
+  server.keepAliveTimeout = 1_000;
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    stop: async () => {
+      agent.destroy();
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+export async function startEmulators(): Promise<Emulators> {
+  const dynamo = await startDynalite();
+  const fauxqs = await startFauxqs({
+    port: 0,
+    logger: false,
+    host: "127.0.0.1",
+    defaultRegion: EMULATOR_REGION,
+  });
+  const router = await startRouter(dynamo.url, fauxqs.address);
+  const endpoint = router.url;
+  const base = { region: EMULATOR_REGION, awsEndpoint: endpoint };
+  const clientsFor = (config: Pick<Config, "region" | "awsEndpoint"> = base) =>
+    makeAwsClients(config, { credentials: EMULATOR_CREDENTIALS });
+  const shared = clientsFor();
+  const queueUrlBase = `${fauxqs.address}/000000000000`;
+
+  const attributes = async (url: string) =>
+    (
+      await shared.sqs.send(
+        new GetQueueAttributesCommand({
+          QueueUrl: url,
+          AttributeNames: [
+            "QueueArn",
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+          ],
+        }),
+      )
+    ).Attributes ?? {};
+
+  const createPair = async (name: string, fifo: boolean, maxReceiveCount: number): Promise<QueuePair> => {
+    const suffix = fifo ? ".fifo" : "";
+    const fifoAttributes: Record<string, string> = fifo ? { FifoQueue: "true" } : {};
+    const dlq = await shared.sqs.send(
+      new CreateQueueCommand({ QueueName: `${name}-dlq${suffix}`, Attributes: fifoAttributes }),
+    );
+    const dlqArn = (await attributes(dlq.QueueUrl!)).QueueArn;
+    const queue = await shared.sqs.send(
+      new CreateQueueCommand({
+        QueueName: `${name}${suffix}`,
+        Attributes: {
+          ...fifoAttributes,
+          VisibilityTimeout: "30",
+          RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount }),
+        },
+      }),
+    );
+    return { url: queue.QueueUrl!, dlqUrl: dlq.QueueUrl! };
+  };
+
+  return {
+    endpoint,
+    dynamoEndpoint: dynamo.url,
+    sqsEndpoint: fauxqs.address,
+    region: EMULATOR_REGION,
+    credentials: EMULATOR_CREDENTIALS,
+    fauxqs,
+    makeConfig(overrides = {}) {
+      const unique = randomUUID().slice(0, 8);
+      const defaults = loadConfig({});
+      return {
+        ...defaults,
+        region: EMULATOR_REGION,
+        awsEndpoint: endpoint,
+        routersTable: `cth-routers-${unique}`,
+        idempotencyTable: `cth-idempotency-${unique}`,
+        nodeQueueUrlTemplate: `${queueUrlBase}/cth-{node}.fifo`,
+        statusQueueUrl: `${queueUrlBase}/cth-status`,
+        ...overrides,
+      };
+    },
+    clients: clientsFor,
+    async createTables(config) {
+      for (const input of [
+        routersTableDefinition(config.routersTable),
+        idempotencyTableDefinition(config.idempotencyTable),
+      ]) {
+        await shared.dynamoRaw.send(new CreateTableCommand(input));
+        await shared.dynamoRaw.send(new DescribeTableCommand({ TableName: input.TableName }));
+      }
+      // dynalite has no TimeToLive API (moto_server and DynamoDB do); expiry is Powertools' own check too.
+      await shared.dynamoRaw
+        .send(
+          new UpdateTimeToLiveCommand({
+            TableName: config.idempotencyTable,
+            TimeToLiveSpecification: { AttributeName: IDEMPOTENCY_TTL_ATTRIBUTE, Enabled: true },
+          }),
+        )
+        .catch((error: unknown) => {
+          if (!(error instanceof Error && error.name === "UnknownOperationException")) throw error;
+        });
+    },
+    createNodeQueue(host, options = {}) {
+      return createPair(`${options.prefix ?? "cth-"}${host}`, true, options.maxReceiveCount ?? 5);
+    },
+    createStatusQueue(name = "cth-status") {
+      return createPair(name, false, 5);
+    },
+    async drain(url) {
+      const messages: Message[] = [];
+      for (;;) {
+        const batch = await shared.sqs.send(
+          new ReceiveMessageCommand({
+            QueueUrl: url,
+            MaxNumberOfMessages: 10,
+            WaitTimeSeconds: 0,
+            VisibilityTimeout: 300,
+            MessageSystemAttributeNames: ["All"],
+          }),
+        );
+        if (!batch.Messages?.length) return messages;
+        messages.push(...batch.Messages);
+        await shared.sqs.send(
+          new DeleteMessageBatchCommand({
+            QueueUrl: url,
+            Entries: batch.Messages.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle! })),
+          }),
+        );
+      }
+    },
+    async depth(url) {
+      const attrs = await attributes(url);
+      return (
+        Number(attrs.ApproximateNumberOfMessages ?? 0) +
+        Number(attrs.ApproximateNumberOfMessagesNotVisible ?? 0) +
+        Number(attrs.ApproximateNumberOfMessagesDelayed ?? 0)
+      );
+    },
+    env(config) {
+      return {
+        AWS_REGION: config.region,
+        AWS_ACCESS_KEY_ID: EMULATOR_CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: EMULATOR_CREDENTIALS.secretAccessKey,
+        CTH_AWS_ENDPOINT: config.awsEndpoint ?? "",
+        CTH_ROUTERS_TABLE: config.routersTable,
+        CTH_IDEMPOTENCY_TABLE: config.idempotencyTable,
+        CTH_NODE_QUEUE_URL_TEMPLATE: config.nodeQueueUrlTemplate,
+        CTH_STATUS_QUEUE_URL: config.statusQueueUrl,
+      };
+    },
+    async stop() {
+      for (const client of Object.values(shared)) client.destroy();
+      await router.stop();
+      await fauxqs.stop();
+      await dynamo.stop();
+    },
+  };
+}

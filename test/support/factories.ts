@@ -1,0 +1,59 @@
+/** Builders for domain values: tests state only what matters to them. */
+import { randomUUID } from "node:crypto";
+import type { Identity } from "../../lib/domain/identity.ts";
+import type { Clock, RouterRecord, StoredHelper } from "../../lib/ports.ts";
+import type { HelperChange, Notification, NotificationEvent } from "../../lib/schemas/index.ts";
+
+export const newId = (): string => randomUUID();
+
+export const PROJECT_A = "0f2c4a6e8b1d3f5a7c9e0b2d4f6a8c1e";
+export const PROJECT_B = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b";
+
+export function routerRecord(overrides: Partial<RouterRecord> = {}): RouterRecord {
+  return {
+    routerId: newId(),
+    projectId: PROJECT_A,
+    host: "node-a",
+    revision: 0,
+    helpers: [],
+    appliedRevision: 0,
+    updatedAt: "2026-01-01T00:00:00.000Z",
+    ...overrides,
+  };
+}
+
+let nextPort = 2000;
+
+export function storedHelper(overrides: Partial<StoredHelper> = {}): StoredHelper {
+  return { id: newId(), protocol: "tcp", port: nextPort++, helper: "ftp", ...overrides };
+}
+
+export function helperChange(routerId: string, overrides: Partial<HelperChange> = {}): HelperChange {
+  return { id: newId(), router_id: routerId, protocol: "tcp", port: nextPort++, helper: "ftp", ...overrides };
+}
+
+export function notification(event: NotificationEvent, helpers: HelperChange[]): Notification {
+  return { event, conntrack_helpers: helpers };
+}
+
+/** The wire form of a helper change (what a client POSTs). */
+export function wireHelper(
+  routerId: string,
+  overrides: Record<string, unknown> = {},
+): Record<string, unknown> {
+  return { id: newId(), router_id: routerId, protocol: "tcp", port: nextPort++, helper: "ftp", ...overrides };
+}
+
+export function member(projectId = PROJECT_A): Identity {
+  return { projectId, roles: new Set() };
+}
+
+export function admin(projectId = "admin-project"): Identity {
+  return { projectId, roles: new Set(["admin"]) };
+}
+
+export function service(projectId = PROJECT_A): Identity {
+  return { projectId, roles: new Set(["service"]) };
+}
+
+export const fixedClock = (iso = "2026-11-24T06:00:00.000Z"): Clock => ({ now: () => new Date(iso) });

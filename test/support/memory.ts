@@ -1,0 +1,109 @@
+/**
+ * Stateful in-memory fakes of the ports, for unit tests and benchmarks. test/integration/core-ports-contract
+ * runs one shared spec against these and against the DynamoDB/SQS adapters on the emulators, so the fakes
+ * cannot drift from the real adapters.
+ */
+import { RevisionConflictError, ServiceUnavailableError } from "../../lib/errors.ts";
+import type { CommandQueue, RouterRecord, RoutersStore } from "../../lib/ports.ts";
+import type { ApplyError, RouterSyncMessage } from "../../lib/schemas/index.ts";
+
+const clone = <T>(value: T): T => structuredClone(value);
+
+export class MemoryRoutersStore implements RoutersStore {
+  private readonly rows = new Map<string, RouterRecord>();
+  /** Counts successful writes (puts, deletes, applied updates): "nothing was written" assertions use it. */
+  writes = 0;
+
+  async get(routerId: string): Promise<RouterRecord | undefined> {
+    const row = this.rows.get(routerId);
+    return row ? clone(row) : undefined;
+  }
+
+  async getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>> {
+    const found = new Map<string, RouterRecord>();
+    for (const id of routerIds) {
+      const row = this.rows.get(id);
+      if (row) found.set(id, clone(row));
+    }
+    return found;
+  }
+
+  async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
+    const row = this.rows.get(next.routerId);
+    const ok = expectedRevision === undefined ? row === undefined : row?.revision === expectedRevision;
+    if (!ok) throw new RevisionConflictError(`router ${next.routerId} changed concurrently`);
+    this.rows.set(next.routerId, clone(next));
+    this.writes++;
+  }
+
+  async delete(routerId: string, expectedRevision: number): Promise<void> {
+    if (this.rows.get(routerId)?.revision !== expectedRevision) {
+      throw new RevisionConflictError(`router ${routerId} changed concurrently`);
+    }
+    this.rows.delete(routerId);
+    this.writes++;
+  }
+
+  async recordApplied(report: {
+    routerId: string;
+    revision: number;
+    host: string;
+    errors: readonly ApplyError[];
+    at: string;
+  }): Promise<boolean> {
+    const row = this.rows.get(report.routerId);
+    if (!row || row.host !== report.host) return false;
+    if (row.appliedRevision >= report.revision || row.revision < report.revision) return false;
+    this.rows.set(report.routerId, {
+      ...row,
+      appliedRevision: report.revision,
+      appliedAt: report.at,
+      appliedHost: report.host,
+      appliedErrors: clone([...report.errors]),
+    });
+    this.writes++;
+    return true;
+  }
+
+  async listByHost(host: string): Promise<RouterRecord[]> {
+    return [...this.rows.values()].filter((row) => row.host === host).map(clone);
+  }
+
+  async *listAll(): AsyncIterable<RouterRecord> {
+    for (const row of [...this.rows.values()]) yield clone(row);
+  }
+
+  /** Test helper: the number of stored routers. */
+  size(): number {
+    return this.rows.size;
+  }
+}
+
+export class MemoryCommandQueue implements CommandQueue {
+  private readonly byHost = new Map<string, RouterSyncMessage[]>();
+  private readonly seenDedup = new Set<string>();
+  /** Hosts whose sends fail (simulates a queue outage after retries). */
+  readonly failingHosts = new Set<string>();
+
+  async send(host: string, commands: readonly RouterSyncMessage[]): Promise<void> {
+    if (this.failingHosts.has(host))
+      throw new ServiceUnavailableError(`could not queue snapshots for node ${host}`);
+    const list = this.byHost.get(host) ?? [];
+    for (const command of commands) {
+      // FIFO deduplication as SQS does it (router id + revision).
+      const dedup = `${host}/${command.router_id}-${command.revision}`;
+      if (this.seenDedup.has(dedup)) continue;
+      this.seenDedup.add(dedup);
+      list.push(clone(command));
+    }
+    this.byHost.set(host, list);
+  }
+
+  messages(host: string): RouterSyncMessage[] {
+    return [...(this.byHost.get(host) ?? [])];
+  }
+
+  all(): RouterSyncMessage[] {
+    return [...this.byHost.values()].flat();
+  }
+}
