@@ -1,0 +1,234 @@
+/**
+ * `npm run agent -- --node NAME --queue-url URL [...]`: every flag also comes from an environment variable
+ * (flag wins). Production defaults for the agent are built here, in one place.
+ */
+import { parseArgs } from "node:util";
+import { SQSClient } from "@aws-sdk/client-sqs";
+import { pino } from "pino";
+import { SqsStatusSink } from "../lib/aws/sqs-status-sink.ts";
+import { loadCatalog, loadLimits } from "../lib/config.ts";
+import { primitives } from "../lib/schemas/index.ts";
+import { assertNamespaceName, ExecIptables, type IptablesPort } from "./iptables.ts";
+import { DryRunIptables } from "./iptables-memory.ts";
+import { startAgent } from "./main.ts";
+
+interface FlagSpec {
+  readonly env: string;
+  readonly type: "string" | "boolean";
+  readonly default?: string;
+  readonly help: string;
+}
+
+const FLAGS = {
+  node: { env: "CTH_AGENT_NODE", type: "string", help: "this network node's name (required)" },
+  "queue-url": {
+    env: "CTH_AGENT_QUEUE_URL",
+    type: "string",
+    help: "the node's FIFO command queue (required)",
+  },
+  "status-queue-url": {
+    env: "CTH_AGENT_STATUS_QUEUE_URL",
+    type: "string",
+    help: "status queue for applied reports and resync requests (unset: reports are only logged)",
+  },
+  "dlq-url": {
+    env: "CTH_AGENT_DLQ_URL",
+    type: "string",
+    help: "DLQ for invalid messages (default: from the queue's RedrivePolicy)",
+  },
+  endpoint: { env: "CTH_AGENT_ENDPOINT", type: "string", help: "SQS endpoint override (emulators)" },
+  region: {
+    env: "CTH_AGENT_REGION",
+    type: "string",
+    default: "us-east-1",
+    help: "AWS region (else AWS_REGION)",
+  },
+  "state-dir": {
+    env: "CTH_AGENT_STATE_DIR",
+    type: "string",
+    default: "/var/lib/cth-agent",
+    help: "where the last applied revision per router is kept",
+  },
+  "metrics-port": {
+    env: "CTH_AGENT_METRICS_PORT",
+    type: "string",
+    default: "9469",
+    help: "Prometheus endpoint on 127.0.0.1 (0: any free port; 'off': none)",
+  },
+  "drift-interval": {
+    env: "CTH_AGENT_DRIFT_INTERVAL",
+    type: "string",
+    default: "60",
+    help: "seconds between drift checks",
+  },
+  "namespace-pattern": {
+    env: "CTH_AGENT_NAMESPACE_PATTERN",
+    type: "string",
+    default: "qrouter-{router_id}",
+    help: "router namespace name",
+  },
+  "create-namespaces": {
+    env: "CTH_AGENT_CREATE_NAMESPACES",
+    type: "boolean",
+    help: "create a missing router namespace (local stack); remove it again on an empty snapshot",
+  },
+  backend: {
+    env: "CTH_AGENT_BACKEND",
+    type: "string",
+    default: "iptables",
+    help: "iptables (real) or dry-run (writes rendered input under the state dir)",
+  },
+  "no-probe": {
+    env: "CTH_AGENT_NO_PROBE",
+    type: "boolean",
+    help: "skip the start-up kernel helper probe (restore errors are still classified)",
+  },
+  "wait-seconds": { env: "CTH_AGENT_WAIT_SECONDS", type: "string", default: "20", help: "long poll seconds" },
+  "retry-base": {
+    env: "CTH_AGENT_RETRY_BASE",
+    type: "string",
+    default: "5",
+    help: "seconds before retrying a snapshot that could not be applied (doubles per receive, max 300)",
+  },
+  "log-level": { env: "LOG_LEVEL", type: "string", default: "info", help: "pino log level" },
+  help: { env: "", type: "boolean", help: "this text" },
+} as const satisfies Record<string, FlagSpec>;
+
+type FlagName = keyof typeof FLAGS;
+
+export function usage(): string {
+  const lines = ["Usage: npm run agent -- --node NAME --queue-url URL [options]", ""];
+  for (const [name, spec] of Object.entries(FLAGS) as [FlagName, FlagSpec][]) {
+    const flag = spec.type === "string" ? `--${name} VALUE` : `--${name}`;
+    const env = spec.env ? ` [env ${spec.env}]` : "";
+    const def = spec.default !== undefined ? ` (default: ${spec.default})` : "";
+    lines.push(`  ${flag.padEnd(30)} ${spec.help}${def}${env}`);
+  }
+  return lines.join("\n");
+}
+
+export type AgentCliOptions = ReturnType<typeof resolveOptions>;
+
+export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: Object.fromEntries(
+      (Object.entries(FLAGS) as [FlagName, FlagSpec][]).map(([name, spec]) => [name, { type: spec.type }]),
+    ),
+    strict: true,
+    allowPositionals: false,
+  });
+  const str = (name: FlagName): string | undefined => {
+    const value = values[name];
+    if (typeof value === "string") return value;
+    const fromEnv = FLAGS[name].env ? env[FLAGS[name].env] : undefined;
+    if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
+    return (FLAGS[name] as FlagSpec).default;
+  };
+  const bool = (name: FlagName): boolean =>
+    values[name] === true || ["1", "true", "yes"].includes(env[FLAGS[name].env]?.toLowerCase() ?? "");
+  const num = (name: FlagName, min: number): number => {
+    const raw = str(name);
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min) throw new Error(`--${name} must be an integer >= ${min}`);
+    return value;
+  };
+  if (values.help === true) return { help: true as const };
+
+  const node = str("node");
+  const queueUrl = str("queue-url");
+  if (!node) throw new Error("--node (or CTH_AGENT_NODE) is required");
+  if (!queueUrl) throw new Error("--queue-url (or CTH_AGENT_QUEUE_URL) is required");
+  primitives.host.parse(node);
+  const namespacePattern = str("namespace-pattern")!;
+  if (!namespacePattern.includes("{router_id}"))
+    throw new Error("--namespace-pattern must contain {router_id}");
+  assertNamespaceName(namespacePattern.replaceAll("{router_id}", "00000000-0000-4000-8000-000000000000"));
+  const backend = str("backend");
+  if (backend !== "iptables" && backend !== "dry-run")
+    throw new Error("--backend must be iptables or dry-run");
+  const metricsRaw = str("metrics-port");
+  return {
+    help: false as const,
+    node,
+    queueUrl,
+    statusQueueUrl: str("status-queue-url"),
+    dlqUrl: str("dlq-url"),
+    endpoint: str("endpoint") ?? (env.CTH_AWS_ENDPOINT || undefined),
+    region:
+      (typeof values.region === "string" ? values.region : undefined) ??
+      (env.CTH_AGENT_REGION || env.AWS_REGION || env.AWS_DEFAULT_REGION || "us-east-1"),
+    stateDir: str("state-dir")!,
+    metricsPort: metricsRaw === "off" ? undefined : num("metrics-port", 0),
+    driftIntervalSeconds: num("drift-interval", 1),
+    namespacePattern,
+    createNamespaces: bool("create-namespaces"),
+    backend,
+    probe: !bool("no-probe") && backend === "iptables",
+    waitSeconds: num("wait-seconds", 0),
+    retryBaseSeconds: num("retry-base", 1),
+    logLevel: str("log-level")!,
+  };
+}
+
+async function main(): Promise<void> {
+  let options: AgentCliOptions;
+  try {
+    options = resolveOptions(process.argv.slice(2), process.env);
+  } catch (error) {
+    process.stderr.write(`${error instanceof Error ? error.message : String(error)}\n\n${usage()}\n`);
+    process.exit(2);
+  }
+  if (options.help) {
+    process.stdout.write(`${usage()}\n`);
+    return;
+  }
+  const logger = pino({ level: options.logLevel, base: { node: options.node } });
+  const sqs = new SQSClient({
+    region: options.region,
+    ...(options.endpoint ? { endpoint: options.endpoint } : {}),
+  });
+  const iptables: IptablesPort =
+    options.backend === "dry-run" ? new DryRunIptables(`${options.stateDir}/dry-run`) : new ExecIptables();
+  const agent = await startAgent({
+    node: options.node,
+    sqs,
+    queueUrl: options.queueUrl,
+    dlqUrl: options.dlqUrl,
+    status: options.statusQueueUrl ? new SqsStatusSink(sqs, options.statusQueueUrl) : undefined,
+    iptables,
+    catalog: loadCatalog(process.env),
+    limits: loadLimits(process.env),
+    logger,
+    stateDir: options.stateDir,
+    namespacePattern: options.namespacePattern,
+    createNamespaces: options.createNamespaces,
+    probe: options.probe,
+    driftIntervalSeconds: options.driftIntervalSeconds,
+    metricsPort: options.metricsPort,
+    waitSeconds: options.waitSeconds,
+    backoffBaseSeconds: options.retryBaseSeconds,
+  });
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "stopping after the apply in flight");
+    agent.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, "stop failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => shutdown("SIGINT"));
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  main().catch((error: unknown) => {
+    process.stderr.write(`agent failed to start: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,341 @@
+/**
+ * The agent's decisions, free of SQS: guard revisions, render, apply one transaction per family, read back
+ * and compare, record, report. One apply at a time (poll loop and drift timer share the lock).
+ */
+import type { Logger } from "pino";
+import type { Family, HelperCatalog } from "../lib/catalog.ts";
+import type { StatusSink } from "../lib/ports.ts";
+import {
+  expectedOwnedLines,
+  FAMILIES,
+  helperAtLine,
+  isMissingHelperError,
+  ownedLines,
+  planFamily,
+  renderRestore,
+  sameLines,
+} from "../lib/render.ts";
+import type { ApplyError, HelperRule, RouterSyncMessage } from "../lib/schemas/index.ts";
+import { type IptablesPort, NamespaceMissingError, RestoreError } from "./iptables.ts";
+import type { AgentMetrics } from "./metrics.ts";
+import type { StateStore } from "./state.ts";
+
+export type ApplyOutcome =
+  | {
+      readonly kind: "applied";
+      readonly changed: boolean;
+      readonly rules: { ipv4: number; ipv6: number };
+      readonly errors: readonly ApplyError[];
+    }
+  /** revision < last applied: dropped. */
+  | { readonly kind: "stale"; readonly appliedRevision: number }
+  /** revision == last applied: dropped, the applied report is sent again (the first may have been lost). */
+  | { readonly kind: "duplicate"; readonly appliedRevision: number }
+  | { readonly kind: "namespace-missing"; readonly namespace: string };
+
+/** The rules could not be made to match the snapshot; the message stays queued for a retry. */
+export class ApplyFailedError extends Error {
+  override readonly name = "ApplyFailedError";
+  constructor(
+    message: string,
+    readonly reason: "restore" | "verify" | "other",
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+export interface AgentCoreOptions {
+  readonly node: string;
+  readonly catalog: HelperCatalog;
+  readonly iptables: IptablesPort;
+  readonly state: StateStore;
+  readonly status: StatusSink;
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+  /** `{router_id}` is replaced by the router's (schema-validated) UUID. */
+  readonly namespacePattern: string;
+  readonly createNamespaces?: boolean;
+  /** Helpers the kernel lacks, per family (start-up probe); grows when a restore error names one. */
+  readonly unavailable?: Record<Family, Set<string>>;
+}
+
+interface FamilyResult {
+  readonly changed: boolean;
+  readonly rules: number;
+  readonly errors: readonly ApplyError[];
+}
+
+/** Within one batch only the newest revision per router matters; the rest are superseded. */
+export function coalesce<T>(
+  items: readonly T[],
+  snapshotOf: (item: T) => RouterSyncMessage,
+): { newest: T; superseded: T[] }[] {
+  const byRouter = new Map<string, { newest: T; superseded: T[] }>();
+  for (const item of items) {
+    const snapshot = snapshotOf(item);
+    const entry = byRouter.get(snapshot.router_id);
+    if (!entry) byRouter.set(snapshot.router_id, { newest: item, superseded: [] });
+    else if (snapshot.revision >= snapshotOf(entry.newest).revision) {
+      entry.superseded.push(entry.newest);
+      entry.newest = item;
+    } else entry.superseded.push(item);
+  }
+  return [...byRouter.values()];
+}
+
+export class AgentCore {
+  readonly unavailable: Record<Family, Set<string>>;
+  private lock: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly options: AgentCoreOptions) {
+    this.unavailable = options.unavailable ?? { ipv4: new Set(), ipv6: new Set() };
+  }
+
+  namespaceFor(routerId: string): string {
+    return this.options.namespacePattern.replaceAll("{router_id}", routerId);
+  }
+
+  /** Serialises every iptables transaction of this agent. */
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(work, work);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Resolves once the transaction in flight (if any) has finished. */
+  idle(): Promise<void> {
+    return this.exclusive(async () => undefined);
+  }
+
+  /** Applies a validated snapshot unless a revision at least as new has been applied already. */
+  apply(snapshot: RouterSyncMessage): Promise<ApplyOutcome> {
+    return this.exclusive(async () => {
+      const last = this.options.state.get(snapshot.router_id);
+      if (last && snapshot.revision < last.revision) {
+        this.options.metrics.messages.inc({ outcome: "stale" });
+        this.options.logger.info(
+          { router_id: snapshot.router_id, revision: snapshot.revision, applied: last.revision },
+          "stale snapshot ignored",
+        );
+        return { kind: "stale", appliedRevision: last.revision };
+      }
+      if (last && snapshot.revision === last.revision) {
+        this.options.metrics.messages.inc({ outcome: "duplicate" });
+        await this.report(snapshot.router_id, last.revision, last.helpers);
+        return { kind: "duplicate", appliedRevision: last.revision };
+      }
+      return this.converge(snapshot.router_id, snapshot.revision, snapshot.helpers, snapshot.correlation_id);
+    });
+  }
+
+  private async converge(
+    routerId: string,
+    revision: number,
+    helpers: readonly HelperRule[],
+    correlationId?: string,
+  ): Promise<ApplyOutcome> {
+    const { iptables, logger, metrics, state } = this.options;
+    const ns = this.namespaceFor(routerId);
+    const previous = state.get(routerId);
+    let created = previous?.createdNamespace === true && previous.namespace === ns;
+    const started = performance.now();
+    try {
+      if (!(await iptables.namespaceExists(ns))) {
+        if (helpers.length === 0) {
+          // Nothing to remove from a namespace that is gone: the empty snapshot holds already.
+          await state.set(routerId, {
+            revision,
+            helpers: [],
+            namespace: ns,
+            appliedAt: new Date().toISOString(),
+          });
+          return this.finish(routerId, revision, ns, started, false, { ipv4: 0, ipv6: 0 }, [], correlationId);
+        }
+        if (!this.options.createNamespaces) return this.missing(routerId, revision, ns);
+        await iptables.createNamespace(ns);
+        created = true;
+        logger.info({ router_id: routerId, namespace: ns }, "namespace created");
+      }
+      const results: Record<Family, FamilyResult> = {
+        ipv4: await this.convergeFamily(ns, "ipv4", helpers),
+        ipv6: await this.convergeFamily(ns, "ipv6", helpers),
+      };
+      const changed = results.ipv4.changed || results.ipv6.changed;
+      const errors = [...results.ipv4.errors, ...results.ipv6.errors];
+      if (helpers.length === 0 && created) {
+        await iptables.deleteNamespace(ns);
+        created = false;
+        logger.info({ router_id: routerId, namespace: ns }, "namespace this agent created removed");
+      }
+      await state.set(routerId, {
+        revision,
+        helpers: [...helpers],
+        namespace: ns,
+        appliedAt: new Date().toISOString(),
+        createdNamespace: created || undefined,
+      });
+      const rules = { ipv4: results.ipv4.rules, ipv6: results.ipv6.rules };
+      return this.finish(routerId, revision, ns, started, changed, rules, errors, correlationId);
+    } catch (error) {
+      if (error instanceof NamespaceMissingError) return this.missing(routerId, revision, ns);
+      const failure =
+        error instanceof ApplyFailedError
+          ? error
+          : new ApplyFailedError(error instanceof Error ? error.message : String(error), "other", {
+              cause: error,
+            });
+      metrics.failures.inc({ reason: failure.reason });
+      logger.error({ router_id: routerId, revision, namespace: ns, err: failure }, "apply failed");
+      throw failure;
+    }
+  }
+
+  private missing(routerId: string, revision: number, ns: string): ApplyOutcome {
+    this.options.metrics.namespaceMissing.inc();
+    this.options.logger.warn({ router_id: routerId, revision, namespace: ns }, "router namespace missing");
+    return { kind: "namespace-missing", namespace: ns };
+  }
+
+  private async finish(
+    routerId: string,
+    revision: number,
+    ns: string,
+    started: number,
+    changed: boolean,
+    rules: { ipv4: number; ipv6: number },
+    errors: readonly ApplyError[],
+    correlationId: string | undefined,
+  ): Promise<ApplyOutcome> {
+    const { metrics, logger } = this.options;
+    const seconds = (performance.now() - started) / 1000;
+    metrics.applies.inc({ result: changed ? "changed" : "unchanged" });
+    metrics.applySeconds.observe(seconds);
+    metrics.lastSuccess.set(Date.now() / 1000);
+    logger.info(
+      {
+        router_id: routerId,
+        revision,
+        namespace: ns,
+        changed,
+        rules,
+        errors: errors.length,
+        seconds,
+        correlation_id: correlationId,
+      },
+      changed ? "snapshot applied" : "snapshot already in place, nothing written",
+    );
+    await this.sendReport(routerId, revision, rules, errors);
+    return { kind: "applied", changed, rules, errors };
+  }
+
+  /** One family: render against the current save, restore, leave out helpers the kernel lacks, verify. */
+  private async convergeFamily(
+    ns: string,
+    family: Family,
+    helpers: readonly HelperRule[],
+  ): Promise<FamilyResult> {
+    const { iptables, catalog, logger, metrics } = this.options;
+    const unavailable = this.unavailable[family];
+    let changed = false;
+    // Each failed attempt removes one helper, so this ends; +2 covers the final successful attempt.
+    for (let attempt = 0; attempt < helpers.length + 2; attempt++) {
+      const plan = planFamily(helpers, family, catalog, { unavailable });
+      const text = renderRestore(plan.rules, await iptables.save(ns, family));
+      if (text !== undefined) {
+        try {
+          await iptables.restore(ns, family, text);
+          changed = true;
+        } catch (error) {
+          if (!(error instanceof RestoreError)) throw error;
+          const hit = helperAtLine(text, error.stderr);
+          if (hit && isMissingHelperError(error.stderr) && !unavailable.has(hit.helper)) {
+            unavailable.add(hit.helper);
+            metrics.helperUnavailable.inc({ family, helper: hit.helper });
+            logger.warn({ family, helper: hit.helper, stderr: error.stderr.trim() }, "kernel lacks helper");
+            continue;
+          }
+          throw new ApplyFailedError(error.message, "restore", { cause: error });
+        }
+      }
+      const after = ownedLines(await iptables.save(ns, family));
+      if (!sameLines(after, expectedOwnedLines(plan.rules))) {
+        throw new ApplyFailedError(`${family}: rules read back differ from the rendered rules`, "verify");
+      }
+      return { changed, rules: plan.rules.length, errors: plan.errors };
+    }
+    throw new ApplyFailedError(`${family}: gave up leaving out helpers`, "restore");
+  }
+
+  private async report(routerId: string, revision: number, helpers: readonly HelperRule[]): Promise<void> {
+    const rules = { ipv4: 0, ipv6: 0 };
+    const errors: ApplyError[] = [];
+    for (const family of FAMILIES) {
+      const plan = planFamily(helpers, family, this.options.catalog, {
+        unavailable: this.unavailable[family],
+      });
+      rules[family] = plan.rules.length;
+      errors.push(...plan.errors);
+    }
+    await this.sendReport(routerId, revision, rules, errors);
+  }
+
+  private async sendReport(
+    routerId: string,
+    revision: number,
+    rules: { ipv4: number; ipv6: number },
+    errors: readonly ApplyError[],
+  ): Promise<void> {
+    try {
+      await this.options.status.send({
+        v: 1,
+        kind: "applied",
+        router_id: routerId,
+        revision,
+        host: this.options.node,
+        rules,
+        errors: [...errors],
+      });
+    } catch (error) {
+      // The rules are in place; a lost report is healed by the reconciler's re-send (a duplicate re-reports).
+      this.options.logger.warn({ router_id: routerId, revision, err: error }, "status report failed");
+    }
+  }
+
+  /**
+   * Compares every router's owned chains with its last applied snapshot and re-applies where someone changed
+   * them out of band. Returns the routers repaired.
+   */
+  checkDrift(): Promise<string[]> {
+    return this.exclusive(async () => {
+      const repaired: string[] = [];
+      for (const [routerId, last] of this.options.state.entries()) {
+        try {
+          if (!(await this.options.iptables.namespaceExists(last.namespace))) continue;
+          if (await this.inPlace(last.namespace, last.helpers)) continue;
+          this.options.metrics.driftRepairs.inc();
+          this.options.logger.warn(
+            { router_id: routerId, namespace: last.namespace },
+            "drift found, re-applying",
+          );
+          await this.converge(routerId, last.revision, last.helpers);
+          repaired.push(routerId);
+        } catch (error) {
+          this.options.logger.error({ router_id: routerId, err: error }, "drift repair failed");
+        }
+      }
+      return repaired;
+    });
+  }
+
+  private async inPlace(ns: string, helpers: readonly HelperRule[]): Promise<boolean> {
+    for (const family of FAMILIES) {
+      const plan = planFamily(helpers, family, this.options.catalog, {
+        unavailable: this.unavailable[family],
+      });
+      const current = ownedLines(await this.options.iptables.save(ns, family));
+      if (!sameLines(current, expectedOwnedLines(plan.rules))) return false;
+    }
+    return true;
+  }
+}

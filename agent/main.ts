@@ -1,0 +1,120 @@
+/**
+ * Wires one agent: state, probe, core, poller, drift timer, metrics, resync request. Every dependency can be
+ * injected (tests run it in-process against fauxqs with the in-memory iptables model).
+ */
+import type { SQSClient } from "@aws-sdk/client-sqs";
+import type { Logger } from "pino";
+import type { Family, HelperCatalog } from "../lib/catalog.ts";
+import type { Limits } from "../lib/config.ts";
+import type { StatusSink } from "../lib/ports.ts";
+import { buildSchemas } from "../lib/schemas/index.ts";
+import { AgentCore } from "./core.ts";
+import type { IptablesPort } from "./iptables.ts";
+import { AgentMetrics } from "./metrics.ts";
+import { QueuePoller } from "./poller.ts";
+import { probeHelpers } from "./probe.ts";
+import { StateStore } from "./state.ts";
+
+export interface AgentDeps {
+  readonly node: string;
+  readonly sqs: SQSClient;
+  readonly queueUrl: string;
+  readonly dlqUrl?: string | undefined;
+  /** Undefined: reports are only logged. */
+  readonly status?: StatusSink | undefined;
+  readonly iptables: IptablesPort;
+  readonly catalog: HelperCatalog;
+  readonly limits: Limits;
+  readonly logger: Logger;
+  readonly stateDir: string;
+  readonly namespacePattern: string;
+  readonly createNamespaces?: boolean;
+  /** Probe the kernel's helpers in a scratch namespace at start (real backend). */
+  readonly probe?: boolean;
+  readonly driftIntervalSeconds: number;
+  /** undefined: no metrics endpoint; 0: any free port. */
+  readonly metricsPort?: number | undefined;
+  readonly waitSeconds?: number;
+  readonly visibilitySeconds?: number;
+  readonly backoffBaseSeconds?: number;
+}
+
+export interface RunningAgent {
+  readonly core: AgentCore;
+  readonly metrics: AgentMetrics;
+  readonly metricsPort: number | undefined;
+  /** Finishes the apply in flight, stops polling and the drift timer. */
+  stop(): Promise<void>;
+}
+
+export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
+  const { logger } = deps;
+  const metrics = new AgentMetrics();
+  const state = await StateStore.load(deps.stateDir, deps.node, (error) =>
+    logger.error({ err: error }, "state file unreadable; starting empty (snapshots are level-triggered)"),
+  );
+  let unavailable: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
+  if (deps.probe) {
+    unavailable = await probeHelpers(deps.iptables, deps.catalog);
+    logger.info(
+      { lacking: { ipv4: [...unavailable.ipv4], ipv6: [...unavailable.ipv6] } },
+      "kernel helper probe done",
+    );
+  }
+  const status: StatusSink = deps.status ?? {
+    send: async (message) => logger.info({ status: message }, "status report (no status queue configured)"),
+  };
+  const core = new AgentCore({
+    node: deps.node,
+    catalog: deps.catalog,
+    iptables: deps.iptables,
+    state,
+    status,
+    metrics,
+    logger,
+    namespacePattern: deps.namespacePattern,
+    createNamespaces: deps.createNamespaces ?? false,
+    unavailable,
+  });
+  const poller = new QueuePoller({
+    sqs: deps.sqs,
+    queueUrl: deps.queueUrl,
+    dlqUrl: deps.dlqUrl,
+    core,
+    schema: buildSchemas(deps.limits, deps.catalog).routerSync,
+    metrics,
+    logger,
+    waitSeconds: deps.waitSeconds ?? 20,
+    visibilitySeconds: deps.visibilitySeconds ?? 30,
+    backoffBaseSeconds: deps.backoffBaseSeconds ?? 5,
+  });
+  const served = deps.metricsPort === undefined ? undefined : await metrics.serve(deps.metricsPort);
+  if (served) logger.info({ port: served.port }, "metrics listening on 127.0.0.1");
+  await poller.resolveDlq().catch((error: unknown) => logger.warn({ err: error }, "DLQ lookup failed"));
+
+  try {
+    await status.send({ v: 1, kind: "resync-request", host: deps.node });
+  } catch (error) {
+    logger.warn({ err: error }, "resync request failed; the reconciler will still catch up");
+  }
+  // Repair first what may have drifted while the agent was down, then poll.
+  await core.checkDrift();
+  poller.start();
+  const drift = setInterval(() => {
+    core.checkDrift().catch((error: unknown) => logger.error({ err: error }, "drift check failed"));
+  }, deps.driftIntervalSeconds * 1000);
+  logger.info({ node: deps.node, queue_url: deps.queueUrl }, "agent started");
+
+  return {
+    core,
+    metrics,
+    metricsPort: served?.port,
+    async stop() {
+      clearInterval(drift);
+      await poller.stop();
+      await core.idle();
+      await served?.close();
+      logger.info("agent stopped");
+    },
+  };
+}

@@ -1,0 +1,275 @@
+/**
+ * The SQS side of the agent: long poll, re-validate, park invalid messages in the DLQ, coalesce, apply,
+ * delete only what has been applied (or made obsolete), back off on what could not be applied yet.
+ */
+import {
+  ChangeMessageVisibilityBatchCommand,
+  ChangeMessageVisibilityCommand,
+  DeleteMessageBatchCommand,
+  GetQueueAttributesCommand,
+  GetQueueUrlCommand,
+  type Message,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+  type SQSClient,
+} from "@aws-sdk/client-sqs";
+import type { Logger } from "pino";
+import type { RouterSyncMessage, Schemas } from "../lib/schemas/index.ts";
+import { toFieldIssues } from "../lib/schemas/index.ts";
+import { type AgentCore, ApplyFailedError, type ApplyOutcome, coalesce } from "./core.ts";
+import type { AgentMetrics } from "./metrics.ts";
+
+export interface PollerOptions {
+  readonly sqs: SQSClient;
+  readonly queueUrl: string;
+  /** Explicit DLQ; otherwise resolved from the queue's RedrivePolicy. */
+  readonly dlqUrl?: string | undefined;
+  readonly core: AgentCore;
+  readonly schema: Schemas["routerSync"];
+  readonly metrics: AgentMetrics;
+  readonly logger: Logger;
+  readonly waitSeconds?: number;
+  readonly batchSize?: number;
+  /** Visibility while a batch is in hand; renewed every third of it while applying. */
+  readonly visibilitySeconds?: number;
+  /** Retry delay for snapshots that could not be applied yet: base * 2^(receives-1), capped. */
+  readonly backoffBaseSeconds?: number;
+  readonly backoffMaxSeconds?: number;
+}
+
+interface Valid {
+  readonly message: Message;
+  readonly snapshot: RouterSyncMessage;
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+
+export class QueuePoller {
+  private readonly abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  private dlqUrl: string | undefined;
+  private readonly wait: number;
+  private readonly batch: number;
+  private readonly visibility: number;
+
+  constructor(private readonly options: PollerOptions) {
+    this.dlqUrl = options.dlqUrl;
+    this.wait = options.waitSeconds ?? 20;
+    this.batch = options.batchSize ?? 10;
+    this.visibility = options.visibilitySeconds ?? 30;
+  }
+
+  /** Resolves the DLQ from the queue's RedrivePolicy unless one was given. */
+  async resolveDlq(): Promise<string | undefined> {
+    if (this.dlqUrl) return this.dlqUrl;
+    const { sqs, queueUrl, logger } = this.options;
+    const attrs = await sqs.send(
+      new GetQueueAttributesCommand({ QueueUrl: queueUrl, AttributeNames: ["RedrivePolicy"] }),
+    );
+    const policy = attrs.Attributes?.RedrivePolicy;
+    if (!policy) {
+      logger.warn(
+        { queue_url: queueUrl },
+        "queue has no RedrivePolicy and no --dlq-url: invalid messages stay",
+      );
+      return undefined;
+    }
+    const arn = String((JSON.parse(policy) as { deadLetterTargetArn?: unknown }).deadLetterTargetArn ?? "");
+    const [, , , , account, name] = arn.split(":");
+    if (!name) throw new Error(`RedrivePolicy without a usable deadLetterTargetArn: ${arn}`);
+    const { QueueUrl } = await sqs.send(
+      new GetQueueUrlCommand({ QueueName: name, QueueOwnerAWSAccountId: account }),
+    );
+    this.dlqUrl = QueueUrl;
+    return QueueUrl;
+  }
+
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Stops polling; resolves once the batch in hand (and its apply) has finished. */
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    const { logger } = this.options;
+    let failures = 0;
+    while (!this.abort.signal.aborted) {
+      try {
+        await this.pollOnce();
+        failures = 0;
+      } catch (error) {
+        if (this.abort.signal.aborted) break;
+        failures++;
+        logger.error({ err: error }, "poll failed");
+        await sleep(Math.min(30_000, 500 * 2 ** Math.min(failures, 6)), this.abort.signal);
+      }
+    }
+  }
+
+  /** One receive and the handling of its batch. */
+  async pollOnce(): Promise<void> {
+    const { sqs, queueUrl } = this.options;
+    const received = await sqs.send(
+      new ReceiveMessageCommand({
+        QueueUrl: queueUrl,
+        MaxNumberOfMessages: this.batch,
+        WaitTimeSeconds: this.wait,
+        VisibilityTimeout: this.visibility,
+        MessageSystemAttributeNames: ["ApproximateReceiveCount", "MessageGroupId"],
+      }),
+      { abortSignal: this.abort.signal },
+    );
+    const messages = received.Messages ?? [];
+    if (messages.length > 0) await this.handleBatch(messages, performance.now());
+  }
+
+  async handleBatch(messages: readonly Message[], receivedAt: number): Promise<void> {
+    const { schema, metrics, logger, core } = this.options;
+    const valid: Valid[] = [];
+    for (const message of messages) {
+      const result = (() => {
+        try {
+          return schema.safeParse(JSON.parse(message.Body ?? ""));
+        } catch {
+          return undefined;
+        }
+      })();
+      if (result?.success) valid.push({ message, snapshot: result.data });
+      else {
+        metrics.messages.inc({ outcome: "invalid" });
+        logger.warn(
+          {
+            message_id: message.MessageId,
+            issues: result ? toFieldIssues(result.error).slice(0, 5) : [{ path: "", message: "not JSON" }],
+          },
+          "invalid queue message, parking it in the DLQ",
+        );
+        await this.park(message);
+      }
+    }
+    const heartbeat = this.keepInvisible(valid.map((item) => item.message));
+    try {
+      for (const { newest, superseded } of coalesce(valid, (item) => item.snapshot)) {
+        if (superseded.length > 0) {
+          metrics.messages.inc({ outcome: "superseded" }, superseded.length);
+          await this.delete(superseded.map((item) => item.message));
+        }
+        let outcome: ApplyOutcome | undefined;
+        try {
+          outcome = await core.apply(newest.snapshot);
+        } catch (error) {
+          if (!(error instanceof ApplyFailedError)) logger.error({ err: error }, "unexpected apply error");
+        }
+        if (outcome && outcome.kind !== "namespace-missing") {
+          if (outcome.kind === "applied") {
+            logger.info(
+              {
+                router_id: newest.snapshot.router_id,
+                revision: newest.snapshot.revision,
+                received_to_verified_seconds: (performance.now() - receivedAt) / 1000,
+              },
+              "message done",
+            );
+          }
+          await this.delete([newest.message]);
+        } else await this.backOff(newest.message);
+      }
+    } finally {
+      clearInterval(heartbeat);
+    }
+  }
+
+  private keepInvisible(messages: readonly Message[]): NodeJS.Timeout {
+    const { sqs, queueUrl, logger } = this.options;
+    const timer = setInterval(
+      () => {
+        const entries = messages.map((message, index) => ({
+          Id: String(index),
+          ReceiptHandle: message.ReceiptHandle,
+          VisibilityTimeout: this.visibility,
+        }));
+        if (entries.length === 0) return;
+        sqs
+          .send(new ChangeMessageVisibilityBatchCommand({ QueueUrl: queueUrl, Entries: entries }))
+          .catch((error: unknown) => logger.warn({ err: error }, "visibility extension failed"));
+      },
+      (this.visibility * 1000) / 3,
+    );
+    timer.unref();
+    return timer;
+  }
+
+  /** Leaves the message queued, invisible for an exponentially growing delay (no spinning). */
+  private async backOff(message: Message): Promise<void> {
+    const receives = Number(message.Attributes?.ApproximateReceiveCount ?? "1") || 1;
+    const base = this.options.backoffBaseSeconds ?? 5;
+    const max = this.options.backoffMaxSeconds ?? 300;
+    const delay = Math.min(max, Math.round(base * 2 ** Math.min(receives - 1, 16)));
+    try {
+      await this.options.sqs.send(
+        new ChangeMessageVisibilityCommand({
+          QueueUrl: this.options.queueUrl,
+          ReceiptHandle: message.ReceiptHandle,
+          VisibilityTimeout: delay,
+        }),
+      );
+    } catch (error) {
+      this.options.logger.warn({ err: error }, "could not set retry delay; visibility timeout applies");
+    }
+  }
+
+  /** Invalid messages never become valid: copy to the DLQ explicitly, then delete. */
+  private async park(message: Message): Promise<void> {
+    const dlq = this.dlqUrl ?? (await this.resolveDlq().catch(() => undefined));
+    if (!dlq) {
+      await this.backOff(message);
+      return;
+    }
+    const fifo = dlq.endsWith(".fifo");
+    await this.options.sqs.send(
+      new SendMessageCommand({
+        QueueUrl: dlq,
+        MessageBody: message.Body && message.Body.length > 0 ? message.Body : "(empty)",
+        MessageAttributes: {
+          cth_reason: { DataType: "String", StringValue: "invalid-router-sync" },
+          cth_source_message_id: { DataType: "String", StringValue: message.MessageId ?? "unknown" },
+        },
+        ...(fifo
+          ? {
+              MessageGroupId: message.Attributes?.MessageGroupId ?? "invalid",
+              MessageDeduplicationId: message.MessageId,
+            }
+          : {}),
+      }),
+    );
+    await this.delete([message]);
+  }
+
+  private async delete(messages: readonly Message[]): Promise<void> {
+    if (messages.length === 0) return;
+    const result = await this.options.sqs.send(
+      new DeleteMessageBatchCommand({
+        QueueUrl: this.options.queueUrl,
+        Entries: messages.map((message, index) => ({
+          Id: String(index),
+          ReceiptHandle: message.ReceiptHandle,
+        })),
+      }),
+    );
+    if (result.Failed && result.Failed.length > 0) {
+      // Redelivery is harmless: the revision guard drops it.
+      this.options.logger.warn({ failed: result.Failed }, "some deletes failed");
+    }
+  }
+}

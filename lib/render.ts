@@ -1,0 +1,215 @@
+/**
+ * Snapshot -> iptables-restore input, pure (no I/O). Verified against iptables 1.8.9 (nf_tables):
+ * - iptables-save prints a port match as `-p tcp -m tcp --dport 21` and always double-quotes a comment;
+ * - in `--noflush` mode, declaring `:CHAIN - [0:0]` creates the chain or flushes it, inside the transaction;
+ * - `-D` and `-X` inside the same transaction remove the jump and the (just flushed) chain.
+ * One chain per family is owned by this project and rewritten whole, so helper ids never become chain
+ * names (Neutron's 7-character prefix collision) and every rule is written exactly as iptables-save prints
+ * it, so reading back and comparing converges and an unchanged snapshot writes nothing.
+ */
+import type { Family, HelperCatalog, Protocol } from "./catalog.ts";
+import type { ApplyError, HelperRule } from "./schemas/index.ts";
+
+export const TABLE = "raw";
+/** <= 28 characters (iptables' chain-name limit); upper case so it cannot clash with Neutron's `neutron-*`. */
+export const OWNED_CHAIN = "CTH-HELPERS";
+export const HOOK_CHAIN = "PREROUTING";
+export const JUMP_LINE = `-A ${HOOK_CHAIN} -j ${OWNED_CHAIN}`;
+const CHAIN_LINE = `:${OWNED_CHAIN} - [0:0]`;
+const COMMENT_PREFIX = "cth:";
+
+export const FAMILIES: readonly Family[] = ["ipv4", "ipv6"];
+
+// Re-checked here (the renderer is the last stop before text reaches iptables), independent of the schema.
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const HELPER_RE = /^[A-Za-z0-9.-]{1,32}$/;
+
+export class RenderError extends Error {
+  override readonly name = "RenderError";
+}
+
+/** Which helpers go into a family's chain, and why the others were left out. */
+export interface FamilyPlan {
+  readonly family: Family;
+  readonly rules: readonly HelperRule[];
+  readonly errors: readonly ApplyError[];
+}
+
+export interface PlanOptions {
+  /** Helper names the running kernel lacks in this family (probe or classified restore error). */
+  readonly unavailable?: ReadonlySet<string> | undefined;
+}
+
+function assertRenderable(rule: HelperRule, catalog: HelperCatalog): void {
+  const protocols: readonly Protocol[] = ["tcp", "udp"];
+  if (!UUID_RE.test(rule.id)) throw new RenderError("helper id is not a lowercase UUID");
+  if (!protocols.includes(rule.protocol)) throw new RenderError(`bad protocol for helper ${rule.id}`);
+  if (!Number.isInteger(rule.port) || rule.port < 1 || rule.port > 65_535) {
+    throw new RenderError(`bad port for helper ${rule.id}`);
+  }
+  if (!HELPER_RE.test(rule.helper) || catalog.resolve(rule.helper, rule.protocol) !== rule.helper) {
+    throw new RenderError(`helper ${rule.id} names a helper the catalog does not allow`);
+  }
+}
+
+/** Stable order: protocol, then port, then id. */
+export function compareRules(a: HelperRule, b: HelperRule): number {
+  if (a.protocol !== b.protocol) return a.protocol < b.protocol ? -1 : 1;
+  if (a.port !== b.port) return a.port - b.port;
+  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+}
+
+/**
+ * Selects one family's rules: helpers the family does not support are simply absent (IPv4-only helpers in
+ * ip6tables are not an error), a second helper on the same (protocol, port) is left out because the
+ * kernel would only ever use the first, and helpers the kernel lacks are left out with a per-helper error.
+ */
+export function planFamily(
+  helpers: readonly HelperRule[],
+  family: Family,
+  catalog: HelperCatalog,
+  options: PlanOptions = {},
+): FamilyPlan {
+  const sorted = [...helpers].sort(compareRules);
+  const rules: HelperRule[] = [];
+  const errors: ApplyError[] = [];
+  const taken = new Map<string, string>();
+  const seenIds = new Set<string>();
+  for (const rule of sorted) {
+    assertRenderable(rule, catalog);
+    if (seenIds.has(rule.id)) throw new RenderError(`helper id ${rule.id} appears twice`);
+    seenIds.add(rule.id);
+    if (!catalog.families(rule.helper).includes(family)) continue;
+    if (options.unavailable?.has(rule.helper)) {
+      errors.push({
+        helper_id: rule.id,
+        code: "helper_unavailable",
+        message: `${family}: the running kernel lacks conntrack helper ${rule.helper}`,
+      });
+      continue;
+    }
+    const key = `${rule.protocol}/${rule.port}`;
+    const owner = taken.get(key);
+    if (owner !== undefined) {
+      errors.push({
+        helper_id: rule.id,
+        code: "port_conflict",
+        message: `${family}: ${key} already carries helper ${owner}`,
+      });
+      continue;
+    }
+    taken.set(key, rule.id);
+    rules.push(rule);
+  }
+  return { family, rules, errors };
+}
+
+/** One rule exactly as iptables-save prints it. */
+export function ruleLine(rule: HelperRule): string {
+  return (
+    `-A ${OWNED_CHAIN} -p ${rule.protocol} -m ${rule.protocol} --dport ${rule.port}` +
+    ` -m comment --comment "${COMMENT_PREFIX}${rule.id}" -j CT --helper ${rule.helper}`
+  );
+}
+
+/** The lines iptables-save prints for what we own once `rules` are in place ([] when nothing is owned). */
+export function expectedOwnedLines(rules: readonly HelperRule[]): string[] {
+  if (rules.length === 0) return [];
+  return [CHAIN_LINE, JUMP_LINE, ...rules.map(ruleLine)];
+}
+
+/** The `*raw` section of an iptables-save dump, without comments and counters. */
+function rawSection(save: string): string[] {
+  const lines: string[] = [];
+  let inRaw = false;
+  for (const line of save.split("\n")) {
+    if (line.startsWith("*")) {
+      inRaw = line === `*${TABLE}`;
+      continue;
+    }
+    if (!inRaw || line.startsWith("#") || line === "") continue;
+    if (line === "COMMIT") {
+      inRaw = false;
+      continue;
+    }
+    lines.push(line);
+  }
+  return lines;
+}
+
+/** What a save shows of ours: the chain declaration, jumps into it (from anywhere), its rules; in save order. */
+export function ownedLines(save: string): string[] {
+  const ours: string[] = [];
+  const chainDecl: string[] = [];
+  for (const line of rawSection(save)) {
+    if (line.startsWith(`:${OWNED_CHAIN} `)) chainDecl.push(line);
+    else if (line.startsWith(`-A ${OWNED_CHAIN} `) || line.endsWith(` -j ${OWNED_CHAIN}`)) ours.push(line);
+  }
+  const jumps = ours.filter((line) => !line.startsWith(`-A ${OWNED_CHAIN} `));
+  const rules = ours.filter((line) => line.startsWith(`-A ${OWNED_CHAIN} `));
+  return [...chainDecl, ...jumps, ...rules];
+}
+
+/** The helper ids our chain currently holds, in rule order (for reports and tests). */
+export function ownedHelperIds(save: string): string[] {
+  const ids: string[] = [];
+  for (const line of ownedLines(save)) {
+    const match = / --comment "cth:([0-9a-f-]{36})" /.exec(line);
+    if (match?.[1]) ids.push(match[1]);
+  }
+  return ids;
+}
+
+export function sameLines(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((line, index) => line === b[index]);
+}
+
+/**
+ * The iptables-restore input (for `--noflush`) that turns `currentSave` into `rules`, or undefined when the
+ * save already shows exactly that (nothing to write). Jumps into our chain other than the one canonical
+ * PREROUTING jump are removed only when they have that exact form; anything else someone hand-wrote is
+ * left for the read-back comparison to report.
+ */
+export function renderRestore(rules: readonly HelperRule[], currentSave: string): string | undefined {
+  const current = ownedLines(currentSave);
+  const expected = expectedOwnedLines(rules);
+  if (sameLines(current, expected)) return undefined;
+  const chainExists = current.some((line) => line.startsWith(`:${OWNED_CHAIN} `));
+  const jumps = current.filter((line) => line === JUMP_LINE).length;
+  const strayJumps = current.filter((line) => line === `-A OUTPUT -j ${OWNED_CHAIN}`).length;
+  const out = [`*${TABLE}`];
+  for (let i = 0; i < strayJumps; i++) out.push(`-D OUTPUT -j ${OWNED_CHAIN}`);
+  if (rules.length === 0) {
+    for (let i = 0; i < jumps; i++) out.push(`-D ${HOOK_CHAIN} -j ${OWNED_CHAIN}`);
+    if (chainExists) out.push(CHAIN_LINE, `-X ${OWNED_CHAIN}`);
+  } else {
+    // Declaring the chain flushes it (noflush mode), so the rules below replace it whole.
+    out.push(CHAIN_LINE);
+    if (jumps === 0) out.push(JUMP_LINE);
+    for (let i = 1; i < jumps; i++) out.push(`-D ${HOOK_CHAIN} -j ${OWNED_CHAIN}`);
+    out.push(...rules.map(ruleLine));
+  }
+  out.push("COMMIT", "");
+  return out.join("\n");
+}
+
+/**
+ * Maps an iptables-restore error (`line N: ...`) back to the helper whose rule sits on that line, so a
+ * helper the kernel lacks can be left out and the others applied.
+ */
+export function helperAtLine(
+  restoreText: string,
+  stderr: string,
+): { helper: string; id: string } | undefined {
+  const match = /line (\d+)/.exec(stderr);
+  if (!match) return undefined;
+  const line = restoreText.split("\n")[Number(match[1]) - 1];
+  if (line === undefined) return undefined;
+  const rule = /^-A \S+ .* --comment "cth:([0-9a-f-]{36})" -j CT --helper ([A-Za-z0-9.-]+)$/.exec(line);
+  return rule?.[1] && rule[2] ? { id: rule[1], helper: rule[2] } : undefined;
+}
+
+/** Whether an iptables-restore failure says the kernel does not know something (a helper module). */
+export function isMissingHelperError(stderr: string): boolean {
+  return /No such file or directory|Unknown helper|No chain\/target\/match by that name/i.test(stderr);
+}
