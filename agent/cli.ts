@@ -186,7 +186,8 @@ async function main(): Promise<void> {
   const logger = pino({ level: options.logLevel, base: { node: options.node } });
   const sqs = new SQSClient({
     region: options.region,
-    ...(options.endpoint ? { endpoint: options.endpoint } : {}),
+    // Emulators hand out queue URLs of their own; an explicit endpoint must win over them.
+    ...(options.endpoint ? { endpoint: options.endpoint, useQueueUrlAsEndpoint: false } : {}),
   });
   const iptables: IptablesPort =
     options.backend === "dry-run" ? new DryRunIptables(`${options.stateDir}/dry-run`) : new ExecIptables();

@@ -1,0 +1,311 @@
+import { randomUUID } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { AgentCore, ApplyFailedError, coalesce } from "../../agent/core.ts";
+import { RestoreError } from "../../agent/iptables.ts";
+import { MemoryIptables } from "../../agent/iptables-memory.ts";
+import { AgentMetrics } from "../../agent/metrics.ts";
+import { probeHelpers } from "../../agent/probe.ts";
+import { StateStore } from "../../agent/state.ts";
+import type { Family } from "../../lib/catalog.ts";
+import { HelperCatalog } from "../../lib/catalog.ts";
+import type { StatusSink } from "../../lib/ports.ts";
+import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
+import type { HelperRule, RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
+
+const catalog = new HelperCatalog();
+const NODE = "node-a";
+
+class RecordingSink implements StatusSink {
+  readonly sent: StatusMessage[] = [];
+  async send(message: StatusMessage): Promise<void> {
+    this.sent.push(message);
+  }
+}
+
+const helper = (
+  name: string,
+  protocol: "tcp" | "udp",
+  port: number,
+  id: string = randomUUID(),
+): HelperRule => ({
+  id,
+  protocol,
+  port,
+  helper: name,
+});
+
+const snapshot = (routerId: string, revision: number, helpers: HelperRule[]): RouterSyncMessage => ({
+  v: 1,
+  kind: "router-sync",
+  router_id: routerId,
+  revision,
+  helpers,
+  correlation_id: `c-${revision}`,
+  issued_at: "2026-11-24T05:00:00.000Z",
+});
+
+describe("agent core (in-memory iptables model)", () => {
+  let dir: string;
+  let iptables: MemoryIptables;
+  let sink: RecordingSink;
+  let state: StateStore;
+  let metrics: AgentMetrics;
+  let routerId: string;
+  let ns: string;
+
+  const makeCore = (overrides: Partial<ConstructorParameters<typeof AgentCore>[0]> = {}) =>
+    new AgentCore({
+      node: NODE,
+      catalog,
+      iptables,
+      state,
+      status: sink,
+      metrics,
+      logger: pino({ level: "silent" }),
+      namespacePattern: "qrouter-{router_id}",
+      ...overrides,
+    });
+
+  const owned = async (name: string, family: Family) => ownedLines(await iptables.save(name, family));
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), "cth-agent-core-"));
+    iptables = new MemoryIptables();
+    sink = new RecordingSink();
+    state = await StateStore.load(dir, NODE);
+    metrics = new AgentMetrics();
+    routerId = randomUUID();
+    ns = `qrouter-${routerId}`;
+    await iptables.createNamespace(ns);
+  });
+
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("applies a snapshot to both families, records the revision and reports it", async () => {
+    const helpers = [helper("ftp", "tcp", 21), helper("irc", "tcp", 6667)];
+    const outcome = await makeCore().apply(snapshot(routerId, 1, helpers));
+    expect(outcome).toEqual({ kind: "applied", changed: true, rules: { ipv4: 2, ipv6: 1 }, errors: [] });
+    expect(await owned(ns, "ipv4")).toEqual(expectedOwnedLines(planFamily(helpers, "ipv4", catalog).rules));
+    expect(ownedHelperIds(await iptables.save(ns, "ipv6"))).toEqual([helpers[0]!.id]);
+    expect(sink.sent).toEqual([
+      {
+        v: 1,
+        kind: "applied",
+        router_id: routerId,
+        revision: 1,
+        host: NODE,
+        rules: { ipv4: 2, ipv6: 1 },
+        errors: [],
+      },
+    ]);
+    const reloaded = await StateStore.load(dir, NODE);
+    expect(reloaded.get(routerId)?.revision).toBe(1);
+  });
+
+  it("the same helpers at a newer revision write nothing and still report the revision", async () => {
+    const helpers = [helper("ftp", "tcp", 21)];
+    const core = makeCore();
+    await core.apply(snapshot(routerId, 1, helpers));
+    const restores = iptables.restores.get(ns);
+    const outcome = await core.apply(snapshot(routerId, 2, [...helpers].reverse()));
+    expect(outcome).toMatchObject({ kind: "applied", changed: false });
+    expect(iptables.restores.get(ns)).toBe(restores);
+    expect(sink.sent.at(-1)).toMatchObject({ kind: "applied", revision: 2 });
+    expect(await metrics.registry.getSingleMetricAsString("cth_agent_applies_total")).toContain(
+      'result="unchanged"} 1',
+    );
+  });
+
+  it("ignores stale revisions, re-reports a duplicate, and touches no rule", async () => {
+    const core = makeCore();
+    const newest = [helper("ftp", "tcp", 21)];
+    await core.apply(snapshot(routerId, 5, newest));
+    const before = await owned(ns, "ipv4");
+    const restores = iptables.restores.get(ns);
+    expect(await core.apply(snapshot(routerId, 4, [helper("sane", "tcp", 6566)]))).toEqual({
+      kind: "stale",
+      appliedRevision: 5,
+    });
+    expect(await core.apply(snapshot(routerId, 5, []))).toEqual({ kind: "duplicate", appliedRevision: 5 });
+    expect(await owned(ns, "ipv4")).toEqual(before);
+    expect(iptables.restores.get(ns)).toBe(restores);
+    expect(sink.sent.map((m) => (m.kind === "applied" ? m.revision : -1))).toEqual([5, 5]);
+    expect(state.get(routerId)?.revision).toBe(5);
+  });
+
+  it("coalesces a batch to the newest revision per router", () => {
+    const other = randomUUID();
+    const batch = [
+      snapshot(routerId, 3, []),
+      snapshot(other, 1, []),
+      snapshot(routerId, 7, []),
+      snapshot(routerId, 5, []),
+    ];
+    const groups = coalesce(batch, (s) => s);
+    expect(
+      groups.map((g) => [g.newest.router_id, g.newest.revision, g.superseded.map((s) => s.revision)]),
+    ).toEqual([
+      [routerId, 7, [3, 5]],
+      [other, 1, []],
+    ]);
+  });
+
+  it("a missing namespace is reported and nothing is recorded; an empty snapshot for it holds already", async () => {
+    const gone = randomUUID();
+    const core = makeCore();
+    expect(await core.apply(snapshot(gone, 1, [helper("ftp", "tcp", 21)]))).toEqual({
+      kind: "namespace-missing",
+      namespace: `qrouter-${gone}`,
+    });
+    expect(state.get(gone)).toBeUndefined();
+    expect(sink.sent).toEqual([]);
+    expect(await iptables.namespaceExists(`qrouter-${gone}`)).toBe(false);
+    expect(await core.apply(snapshot(gone, 2, []))).toMatchObject({ kind: "applied", changed: false });
+    expect(state.get(gone)?.revision).toBe(2);
+  });
+
+  it("--create-namespaces creates a missing namespace and removes only one it created on an empty snapshot", async () => {
+    const fresh = randomUUID();
+    const core = makeCore({ createNamespaces: true });
+    await core.apply(snapshot(fresh, 1, [helper("ftp", "tcp", 21)]));
+    expect(await iptables.namespaceExists(`qrouter-${fresh}`)).toBe(true);
+    await core.apply(snapshot(fresh, 2, []));
+    expect(await iptables.namespaceExists(`qrouter-${fresh}`)).toBe(false);
+    // Not created by the agent: emptied, kept.
+    await core.apply(snapshot(routerId, 1, [helper("ftp", "tcp", 21)]));
+    await core.apply(snapshot(routerId, 2, []));
+    expect(await iptables.namespaceExists(ns)).toBe(true);
+    expect(await owned(ns, "ipv4")).toEqual([]);
+  });
+
+  it("a helper the kernel lacks is left out with a per-helper error; the router's other helpers are applied", async () => {
+    iptables.lacking.ipv4.add("snmp");
+    const snmp = helper("snmp", "udp", 161);
+    const ftp = helper("ftp", "tcp", 21);
+    const core = makeCore();
+    const outcome = await core.apply(snapshot(routerId, 1, [snmp, ftp, helper("tftp", "udp", 69)]));
+    expect(outcome).toMatchObject({ kind: "applied", rules: { ipv4: 2, ipv6: 2 } });
+    expect(outcome.kind === "applied" && outcome.errors).toEqual([
+      expect.objectContaining({ helper_id: snmp.id, code: "helper_unavailable" }),
+    ]);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).not.toContain(snmp.id);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toContain(ftp.id);
+    expect(core.unavailable.ipv4.has("snmp")).toBe(true);
+    expect(sink.sent.at(-1)).toMatchObject({ errors: [expect.objectContaining({ helper_id: snmp.id })] });
+  });
+
+  it("the start-up probe finds what the kernel lacks and removes its scratch namespace", async () => {
+    iptables.lacking.ipv4.add("pptp");
+    iptables.lacking.ipv6.add("sip");
+    const lacking = await probeHelpers(iptables, catalog, "cth-probe-unit");
+    expect([...lacking.ipv4]).toEqual(["pptp"]);
+    expect([...lacking.ipv6]).toEqual(["sip"]);
+    expect(await iptables.namespaceExists("cth-probe-unit")).toBe(false);
+  });
+
+  it("a read-back that differs from the rendered rules fails the apply and records nothing", async () => {
+    class Liar extends MemoryIptables {
+      override async restore(): Promise<void> {}
+    }
+    iptables = new Liar();
+    await iptables.createNamespace(ns);
+    const core = makeCore();
+    await expect(core.apply(snapshot(routerId, 1, [helper("ftp", "tcp", 21)]))).rejects.toMatchObject({
+      name: "ApplyFailedError",
+      reason: "verify",
+    });
+    expect(state.get(routerId)).toBeUndefined();
+    expect(sink.sent).toEqual([]);
+  });
+
+  it("a restore error that names no missing helper fails the apply; rules and state stay as they were", async () => {
+    class Flaky extends MemoryIptables {
+      failWith: string | undefined;
+      override async restore(name: string, family: Family, text: string): Promise<void> {
+        if (this.failWith) throw new RestoreError(family, this.failWith);
+        await super.restore(name, family, text);
+      }
+    }
+    const flaky = new Flaky();
+    iptables = flaky;
+    await iptables.createNamespace(ns);
+    const core = makeCore();
+    await core.apply(snapshot(routerId, 1, [helper("ftp", "tcp", 21)]));
+    const before = await owned(ns, "ipv4");
+    flaky.failWith = "iptables-restore: line 3 failed (Resource temporarily unavailable)";
+    const error = await core
+      .apply(snapshot(routerId, 2, [helper("sane", "tcp", 6566)]))
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ApplyFailedError);
+    expect(error).toMatchObject({ reason: "restore" });
+    expect(state.get(routerId)?.revision).toBe(1);
+    expect(await owned(ns, "ipv4")).toEqual(before);
+    expect(sink.sent.map((m) => m.kind === "applied" && m.revision)).toEqual([1]);
+    expect(await metrics.registry.getSingleMetricAsString("cth_agent_apply_failures_total")).toContain(
+      'reason="restore"} 1',
+    );
+  });
+
+  it("two helpers whose ids share their first 7 characters: deleting one leaves the other (Neutron defect 2)", async () => {
+    const a = helper("ftp", "tcp", 21, `1234567${randomUUID().slice(7)}`);
+    const b = helper("ftp", "tcp", 2121, `1234567${randomUUID().slice(7)}`);
+    const core = makeCore();
+    await core.apply(snapshot(routerId, 1, [a, b]));
+    await core.apply(snapshot(routerId, 2, [b]));
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([b.id]);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv6"))).toEqual([b.id]);
+  });
+
+  it("syncing one router never touches another router's rules (Neutron defect 3)", async () => {
+    const other = randomUUID();
+    await iptables.createNamespace(`qrouter-${other}`);
+    const core = makeCore();
+    await core.apply(snapshot(other, 1, [helper("tftp", "udp", 69)]));
+    const otherBefore = await iptables.save(`qrouter-${other}`, "ipv4");
+    const otherRestores = iptables.restores.get(`qrouter-${other}`);
+    await core.apply(snapshot(routerId, 1, [helper("ftp", "tcp", 21)]));
+    await core.apply(snapshot(routerId, 2, []));
+    expect(ownedLines(await iptables.save(`qrouter-${other}`, "ipv4"))).toEqual(ownedLines(otherBefore));
+    expect(iptables.restores.get(`qrouter-${other}`)).toBe(otherRestores);
+  });
+
+  it("drift: a chain deleted by hand is restored by the drift check, and a clean check repairs nothing", async () => {
+    const helpers = [helper("ftp", "tcp", 21), helper("sip", "udp", 5060)];
+    const core = makeCore();
+    await core.apply(snapshot(routerId, 1, helpers));
+    const expected = await owned(ns, "ipv4");
+    await iptables.restore(
+      ns,
+      "ipv4",
+      "*raw\n-D PREROUTING -j CTH-HELPERS\n-F CTH-HELPERS\n-X CTH-HELPERS\nCOMMIT\n",
+    );
+    expect(await owned(ns, "ipv4")).toEqual([]);
+    expect(await core.checkDrift()).toEqual([routerId]);
+    expect(await owned(ns, "ipv4")).toEqual(expected);
+    expect(await core.checkDrift()).toEqual([]);
+    expect(await metrics.registry.getSingleMetricAsString("cth_agent_drift_repairs_total")).toContain(" 1");
+  });
+
+  it("a corrupt state file is reported and replaced by an empty state", async () => {
+    await writeFile(join(dir, `agent-${NODE}.json`), "{not json");
+    const seen: unknown[] = [];
+    const loaded = await StateStore.load(dir, NODE, (error) => seen.push(error));
+    expect(seen).toHaveLength(1);
+    expect(loaded.entries()).toEqual([]);
+    await loaded.set(routerId, {
+      revision: 3,
+      helpers: [],
+      namespace: ns,
+      appliedAt: "2026-11-24T05:00:00Z",
+    });
+    expect(
+      JSON.parse(await readFile(join(dir, `agent-${NODE}.json`), "utf8")).routers[routerId].revision,
+    ).toBe(3);
+  });
+});
