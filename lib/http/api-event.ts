@@ -1,0 +1,61 @@
+/**
+ * API Gateway events, REST (payload 1.0) and HTTP API (payload 2.0), reduced to what the dispatcher uses.
+ * Structural types on purpose: lib/ does not depend on Lambda's type packages.
+ */
+export interface ApiGatewayEvent {
+  readonly version?: string;
+  /** v2 */
+  readonly routeKey?: string;
+  readonly rawPath?: string;
+  /** v1 */
+  readonly resource?: string;
+  readonly path?: string;
+  readonly httpMethod?: string;
+  readonly headers?: Readonly<Record<string, string | undefined>> | null;
+  readonly body?: string | null;
+  readonly isBase64Encoded?: boolean;
+  readonly requestContext?: {
+    readonly requestId?: string;
+    readonly http?: { readonly method?: string; readonly path?: string };
+    readonly authorizer?: {
+      /** v2 JWT authorizer */
+      readonly jwt?: { readonly claims?: unknown };
+      /** v1 Cognito / JWT authorizer */
+      readonly claims?: unknown;
+    } | null;
+  };
+}
+
+export interface ApiGatewayResult {
+  statusCode: number;
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** One request, whatever the payload version. */
+export interface HttpRequest {
+  readonly method: string;
+  readonly path: string;
+  /** Lower-cased names. */
+  readonly headers: Readonly<Record<string, string>>;
+  readonly claims: unknown;
+  readonly correlationId: string;
+}
+
+export function normalizeEvent(event: ApiGatewayEvent, correlationId: string): HttpRequest {
+  const method = (event.requestContext?.http?.method ?? event.httpMethod ?? "").toUpperCase();
+  const path = event.rawPath ?? event.requestContext?.http?.path ?? event.path ?? "";
+  const headers: Record<string, string> = {};
+  for (const [name, value] of Object.entries(event.headers ?? {})) {
+    if (typeof value === "string") headers[name.toLowerCase()] = value;
+  }
+  const authorizer = event.requestContext?.authorizer;
+  const claims = authorizer?.jwt?.claims ?? authorizer?.claims;
+  return { method, path, headers, claims, correlationId };
+}
+
+/** Request ids become snapshot correlation ids, whose alphabet is narrow (HTTP API ids end in "="). */
+export function correlationIdFrom(requestId: string | undefined, fallback: () => string): string {
+  const cleaned = (requestId ?? "").replace(/[^A-Za-z0-9_.:-]/g, "-").slice(0, 128);
+  return cleaned.length > 0 ? cleaned : fallback();
+}
