@@ -1,0 +1,164 @@
+/**
+ * The local stand-in for API Gateway's JWT authorizer: an ES256 dev key under `.local/`, tokens signed with
+ * it, and verification with the same checks the authorizer makes (signature, algorithm, exp/nbf, issuer,
+ * audience). Verified claims are handed to the function as API Gateway does: every claim a string.
+ */
+import { randomUUID } from "node:crypto";
+import { chmod, link, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { dirname } from "node:path";
+import {
+  type CryptoKey,
+  calculateJwkThumbprint,
+  errors,
+  exportJWK,
+  generateKeyPair,
+  importJWK,
+  type JWK,
+  type JWTPayload,
+  jwtVerify,
+  SignJWT,
+} from "jose";
+import { UnauthorizedError } from "../../lib/errors.ts";
+
+export const LOCAL_ISSUER = "https://cth.local/dev";
+export const LOCAL_AUDIENCE = "cth-local";
+const ALGORITHM = "ES256";
+/** API Gateway tolerates no skew beyond a few seconds either. */
+const CLOCK_TOLERANCE_SECONDS = 5;
+const MAX_TOKEN_CHARS = 8192;
+
+export interface SigningKey {
+  readonly kid: string;
+  readonly privateKey: CryptoKey;
+  readonly publicKey: CryptoKey;
+}
+
+interface KeyFile {
+  readonly kid: string;
+  readonly alg: typeof ALGORITHM;
+  readonly privateJwk: JWK;
+  readonly publicJwk: JWK;
+}
+
+async function fromFile(data: KeyFile): Promise<SigningKey> {
+  return {
+    kid: data.kid,
+    privateKey: (await importJWK(data.privateJwk, ALGORITHM)) as CryptoKey,
+    publicKey: (await importJWK(data.publicJwk, ALGORITHM)) as CryptoKey,
+  };
+}
+
+/**
+ * Loads the dev key, creating it on first use. Creation is atomic (write a private temp file, then hard-link
+ * it into place), so a token script and a starting stack racing each other end up with the same key.
+ */
+export async function loadOrCreateSigningKey(file: string): Promise<SigningKey> {
+  try {
+    return await fromFile(JSON.parse(await readFile(file, "utf8")) as KeyFile);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+  }
+  await mkdir(dirname(file), { recursive: true, mode: 0o700 });
+  const { privateKey, publicKey } = await generateKeyPair(ALGORITHM, { extractable: true });
+  const publicJwk = await exportJWK(publicKey);
+  const kid = await calculateJwkThumbprint(publicJwk);
+  const data: KeyFile = { kid, alg: ALGORITHM, privateJwk: await exportJWK(privateKey), publicJwk };
+  const temp = `${file}.${process.pid}.${randomUUID()}.tmp`;
+  await writeFile(temp, `${JSON.stringify(data, null, 2)}\n`, { mode: 0o600, flag: "wx" });
+  await chmod(temp, 0o600);
+  try {
+    await link(temp, file);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  } finally {
+    await rm(temp, { force: true });
+  }
+  return fromFile(JSON.parse(await readFile(file, "utf8")) as KeyFile);
+}
+
+export interface TokenRequest {
+  readonly projectId: string;
+  readonly roles?: readonly string[];
+  readonly ttlSeconds?: number;
+  readonly issuer?: string;
+  readonly audience?: string;
+  /** Seconds since the epoch; tests set it to mint expired or not-yet-valid tokens. */
+  readonly now?: number;
+  readonly subject?: string;
+}
+
+export async function signToken(key: SigningKey, request: TokenRequest): Promise<string> {
+  const now = request.now ?? Math.floor(Date.now() / 1000);
+  return new SignJWT({ project_id: request.projectId, roles: [...(request.roles ?? [])] })
+    .setProtectedHeader({ alg: ALGORITHM, kid: key.kid, typ: "JWT" })
+    .setIssuer(request.issuer ?? LOCAL_ISSUER)
+    .setAudience(request.audience ?? LOCAL_AUDIENCE)
+    .setSubject(request.subject ?? `dev:${request.projectId}`)
+    .setJti(randomUUID())
+    .setIssuedAt(now)
+    .setExpirationTime(now + (request.ttlSeconds ?? 3600))
+    .sign(key.privateKey);
+}
+
+export interface VerifyOptions {
+  readonly issuer?: string;
+  readonly audience?: string;
+}
+
+/** The reason goes into WWW-Authenticate's error_description, as API Gateway's authorizer does. */
+export class TokenRejectedError extends UnauthorizedError {
+  constructor(readonly reason: string) {
+    super(`invalid bearer token: ${reason}`);
+  }
+}
+
+function reasonOf(error: unknown): string {
+  if (error instanceof errors.JWTExpired) return "the token has expired";
+  if (error instanceof errors.JWTClaimValidationFailed) {
+    if (error.claim === "iss") return "issuer mismatch";
+    if (error.claim === "aud") return "audience mismatch";
+    if (error.claim === "nbf") return "the token is not valid yet";
+    return `claim ${error.claim} is invalid`;
+  }
+  if (error instanceof errors.JWSSignatureVerificationFailed) return "signature verification failed";
+  if (error instanceof errors.JOSEAlgNotAllowed) return "algorithm not allowed";
+  return "malformed token";
+}
+
+/** Verifies `Authorization: Bearer <jwt>`; returns the verified payload or throws TokenRejectedError. */
+export async function verifyBearer(
+  authorization: string | undefined,
+  key: SigningKey,
+  options: VerifyOptions = {},
+): Promise<JWTPayload> {
+  if (!authorization) throw new TokenRejectedError("missing Authorization header");
+  const match = /^Bearer ([A-Za-z0-9_.-]+)$/i.exec(authorization.trim());
+  if (!match || match[1]!.length > MAX_TOKEN_CHARS) throw new TokenRejectedError("not a bearer token");
+  try {
+    const { payload } = await jwtVerify(match[1]!, key.publicKey, {
+      algorithms: [ALGORITHM],
+      issuer: options.issuer ?? LOCAL_ISSUER,
+      audience: options.audience ?? LOCAL_AUDIENCE,
+      requiredClaims: ["exp", "iat"],
+      clockTolerance: CLOCK_TOLERANCE_SECONDS,
+    });
+    return payload;
+  } catch (error) {
+    throw new TokenRejectedError(reasonOf(error));
+  }
+}
+
+/**
+ * Claims as an HTTP API hands them to the function: strings only; an array becomes "[a b]" (the
+ * bracketed, space-separated form recorded in test/fixtures/aws-events/apigw-http-jwt.json).
+ */
+export function apiGatewayClaims(payload: JWTPayload): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(payload)) {
+    if (value === undefined || value === null) continue;
+    if (Array.isArray(value)) out[name] = `[${value.map(String).join(" ")}]`;
+    else if (typeof value === "object") out[name] = JSON.stringify(value);
+    else out[name] = String(value);
+  }
+  return out;
+}

@@ -1,0 +1,13 @@
+/** Where the local stack keeps its files: `.local/` in the repository, or CTH_LOCAL_DIR (tests isolate runs). */
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+
+export function localDir(env: NodeJS.ProcessEnv = process.env): string {
+  return resolve(env.CTH_LOCAL_DIR || resolve(REPO_ROOT, ".local"));
+}
+
+/** The running stack's coordinates (written when ready, removed on stop): read by `npm run emit`. */
+export const stackFile = (dir: string): string => resolve(dir, "stack.json");
+export const signingKeyFile = (dir: string): string => resolve(dir, "dev-signing-key.json");
