@@ -1,0 +1,536 @@
+/**
+ * Hostile input against the HTTP function (functions/http.ts makeHandler, the real middy chain) inside the
+ * recorded API Gateway envelopes (HTTP API v2 and REST v1), with the stateful in-memory stores.
+ * Properties: never a 5xx; a rejected request changes neither the routers table nor the queue; the byte cap
+ * holds exactly; identity and ownership are never guessed; what is accepted queues snapshots that the agent's
+ * schema accepts and that render to rules the real kernel takes (kernel part below, on a sample).
+ */
+import * as fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeHandler } from "../../functions/http.ts";
+import { HelperCatalog } from "../../lib/catalog.ts";
+import { loadLimits } from "../../lib/config.ts";
+import type { RouterRecord } from "../../lib/ports.ts";
+import { FAMILIES, planFamily } from "../../lib/render.ts";
+import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent } from "../support/events.ts";
+import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
+import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+import { describeKernel } from "../support/requirements.ts";
+import {
+  allStrings,
+  fcParams,
+  hostileValueArb,
+  METACHARACTERS,
+  mutate,
+  mutationArb,
+  rawTwistArb,
+  twistJson,
+  uuidArb,
+  validHelperArb,
+} from "./arbitraries.ts";
+import { createNamespace, deleteNamespace, type KernelCase, verifyInKernel } from "./kernel-check.ts";
+
+const limits = loadLimits();
+const catalog = new HelperCatalog();
+const schemas = buildSchemas(limits, catalog);
+const RUNS = Number(process.env.CTH_HOSTILE_HTTP_RUNS ?? 10_000);
+
+// Routers in every fresh table: two of project A on node-a, one of A on node-b, one of B; one id unknown.
+const R_A1 = "a1a1a1a1-0000-4000-8000-000000000001";
+const R_A2 = "a2a2a2a2-0000-4000-8000-000000000002";
+const R_A3 = "a3a3a3a3-0000-4000-8000-000000000003";
+const R_B = "b0b0b0b0-0000-4000-8000-000000000004";
+const R_UNKNOWN = "deadbeef-0000-4000-8000-000000000005";
+const ROUTERS = [R_A1, R_A2, R_A3, R_B, R_UNKNOWN];
+/** Helper already on R_A1 at revision 3 (so updates, deletes and conflicts have something to hit). */
+const EXISTING = {
+  id: "e0e0e0e0-0000-4000-8000-0000000000e1",
+  protocol: "tcp" as const,
+  port: 21,
+  helper: "ftp",
+};
+
+async function seedStore(): Promise<MemoryRoutersStore> {
+  const store = new MemoryRoutersStore();
+  const rows: RouterRecord[] = [
+    {
+      routerId: R_A1,
+      projectId: PROJECT_A,
+      host: "node-a",
+      revision: 3,
+      helpers: [EXISTING],
+      appliedRevision: 3,
+      updatedAt: "2026-11-24T00:00:00.000Z",
+    },
+    {
+      routerId: R_A2,
+      projectId: PROJECT_A,
+      host: "node-a",
+      revision: 0,
+      helpers: [],
+      appliedRevision: 0,
+      updatedAt: "2026-11-24T00:00:00.000Z",
+    },
+    {
+      routerId: R_A3,
+      projectId: PROJECT_A,
+      host: "node-b",
+      revision: 7,
+      helpers: [],
+      appliedRevision: 5,
+      updatedAt: "2026-11-24T00:00:00.000Z",
+    },
+    {
+      routerId: R_B,
+      projectId: PROJECT_B,
+      host: "node-a",
+      revision: 1,
+      helpers: [],
+      appliedRevision: 1,
+      updatedAt: "2026-11-24T00:00:00.000Z",
+    },
+  ];
+  // Seeding goes through the port like any writer; the write counter is compared, not its absolute value.
+  for (const row of rows) await store.put(row, undefined);
+  return store;
+}
+
+async function dump(store: MemoryRoutersStore): Promise<RouterRecord[]> {
+  const rows: RouterRecord[] = [];
+  for await (const row of store.listAll()) rows.push(row);
+  return rows.sort((a, b) => (a.routerId < b.routerId ? -1 : 1));
+}
+
+// ---- generators -------------------------------------------------------------------------------------------
+
+/** `value` one time in `odds`, undefined otherwise. */
+const rarely = <T>(value: fc.Arbitrary<T>, odds: number): fc.Arbitrary<T | undefined> =>
+  fc.oneof({ weight: odds - 1, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: value });
+
+const routerIdArb = fc.oneof(
+  { weight: 6, arbitrary: fc.constantFrom(...ROUTERS) },
+  { weight: 1, arbitrary: uuidArb },
+);
+
+const helperWireArb = fc
+  .record({
+    helper: validHelperArb(true),
+    router: routerIdArb,
+    project: fc.constantFrom(undefined, undefined, undefined, PROJECT_A, PROJECT_B),
+  })
+  .map(({ helper, router, project }) => ({
+    id: helper.id,
+    router_id: router,
+    protocol: helper.pair.protocol,
+    port: helper.port,
+    helper: helper.pair.helper,
+    ...(project === undefined ? {} : { project_id: project }),
+  }));
+
+const existingWireArb = fc.constantFrom(
+  { id: EXISTING.id, router_id: R_A1, protocol: "tcp", port: 21, helper: "ftp" },
+  { id: EXISTING.id, router_id: R_A1, protocol: "tcp", port: 2121, helper: "ftp" },
+);
+
+const helperCountArb = fc.oneof(
+  { weight: 10, arbitrary: fc.integer({ min: 1, max: 4 }) },
+  {
+    weight: 1,
+    arbitrary: fc.constantFrom(
+      0,
+      limits.maxHelpersPerNotification - 1,
+      limits.maxHelpersPerNotification,
+      limits.maxHelpersPerNotification + 1,
+    ),
+  },
+);
+
+const notificationArb = fc
+  .record({
+    event: fc.constantFrom("created", "created", "created", "updated", "deleted"),
+    count: helperCountArb,
+    primary: fc.constantFrom(R_A1, R_A2, R_A3, R_A2, R_A3, R_B),
+    helpers: fc.array(fc.tuple(helperWireArb, fc.nat(9)), {
+      minLength: limits.maxHelpersPerNotification + 1,
+      maxLength: limits.maxHelpersPerNotification + 1,
+    }),
+    existing: rarely(existingWireArb, 4),
+    neutron: fc.boolean(),
+  })
+  .map(({ event, count, primary, helpers, existing, neutron }) => {
+    // Mostly one router per notification (as Neutron sends them), sometimes a stray one.
+    const list: Record<string, unknown>[] = helpers
+      .slice(0, count)
+      .map(([helper, dice]) => (dice === 0 ? helper : { ...helper, router_id: primary }));
+    if (existing && list.length > 0) list[0] = existing;
+    if (!neutron) return { event, conntrack_helpers: list };
+    return {
+      event_type: event,
+      resource_list: list.map((data) => ({
+        "versioned_object.name": "ConntrackHelper",
+        "versioned_object.namespace": "versionedobjects",
+        "versioned_object.version": "1.0",
+        "versioned_object.data": data,
+      })),
+    };
+  });
+
+const upsertArb = fc.record({
+  project_id: fc.constantFrom(PROJECT_A, PROJECT_B, "p-new"),
+  host: fc.constantFrom("node-a", "node-b", "node-c"),
+});
+
+/** Valid, mutated, twisted or unrelated bodies. */
+const bodyTextArb = (base: fc.Arbitrary<unknown>): fc.Arbitrary<string> =>
+  fc.oneof(
+    { weight: 10, arbitrary: base.map((value) => JSON.stringify(value)) },
+    {
+      weight: 5,
+      arbitrary: fc
+        .tuple(base, fc.array(mutationArb, { minLength: 1, maxLength: 3 }))
+        .map(([value, m]) => JSON.stringify(mutate(value, m)) ?? "null"),
+    },
+    { weight: 2, arbitrary: fc.tuple(base, rawTwistArb).map(([value, twist]) => twistJson(value, twist)) },
+    {
+      weight: 1,
+      arbitrary: fc.oneof(
+        fc.constantFrom(
+          "",
+          "null",
+          "[]",
+          "{}",
+          "1",
+          "true",
+          '"x"',
+          "{",
+          "{}}",
+          "\ufeff{}",
+          "{'event':'created'}",
+          ...METACHARACTERS,
+        ),
+        fc.string({ maxLength: 300 }),
+        fc.json({ maxDepth: 4 }),
+      ),
+    },
+  );
+
+/** Pads a body to a byte size around the cap, with JSON whitespace or a multi-byte unknown key. */
+const sizedArb = (text: fc.Arbitrary<string>) =>
+  fc
+    .tuple(text, rarely(fc.record({ delta: fc.integer({ min: -3, max: 3 }), multibyte: fc.boolean() }), 6))
+    .map(([body, pad]) => {
+      if (!pad || !body.endsWith("}")) return body;
+      const target = limits.maxBodyBytes + pad.delta;
+      const current = Buffer.byteLength(body, "utf8");
+      if (current >= target) return body;
+      if (!pad.multibyte) return `${body.slice(0, -1)}${" ".repeat(target - current)}}`;
+      // "é" is 2 bytes: counting characters instead of bytes would let this through.
+      const room = target - current - `,"pad":""`.length;
+      if (room < 2) return body;
+      return `${body.slice(0, -1)},"pad":"${"é".repeat(Math.floor(room / 2))}${room % 2 ? " " : ""}"}`;
+    });
+
+const claimsArb: fc.Arbitrary<Record<string, unknown> | undefined> = fc.oneof(
+  { weight: 12, arbitrary: fc.constant(httpApiClaims(PROJECT_A)) },
+  { weight: 2, arbitrary: fc.constant(httpApiClaims(PROJECT_B)) },
+  { weight: 2, arbitrary: fc.constant(httpApiClaims("adminproject", ["admin"])) },
+  { weight: 2, arbitrary: fc.constant(httpApiClaims(PROJECT_A, ["service"])) },
+  { weight: 1, arbitrary: fc.constant(undefined) },
+  {
+    weight: 3,
+    arbitrary: fc
+      .record({
+        project_id: fc.oneof(fc.constantFrom(PROJECT_A, PROJECT_B), hostileValueArb),
+        roles: fc.oneof(
+          fc.constantFrom(
+            "[superadmin]",
+            "[admin",
+            "admin]",
+            "[[admin]]",
+            '["admin"]',
+            "notadmin",
+            "admin\u0000",
+            "ADMIN",
+            "[admin service]",
+            "admin,service",
+            "[ admin ]",
+            "[]",
+            "",
+          ),
+          hostileValueArb,
+          fc.array(fc.constantFrom("admin", "service", "x", "admin "), { maxLength: 3 }),
+        ),
+        ownProto: fc.boolean(),
+      })
+      .map(({ project_id, roles, ownProto }) => {
+        const claims: Record<string, unknown> = { project_id, roles };
+        // An own "__proto__" claim (JSON.parse makes those) must not smuggle roles in.
+        if (ownProto)
+          Object.defineProperty(claims, "__proto__", { value: { roles: "[admin]" }, enumerable: true });
+        return claims;
+      }),
+  },
+);
+
+const pathSegmentArb = fc.oneof(
+  { weight: 6, arbitrary: routerIdArb },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      "%2e%2e",
+      "..",
+      "%00",
+      "A1A1A1A1-0000-4000-8000-000000000001",
+      `${R_A1}%0a`,
+      `${R_A1}/x`,
+      "%E0%A4%A",
+      " ",
+      "__proto__",
+      "constructor",
+    ),
+  },
+  { weight: 1, arbitrary: fc.string({ maxLength: 50 }).map(encodeURIComponent) },
+);
+
+const requestArb = fc.record({
+  route: fc.oneof(
+    {
+      weight: 8,
+      arbitrary: fc.record({
+        kind: fc.constant("notify" as const),
+        body: sizedArb(bodyTextArb(notificationArb)),
+      }),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.record({
+        kind: fc.constant("upsert" as const),
+        router: pathSegmentArb,
+        body: sizedArb(bodyTextArb(upsertArb)),
+      }),
+    },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant("read" as const), router: pathSegmentArb }) },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant("delete" as const), router: pathSegmentArb }) },
+    {
+      weight: 1,
+      arbitrary: fc.record({
+        kind: fc.constant("odd" as const),
+        method: fc.constantFrom("GET", "PATCH", "OPTIONS", "post", "TRACE", ""),
+        path: fc.constantFrom(
+          "/v1/notifications",
+          "/v1/notifications/",
+          "/v1/routers",
+          "/",
+          "/v1/routers//conntrack-helpers",
+          "//v1/notifications",
+        ),
+        body: fc.option(fc.string({ maxLength: 50 }), { nil: undefined }),
+      }),
+    },
+  ),
+  claims: claimsArb,
+  v1: fc.boolean(),
+  base64: fc.oneof(
+    { weight: 5, arbitrary: fc.constant(false as const) },
+    { weight: 1, arbitrary: fc.constant(true as const) },
+    { weight: 1, arbitrary: fc.constant("broken" as const) },
+  ),
+  contentType: fc.oneof(
+    { weight: 8, arbitrary: fc.constant("application/json") },
+    {
+      weight: 1,
+      arbitrary: fc.constantFrom(
+        "text/plain",
+        "application/json; charset=utf-8",
+        "APPLICATION/JSON",
+        "application/jsonx",
+        "",
+      ),
+    },
+  ),
+  idempotencyKey: rarely(
+    fc.oneof(
+      fc.constantFrom("k-1", "x".repeat(128), "x".repeat(129), "", "a b", "k\u0000"),
+      fc.string({ maxLength: 20 }),
+    ),
+    6,
+  ),
+});
+
+type Req = typeof requestArb extends fc.Arbitrary<infer T> ? T : never;
+
+function toEvent(req: Req) {
+  const route = req.route;
+  let method: string;
+  let path: string;
+  let body: string | undefined;
+  switch (route.kind) {
+    case "notify":
+      [method, path, body] = ["POST", "/v1/notifications", route.body];
+      break;
+    case "upsert":
+      [method, path, body] = ["PUT", `/v1/routers/${route.router}`, route.body];
+      break;
+    case "read":
+      [method, path, body] = ["GET", `/v1/routers/${route.router}/conntrack-helpers`, undefined];
+      break;
+    case "delete":
+      [method, path, body] = ["DELETE", `/v1/routers/${route.router}`, undefined];
+      break;
+    case "odd":
+      [method, path, body] = [route.method, route.path, route.body];
+      break;
+  }
+  const headers: Record<string, string> = {};
+  if (body !== undefined) headers["content-type"] = req.contentType;
+  if (req.idempotencyKey !== undefined) headers["idempotency-key"] = req.idempotencyKey;
+  const build = req.v1 ? restApiEvent : httpApiEvent;
+  const event = build({
+    method,
+    path,
+    ...(body === undefined ? {} : { body }),
+    headers,
+    claims: req.claims,
+    base64: req.base64 === true,
+  }) as Record<string, unknown>;
+  if (req.v1 && body !== undefined) {
+    // The REST builder adds its own Content-Type; the generated one is the one under test.
+    const h = event.headers as Record<string, string>;
+    delete h["Content-Type"];
+    h["content-type"] = req.contentType;
+  }
+  if (req.base64 === "broken" && typeof event.body === "string") {
+    event.isBase64Encoded = true;
+    event.body = `${event.body}!*`;
+  }
+  return { event, method, body };
+}
+
+const validProject = (value: unknown): value is string =>
+  typeof value === "string" && /^[A-Za-z0-9_-]{1,64}$/.test(value);
+/** Necessary for a 2xx on admin routes: the word "admin" among the roles, however API Gateway serialised them. */
+const mayBeAdmin = (claims: Record<string, unknown> | undefined): boolean => {
+  const roles = claims?.roles;
+  const words = Array.isArray(roles) ? roles : typeof roles === "string" ? roles.split(/[\s,[\]"]+/) : [];
+  return words.includes("admin");
+};
+
+const acceptedSnapshots: RouterSyncMessage[] = [];
+
+describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory stores)", () => {
+  it(`never 5xx, rejected requests change nothing, accepted ones queue valid snapshots (${RUNS} requests)`, async () => {
+    const statuses = new Map<number, number>();
+    await fc.assert(
+      fc.asyncProperty(requestArb, async (req) => {
+        const store = await seedStore();
+        const queue = new MemoryCommandQueue();
+        const errors: string[] = [];
+        const log = {
+          info: () => undefined,
+          warn: () => undefined,
+          error: (message: string) => void errors.push(message),
+        };
+        const handler = makeHandler({
+          domain: {
+            store,
+            queue,
+            clock: fixedClock(),
+            limits,
+            log,
+            retry: { maxAttempts: 3, baseDelayMs: 0, maxDelayMs: 0 },
+          },
+          schemas,
+          logger: log,
+          idempotency: undefined,
+        });
+        const before = await dump(store);
+        const writesBefore = store.writes;
+        const { event, method, body } = toEvent(req);
+        const response = await handler(event as never, lambdaContext());
+        statuses.set(response.statusCode, (statuses.get(response.statusCode) ?? 0) + 1);
+
+        // Never a 5xx, never an error logged: hostile input is the caller's problem, not an outage.
+        expect(response.statusCode, response.body).toBeLessThan(500);
+        expect(errors).toEqual([]);
+        if (response.statusCode >= 400) {
+          const parsed = JSON.parse(response.body) as { error: { code: unknown; message: unknown } };
+          expect(typeof parsed.error.code).toBe("string");
+          expect(typeof parsed.error.message).toBe("string");
+          // A rejection changes nothing anywhere.
+          expect(store.writes).toBe(writesBefore);
+          expect(await dump(store)).toEqual(before);
+          expect(queue.all()).toEqual([]);
+        }
+        // The byte cap: 413 exactly when the decoded body is over it (bodies are only read on POST and PUT).
+        const bytes = body === undefined ? 0 : Buffer.byteLength(body, "utf8");
+        if (req.base64 !== "broken" && body !== undefined && body !== "") {
+          expect(response.statusCode === 413).toBe(bytes > limits.maxBodyBytes);
+        }
+        // Identity is never guessed.
+        if (response.statusCode < 400) expect(validProject(req.claims?.project_id)).toBe(true);
+        if ((method === "PUT" || method === "DELETE") && response.statusCode < 300)
+          expect(mayBeAdmin(req.claims)).toBe(true);
+        if (response.statusCode === 202) {
+          const result = JSON.parse(response.body) as { routers: { router_id: string; revision: number }[] };
+          const sent = queue.all();
+          expect(sent.map((m) => [m.router_id, m.revision]).sort()).toEqual(
+            result.routers.map((r) => [r.router_id, r.revision]).sort(),
+          );
+          const wasAdmin = mayBeAdmin(req.claims);
+          for (const message of sent) {
+            // What the cloud side queues, the agent's schema must accept, and the renderer must take.
+            const reparsed = schemas.routerSync.parse(JSON.parse(JSON.stringify(message)));
+            expect(reparsed.helpers.length).toBeLessThanOrEqual(limits.maxHelpersPerRouter);
+            for (const text of allStrings(reparsed)) expect(text).toMatch(/^[A-Za-z0-9_.:-]*$/);
+            for (const family of FAMILIES) planFamily(reparsed.helpers, family, catalog);
+            const owner = before.find((row) => row.routerId === message.router_id);
+            expect(owner, "a snapshot for a router that is not in the table").toBeDefined();
+            // A change is revision + 1; a request that changes nothing re-sends the current snapshot unchanged.
+            const after = (await dump(store)).find((row) => row.routerId === message.router_id);
+            if (message.revision === owner!.revision) expect(after).toEqual(owner);
+            else expect(message.revision).toBe(owner!.revision + 1);
+            expect(after?.revision).toBe(message.revision);
+            // A plain member only ever touches its own project's routers.
+            const roles = String(req.claims?.roles ?? "");
+            if (!wasAdmin && !roles.includes("service"))
+              expect(owner!.projectId).toBe(req.claims?.project_id);
+            if (acceptedSnapshots.length < 3_000) acceptedSnapshots.push(reparsed);
+          }
+        }
+      }),
+      fcParams("http requests", RUNS),
+    );
+    const summary = [...statuses]
+      .sort(([a], [b]) => a - b)
+      .map(([status, count]) => `${status}:${count}`)
+      .join(" ");
+    console.log(`[hostile] http status mix: ${summary}`);
+    // The generator must reach every layer: accepted, each rejection class, the byte cap.
+    for (const status of [202, 400, 401, 404, 413, 422])
+      expect(statuses.get(status) ?? 0, `status ${status}`).toBeGreaterThan(0);
+    expect(statuses.get(202)!).toBeGreaterThan(RUNS / 50);
+  }, 180_000);
+});
+
+describeKernel("accepted HTTP notifications render to rules the real kernel takes", () => {
+  const ns = `cthp-http-${process.pid}`;
+  beforeAll(() => createNamespace(ns));
+  afterAll(() => deleteNamespace(ns));
+
+  it("iptables-restore (--test, then a real commit) accepts every accepted snapshot, read back exactly", () => {
+    expect(
+      acceptedSnapshots.length,
+      "run the whole file: the property above collects the sample",
+    ).toBeGreaterThan(0);
+    const cases: KernelCase[] = acceptedSnapshots.flatMap((message) =>
+      FAMILIES.map((family) => ({ family, rules: planFamily(message.helpers, family, catalog).rules })),
+    );
+    const verdict = verifyInKernel(ns, cases);
+    console.log(
+      `[hostile] http kernel sample: ${acceptedSnapshots.length} snapshots, ${verdict.rulesChecked} rules, ${verdict.restoreCalls} restore calls`,
+    );
+    expect(verdict.problems).toEqual([]);
+    expect(verdict.rulesChecked).toBeGreaterThan(100);
+  }, 120_000);
+});
