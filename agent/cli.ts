@@ -83,6 +83,12 @@ const FLAGS = {
     type: "boolean",
     help: "skip the start-up kernel helper probe (restore errors are still classified)",
   },
+  "visibility-timeout": {
+    env: "CTH_AGENT_VISIBILITY_TIMEOUT",
+    type: "string",
+    default: "30",
+    help: "seconds a received batch stays invisible; renewed while applying, so a crash frees it this fast",
+  },
   "wait-seconds": { env: "CTH_AGENT_WAIT_SECONDS", type: "string", default: "20", help: "long poll seconds" },
   "retry-base": {
     env: "CTH_AGENT_RETRY_BASE",
@@ -166,6 +172,7 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     backend,
     probe: !bool("no-probe") && backend === "iptables",
     waitSeconds: num("wait-seconds", 0),
+    visibilitySeconds: num("visibility-timeout", 2),
     retryBaseSeconds: num("retry-base", 1),
     logLevel: str("log-level")!,
   };
@@ -208,6 +215,7 @@ async function main(): Promise<void> {
     driftIntervalSeconds: options.driftIntervalSeconds,
     metricsPort: options.metricsPort,
     waitSeconds: options.waitSeconds,
+    visibilitySeconds: options.visibilitySeconds,
     backoffBaseSeconds: options.retryBaseSeconds,
   });
   let stopping = false;

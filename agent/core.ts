@@ -140,6 +140,7 @@ export class AgentCore {
     const previous = state.get(routerId);
     let created = previous?.createdNamespace === true && previous.namespace === ns;
     const started = performance.now();
+    logger.debug({ router_id: routerId, revision, namespace: ns, helpers: helpers.length }, "applying");
     try {
       if (!(await iptables.namespaceExists(ns))) {
         if (helpers.length === 0) {
