@@ -13,7 +13,7 @@ import {
   ScanCommand,
   UpdateCommand,
 } from "@aws-sdk/lib-dynamodb";
-import { RevisionConflictError } from "../errors.ts";
+import { RevisionConflictError, ServiceUnavailableError } from "../errors.ts";
 import type { RouterRecord, RoutersStore } from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
 import { ROUTERS_BY_HOST_INDEX } from "./tables.ts";
@@ -71,6 +71,32 @@ const isConditionFailure = (error: unknown): boolean =>
   error instanceof ConditionalCheckFailedException ||
   (error instanceof Error && error.name === "ConditionalCheckFailedException");
 
+/** Throttling and server faults the SDK's own retries could not absorb: the caller may retry later. */
+const TRANSIENT = new Set([
+  "ProvisionedThroughputExceededException",
+  "ThrottlingException",
+  "RequestLimitExceeded",
+  "InternalServerError",
+  "ServiceUnavailable",
+  "LimitExceededException",
+]);
+
+function transient(error: unknown): unknown {
+  if (!(error instanceof Error)) return error;
+  const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode ?? 0;
+  if (TRANSIENT.has(error.name) || status >= 500) {
+    return new ServiceUnavailableError("the routers table is busy; retry later", undefined, { cause: error });
+  }
+  return error;
+}
+
+/** Every SDK call goes through here, so throttling surfaces as one clean, retryable error. */
+function guard<T>(pending: Promise<T>): Promise<T> {
+  return pending.catch((error: unknown) => {
+    throw transient(error);
+  });
+}
+
 /** DynamoDB's BatchGetItem limit. */
 const BATCH_GET_LIMIT = 100;
 
@@ -81,8 +107,10 @@ export class DynamoRoutersStore implements RoutersStore {
   ) {}
 
   async get(routerId: string): Promise<RouterRecord | undefined> {
-    const result = await this.client.send(
-      new GetCommand({ TableName: this.tableName, Key: { router_id: routerId }, ConsistentRead: true }),
+    const result = await guard(
+      this.client.send(
+        new GetCommand({ TableName: this.tableName, Key: { router_id: routerId }, ConsistentRead: true }),
+      ),
     );
     return result.Item ? fromItem(result.Item) : undefined;
   }
@@ -98,10 +126,12 @@ export class DynamoRoutersStore implements RoutersStore {
       for (let round = 0; keys.length > 0; round++) {
         if (round >= 5) throw new Error("BatchGetItem left keys unprocessed after 5 rounds");
         if (round > 0) await new Promise((resolve) => setTimeout(resolve, 20 * 2 ** round));
-        const result = await this.client.send(
-          new BatchGetCommand({
-            RequestItems: { [this.tableName]: { Keys: keys, ConsistentRead: true } },
-          }),
+        const result = await guard(
+          this.client.send(
+            new BatchGetCommand({
+              RequestItems: { [this.tableName]: { Keys: keys, ConsistentRead: true } },
+            }),
+          ),
         );
         for (const item of result.Responses?.[this.tableName] ?? []) {
           const record = fromItem(item);
@@ -122,7 +152,9 @@ export class DynamoRoutersStore implements RoutersStore {
             ExpressionAttributeValues: { ":expected": expectedRevision },
           };
     try {
-      await this.client.send(new PutCommand({ TableName: this.tableName, Item: toItem(next), ...condition }));
+      await guard(
+        this.client.send(new PutCommand({ TableName: this.tableName, Item: toItem(next), ...condition })),
+      );
     } catch (error) {
       if (isConditionFailure(error)) {
         throw new RevisionConflictError(`router ${next.routerId} changed concurrently`, undefined, {
@@ -135,13 +167,15 @@ export class DynamoRoutersStore implements RoutersStore {
 
   async delete(routerId: string, expectedRevision: number): Promise<void> {
     try {
-      await this.client.send(
-        new DeleteCommand({
-          TableName: this.tableName,
-          Key: { router_id: routerId },
-          ConditionExpression: "revision = :expected",
-          ExpressionAttributeValues: { ":expected": expectedRevision },
-        }),
+      await guard(
+        this.client.send(
+          new DeleteCommand({
+            TableName: this.tableName,
+            Key: { router_id: routerId },
+            ConditionExpression: "revision = :expected",
+            ExpressionAttributeValues: { ":expected": expectedRevision },
+          }),
+        ),
       );
     } catch (error) {
       if (isConditionFailure(error)) {
@@ -163,22 +197,24 @@ export class DynamoRoutersStore implements RoutersStore {
     try {
       // Monotonic by condition: a late or replayed report can never lower the applied revision, and a host
       // that no longer carries the router (it moved) cannot mark the new placement applied.
-      await this.client.send(
-        new UpdateCommand({
-          TableName: this.tableName,
-          Key: { router_id: report.routerId },
-          ConditionExpression:
-            "attribute_exists(router_id) AND #host = :host AND applied_revision < :rev AND revision >= :rev",
-          UpdateExpression:
-            "SET applied_revision = :rev, applied_at = :at, applied_host = :host, applied_errors = :errors",
-          ExpressionAttributeNames: { "#host": "host" },
-          ExpressionAttributeValues: {
-            ":rev": report.revision,
-            ":at": report.at,
-            ":host": report.host,
-            ":errors": [...report.errors],
-          },
-        }),
+      await guard(
+        this.client.send(
+          new UpdateCommand({
+            TableName: this.tableName,
+            Key: { router_id: report.routerId },
+            ConditionExpression:
+              "attribute_exists(router_id) AND #host = :host AND applied_revision < :rev AND revision >= :rev",
+            UpdateExpression:
+              "SET applied_revision = :rev, applied_at = :at, applied_host = :host, applied_errors = :errors",
+            ExpressionAttributeNames: { "#host": "host" },
+            ExpressionAttributeValues: {
+              ":rev": report.revision,
+              ":at": report.at,
+              ":host": report.host,
+              ":errors": [...report.errors],
+            },
+          }),
+        ),
       );
       return true;
     } catch (error) {
@@ -191,15 +227,17 @@ export class DynamoRoutersStore implements RoutersStore {
     const records: RouterRecord[] = [];
     let startKey: Record<string, unknown> | undefined;
     do {
-      const page = await this.client.send(
-        new QueryCommand({
-          TableName: this.tableName,
-          IndexName: ROUTERS_BY_HOST_INDEX,
-          KeyConditionExpression: "#host = :host",
-          ExpressionAttributeNames: { "#host": "host" },
-          ExpressionAttributeValues: { ":host": host },
-          ExclusiveStartKey: startKey,
-        }),
+      const page = await guard(
+        this.client.send(
+          new QueryCommand({
+            TableName: this.tableName,
+            IndexName: ROUTERS_BY_HOST_INDEX,
+            KeyConditionExpression: "#host = :host",
+            ExpressionAttributeNames: { "#host": "host" },
+            ExpressionAttributeValues: { ":host": host },
+            ExclusiveStartKey: startKey,
+          }),
+        ),
       );
       for (const item of page.Items ?? []) records.push(fromItem(item));
       startKey = page.LastEvaluatedKey;
@@ -210,8 +248,10 @@ export class DynamoRoutersStore implements RoutersStore {
   async *listAll(): AsyncIterable<RouterRecord> {
     let startKey: Record<string, unknown> | undefined;
     do {
-      const page = await this.client.send(
-        new ScanCommand({ TableName: this.tableName, ExclusiveStartKey: startKey, ConsistentRead: true }),
+      const page = await guard(
+        this.client.send(
+          new ScanCommand({ TableName: this.tableName, ExclusiveStartKey: startKey, ConsistentRead: true }),
+        ),
       );
       for (const item of page.Items ?? []) yield fromItem(item);
       startKey = page.LastEvaluatedKey;
