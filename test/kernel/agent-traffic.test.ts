@@ -14,7 +14,7 @@ import { ExecIptables } from "../../agent/iptables.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { StateStore } from "../../agent/state.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
-import type { StatusMessage } from "../../lib/schemas/index.ts";
+import type { RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
 import { eventually, inNs, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 
@@ -92,16 +92,15 @@ describeKernel("real traffic through a router namespace the agent manages", () =
     if (stateDir) await rm(stateDir, { recursive: true, force: true });
   });
 
-  const snapshot = (revision: number, helpers: { id: string; port: number }[]) =>
-    ({
-      v: 1,
-      kind: "router-sync",
-      router_id: routerId,
-      revision,
-      helpers: helpers.map(({ id, port }) => ({ id, protocol: "tcp", port, helper: "ftp" })),
-      correlation_id: `traffic-${revision}`,
-      issued_at: new Date().toISOString(),
-    }) as const;
+  const snapshot = (revision: number, helpers: { id: string; port: number }[]): RouterSyncMessage => ({
+    v: 1,
+    kind: "router-sync",
+    router_id: routerId,
+    revision,
+    helpers: helpers.map(({ id, port }) => ({ id, protocol: "tcp" as const, port, helper: "ftp" })),
+    correlation_id: `traffic-${revision}`,
+    issued_at: new Date().toISOString(),
+  });
 
   it("a connection to a port with the ftp helper is tracked with helper=ftp", async () => {
     const outcome = await core.apply(snapshot(1, [{ id: randomUUID(), port: FTP_PORT }]));
