@@ -1,0 +1,196 @@
+/**
+ * EventBridge (source `conntrack.helpers`): `Conntrack Helper Notification` (acts with the service role for
+ * detail.project_id), `Router Upserted`, `Router Deleted`. An invalid or refused event is logged with its
+ * id, counted and parked (the invocation succeeds, so EventBridge does not retry it forever) and changes
+ * nothing; a valid event that fails for a transient reason throws, so EventBridge retries and then DLQs it.
+ */
+import { Logger } from "@aws-lambda-powertools/logger";
+import middy, { type MiddlewareObj } from "@middy/core";
+import type { Context } from "aws-lambda";
+import * as z from "zod";
+import { makeAwsClients } from "../lib/aws/clients.ts";
+import { queueUrlFromTemplate, SqsCommandQueue } from "../lib/aws/command-queue.ts";
+import { DynamoRoutersStore } from "../lib/aws/routers-store.ts";
+import { type Config, loadConfig } from "../lib/config.ts";
+import type { Identity } from "../lib/domain/identity.ts";
+import { type DomainDeps, deleteRouter, submitNotification, upsertRouter } from "../lib/domain/services.ts";
+import { isAppError, NotFoundError } from "../lib/errors.ts";
+import { correlationIdFrom } from "../lib/http/api-event.ts";
+import { type AppLogger, appLogger } from "../lib/http/middlewares.ts";
+import { systemClock } from "../lib/ports.ts";
+import { buildSchemas, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
+
+export const EVENT_SOURCE = "conntrack.helpers";
+export const DETAIL_TYPES = ["Conntrack Helper Notification", "Router Upserted", "Router Deleted"] as const;
+
+/** Counts parked events; the default writes CloudWatch Embedded Metric Format lines. */
+export interface EventMetrics {
+  parked(detailType: string, code: string): void;
+}
+
+/** Optional durable parking (e.g. an SQS queue); the structured log line is the record otherwise. */
+export type ParkSink = (event: unknown, reason: { code: string; message: string }) => Promise<void>;
+
+export interface EventsDeps {
+  readonly domain: DomainDeps;
+  readonly schemas: Schemas;
+  readonly logger: AppLogger;
+  readonly metrics: EventMetrics;
+  readonly park?: ParkSink;
+}
+
+export type EventOutcome =
+  | {
+      readonly outcome: "applied";
+      readonly id: string;
+      readonly detail_type: string;
+      readonly result?: unknown;
+    }
+  | { readonly outcome: "parked"; readonly id: string; readonly code: string };
+
+/** The envelope is AWS's (not strict); everything the dispatcher acts on is in `detail`, checked strictly. */
+const envelope = z.object({
+  id: z.string().min(1).max(128),
+  source: z.literal(EVENT_SOURCE),
+  "detail-type": z.enum(DETAIL_TYPES),
+  detail: z.unknown(),
+});
+
+/** The bus is the trust boundary for lifecycle events: only principals its policy allows can put them. */
+const BUS_OPERATOR: Identity = { projectId: "eventbridge", roles: new Set(["admin"]) };
+
+type EventContext = Context & { cthEventId?: string };
+
+const idOf = (event: unknown): string => {
+  const id = typeof event === "object" && event !== null ? (event as { id?: unknown }).id : undefined;
+  return typeof id === "string" ? id.slice(0, 128) : "unknown";
+};
+const detailTypeOf = (event: unknown): string => {
+  const type =
+    typeof event === "object" && event !== null
+      ? (event as Record<string, unknown>)["detail-type"]
+      : undefined;
+  return typeof type === "string" && type.length > 0 ? type.slice(0, 64) : "unknown";
+};
+
+/** The one place that decides between parking (caller's fault) and retrying (ours). */
+function parkRefused(deps: EventsDeps): MiddlewareObj<unknown, EventOutcome, Error, EventContext> {
+  return {
+    name: "parkRefused",
+    onError: async (request) => {
+      const error = request.error;
+      const id = idOf(request.event);
+      if (!isAppError(error) || error.status >= 500) {
+        deps.logger.error("event failed; EventBridge will retry", {
+          eventId: id,
+          error: error instanceof Error ? { name: error.name, message: error.message } : String(error),
+        });
+        return; // rethrown by middy
+      }
+      const detailType = detailTypeOf(request.event);
+      deps.logger.warn("event parked", {
+        eventId: id,
+        detailType,
+        code: error.code,
+        message: error.message,
+        details: error.details,
+      });
+      deps.metrics.parked(detailType, error.code);
+      await deps.park?.(request.event, { code: error.code, message: error.message });
+      request.response = { outcome: "parked", id, code: error.code };
+    },
+  };
+}
+
+export function makeHandler(deps: EventsDeps) {
+  const { domain, schemas } = deps;
+  const route = async (event: unknown): Promise<EventOutcome> => {
+    const valid = parseOrThrow(envelope, event, "EventBridge event");
+    const id = valid.id;
+    const correlationId = correlationIdFrom(id, () => "eventbridge");
+    const detailType = valid["detail-type"];
+    switch (detailType) {
+      case "Conntrack Helper Notification": {
+        const detail = parseOrThrow(schemas.eventDetails[detailType], valid.detail, "notification detail");
+        const caller: Identity = { projectId: detail.project_id, roles: new Set(["service"]) };
+        const notification = { event: detail.event, conntrack_helpers: detail.conntrack_helpers };
+        const result = await submitNotification(domain, caller, notification, correlationId);
+        return { outcome: "applied", id, detail_type: detailType, result };
+      }
+      case "Router Upserted": {
+        const detail = parseOrThrow(schemas.eventDetails[detailType], valid.detail, "router detail");
+        const { router_id, ...body } = detail;
+        const result = await upsertRouter(domain, BUS_OPERATOR, router_id, body, correlationId);
+        return { outcome: "applied", id, detail_type: detailType, result };
+      }
+      case "Router Deleted": {
+        const detail = parseOrThrow(schemas.eventDetails[detailType], valid.detail, "router detail");
+        try {
+          await deleteRouter(domain, BUS_OPERATOR, detail.router_id, correlationId);
+        } catch (error) {
+          // Deletes are idempotent: a redelivered or late delete of a gone router is done, not refused.
+          if (!(error instanceof NotFoundError)) throw error;
+        }
+        return { outcome: "applied", id, detail_type: detailType };
+      }
+    }
+  };
+  return middy<unknown, EventOutcome, Error, EventContext>().use(parkRefused(deps)).handler(route);
+}
+
+/** CloudWatch Embedded Metric Format: one JSON line per parked event becomes the ParkedEvents metric. */
+export function emfMetrics(
+  write: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
+): EventMetrics {
+  return {
+    parked(detailType, code) {
+      write(
+        JSON.stringify({
+          _aws: {
+            Timestamp: Date.now(),
+            CloudWatchMetrics: [
+              {
+                Namespace: "ConntrackHelpers",
+                Dimensions: [["Function", "DetailType"]],
+                Metrics: [{ Name: "ParkedEvents", Unit: "Count" }],
+              },
+            ],
+          },
+          Function: "events",
+          DetailType: detailType,
+          Code: code,
+          ParkedEvents: 1,
+        }),
+      );
+    },
+  };
+}
+
+/** Production wiring from the environment (lib/config.ts); built on first invocation, never at import. */
+export function defaultDeps(config: Config = loadConfig()): EventsDeps {
+  const clients = makeAwsClients(config);
+  const logger = appLogger(
+    new Logger({ serviceName: "cth-events", logLevel: config.logLevel.toUpperCase() as "INFO" }),
+  );
+  return {
+    domain: {
+      store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
+      queue: new SqsCommandQueue(clients.sqs, (host) =>
+        queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+      ),
+      clock: systemClock,
+      limits: config.limits,
+      log: logger,
+    },
+    schemas: buildSchemas(config.limits, config.catalog),
+    logger,
+    metrics: emfMetrics(),
+  };
+}
+
+let production: ReturnType<typeof makeHandler> | undefined;
+
+export const handler = (event: unknown, context: Context): Promise<EventOutcome> => {
+  production ??= makeHandler(defaultDeps());
+  return production(event, context);
+};

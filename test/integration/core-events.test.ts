@@ -1,0 +1,177 @@
+/**
+ * The EventBridge function on dynalite and fauxqs: valid events change state and queue snapshots; invalid or
+ * refused ones are logged with their id, counted and parked without changing anything; transient failures
+ * throw so that EventBridge retries.
+ */
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { type EventsDeps, emfMetrics, makeHandler } from "../../functions/events.ts";
+import { ServiceUnavailableError } from "../../lib/errors.ts";
+import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
+import { newId, PROJECT_A, PROJECT_B, storedHelper, wireHelper } from "../support/factories.ts";
+import { type Core, startCore } from "./core-harness.ts";
+
+let core: Core;
+beforeAll(async () => {
+  core = await startCore();
+});
+afterAll(async () => {
+  await core?.stop();
+});
+beforeEach(async () => {
+  await core.queued("node-a");
+  await core.queued("node-b");
+});
+
+function harness(overrides: Parameters<Core["deps"]>[0] = {}) {
+  const parked: { detailType: string; code: string }[] = [];
+  const http = core.deps(overrides);
+  const deps: EventsDeps = {
+    domain: http.domain,
+    schemas: http.schemas,
+    logger: core.logger,
+    metrics: { parked: (detailType, code) => parked.push({ detailType, code }) },
+  };
+  const handler = makeHandler(deps);
+  return { parked, invoke: (event: unknown) => handler(event, lambdaContext()) };
+}
+
+const notification = (projectId: string, helpers: Record<string, unknown>[]) =>
+  eventBridgeEvent("Conntrack Helper Notification", {
+    event: "created",
+    conntrack_helpers: helpers,
+    project_id: projectId,
+  });
+
+describe("valid events", () => {
+  it("applies a helper notification for the detail's project and queues the snapshot", async () => {
+    const router = await core.seedRouter({ projectId: PROJECT_A });
+    const helper = wireHelper(router.routerId);
+    const { invoke, parked } = harness();
+    const outcome = await invoke(notification(PROJECT_A, [helper]));
+    expect(outcome).toMatchObject({ outcome: "applied", detail_type: "Conntrack Helper Notification" });
+    expect((await core.store.get(router.routerId))?.helpers.map((h) => h.id)).toEqual([helper.id]);
+    expect((await core.queued("node-a")).map((s) => s.revision)).toEqual([1]);
+    expect(parked).toEqual([]);
+  });
+
+  it("creates a router from Router Upserted", async () => {
+    const routerId = newId();
+    const { invoke } = harness();
+    await invoke(
+      eventBridgeEvent("Router Upserted", { router_id: routerId, project_id: PROJECT_B, host: "node-b" }),
+    );
+    expect(await core.store.get(routerId)).toMatchObject({
+      projectId: PROJECT_B,
+      host: "node-b",
+      revision: 0,
+    });
+  });
+
+  it("deletes a router from Router Deleted and empties its node", async () => {
+    const router = await core.seedRouter({ revision: 2, helpers: [storedHelper()] });
+    const { invoke } = harness();
+    await invoke(eventBridgeEvent("Router Deleted", { router_id: router.routerId }));
+    expect(await core.store.get(router.routerId)).toBeUndefined();
+    expect((await core.queued("node-a")).map((s) => [s.revision, s.helpers.length])).toEqual([[3, 0]]);
+  });
+
+  it("treats a repeated Router Deleted of a gone router as done", async () => {
+    const { invoke, parked } = harness();
+    const outcome = await core.expectNothingWritten(() =>
+      invoke(eventBridgeEvent("Router Deleted", { router_id: newId() })),
+    );
+    expect(outcome.outcome).toBe("applied");
+    expect(parked).toEqual([]);
+  });
+});
+
+describe("invalid events are parked, counted, logged with their id and change nothing", () => {
+  const cases: [string, () => Promise<unknown>][] = [
+    ["another source", async () => ({ ...notification(PROJECT_A, []), source: "aws.ec2" })],
+    [
+      "an unknown detail-type",
+      async () => eventBridgeEvent("EC2 Instance State-change Notification", { "instance-id": "i-1" }),
+    ],
+    [
+      "an unknown key in the detail",
+      async () => {
+        const router = await core.seedRouter();
+        return notification(PROJECT_A, [wireHelper(router.routerId, { chain: "x" })]);
+      },
+    ],
+    [
+      "a port out of range",
+      async () => {
+        const router = await core.seedRouter();
+        return notification(PROJECT_A, [wireHelper(router.routerId, { port: 65_536 })]);
+      },
+    ],
+    [
+      "a notification without project_id",
+      async () =>
+        eventBridgeEvent("Conntrack Helper Notification", { event: "created", conntrack_helpers: [] }),
+    ],
+    ["an unknown router", async () => notification(PROJECT_A, [wireHelper(newId())])],
+    [
+      "a router of another project",
+      async () => {
+        const router = await core.seedRouter({ projectId: PROJECT_B });
+        return notification(PROJECT_A, [wireHelper(router.routerId)]);
+      },
+    ],
+    [
+      "a duplicate protocol and port",
+      async () => {
+        const router = await core.seedRouter({ revision: 1, helpers: [storedHelper({ port: 21 })] });
+        return notification(PROJECT_A, [wireHelper(router.routerId, { port: 21 })]);
+      },
+    ],
+    [
+      "a host that is not a queue name",
+      async () =>
+        eventBridgeEvent("Router Upserted", { router_id: newId(), project_id: PROJECT_A, host: "a b" }),
+    ],
+  ];
+
+  it.each(cases)("parks an event with %s", async (_what, build) => {
+    const event = await build();
+    const { invoke, parked } = harness();
+    const outcome = await core.expectNothingWritten(() => invoke(event));
+    const id = (event as { id: string }).id;
+    expect(outcome).toMatchObject({ outcome: "parked", id });
+    expect(parked).toHaveLength(1);
+    expect(core.logger.entries.at(-1)).toMatchObject({
+      level: "warn",
+      message: "event parked",
+      fields: { eventId: id },
+    });
+  });
+
+  it("parks something that is not an event at all", async () => {
+    const { invoke, parked } = harness();
+    const outcome = await core.expectNothingWritten(() => invoke("not an event"));
+    expect(outcome).toMatchObject({ outcome: "parked", id: "unknown", code: "validation_failed" });
+    expect(parked).toEqual([{ detailType: "unknown", code: "validation_failed" }]);
+  });
+});
+
+describe("transient failures", () => {
+  it("throws so EventBridge retries when the queue is down", async () => {
+    const router = await core.seedRouter();
+    const { invoke, parked } = harness({ queue: { send: () => Promise.reject(new Error("down")) } });
+    await expect(invoke(notification(PROJECT_A, [wireHelper(router.routerId)]))).rejects.toBeInstanceOf(
+      ServiceUnavailableError,
+    );
+    expect(parked).toEqual([]);
+  });
+});
+
+describe("metrics", () => {
+  it("writes one CloudWatch embedded-metric line per parked event", () => {
+    const lines: string[] = [];
+    emfMetrics((line) => lines.push(line)).parked("Router Upserted", "validation_failed");
+    const entry = JSON.parse(lines[0]!);
+    expect(entry).toMatchObject({ ParkedEvents: 1, DetailType: "Router Upserted", Function: "events" });
+    expect(entry._aws.CloudWatchMetrics[0].Metrics).toEqual([{ Name: "ParkedEvents", Unit: "Count" }]);
+  });
+});
