@@ -1,0 +1,452 @@
+/**
+ * The whole system on one machine, loopback only: dynalite + fauxqs (test/support/emulators.ts, the one way
+ * this project starts them), the tables and queues the deployment creates, the real function handlers behind
+ * a JWT-verifying API Gateway stand-in, the status queue consumer, the reconciler on a short period, and one
+ * agent for node `local` as a child process.
+ */
+import { randomBytes, randomUUID } from "node:crypto";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { performance } from "node:perf_hooks";
+import { CreateQueueCommand, GetQueueAttributesCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
+import { ScanCommand } from "@aws-sdk/lib-dynamodb";
+import type { Context, EventBridgeEvent, ScheduledEvent } from "aws-lambda";
+import { type Emulators, startEmulators } from "../../test/support/emulators.ts";
+import { type AgentProcess, spawnAgent } from "./agent-process.ts";
+import { loadOrCreateSigningKey, type SigningKey, signToken } from "./auth.ts";
+import { type Gateway, type HttpHandler, lambdaContext, startGateway } from "./gateway.ts";
+import { deleteNamespace, listNamespaces, realBackendMissing } from "./kernel.ts";
+import { localDir, signingKeyFile, stackFile } from "./paths.ts";
+import { type Poller, type SqsHandler, startStatusPoller } from "./status-poller.ts";
+
+export const LOCAL_NODE = "local";
+export const DEMO_PROJECT = "demo";
+export const DEFAULT_DEMO_ROUTER = "5eed0000-0000-4000-8000-00000000de30";
+const PREFIX = "cth-local";
+const NAMESPACE = /^qrouter-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
+
+export interface StackOptions {
+  readonly port: number;
+  readonly dir: string;
+  readonly reconcileSeconds: number;
+  readonly backend: "auto" | "iptables" | "dry-run";
+  readonly agent: boolean;
+  readonly metricsPort: string;
+  readonly demoRouterId: string;
+  readonly print: (line: string) => void;
+}
+
+export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => void): StackOptions {
+  const int = (name: string, fallback: number, min: number) => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min) throw new Error(`${name} must be an integer >= ${min}`);
+    return value;
+  };
+  const backend = env.CTH_LOCAL_BACKEND || "auto";
+  if (backend !== "auto" && backend !== "iptables" && backend !== "dry-run") {
+    throw new Error("CTH_LOCAL_BACKEND must be auto, iptables or dry-run");
+  }
+  const demoRouterId = env.CTH_LOCAL_DEMO_ROUTER || DEFAULT_DEMO_ROUTER;
+  if (!NAMESPACE.test(`qrouter-${demoRouterId}`))
+    throw new Error("CTH_LOCAL_DEMO_ROUTER must be a lowercase UUID");
+  return {
+    port: int("PORT", 3000, 0),
+    dir: localDir(env),
+    reconcileSeconds: int("CTH_LOCAL_RECONCILE_SECONDS", 10, 1),
+    backend,
+    agent: env.CTH_LOCAL_AGENT !== "0",
+    metricsPort: env.CTH_LOCAL_METRICS_PORT || "9469",
+    demoRouterId,
+    print,
+  };
+}
+
+export interface StackInfo {
+  readonly pid: number;
+  readonly apiUrl: string;
+  readonly controlUrl: string;
+  readonly controlToken: string;
+  readonly agentPid: number | undefined;
+  readonly backend: "iptables" | "dry-run" | "none";
+  readonly demoRouterId: string;
+}
+
+export interface RunningStack {
+  readonly info: StackInfo;
+  readonly readyMs: number;
+  readonly demoToken: string;
+  readonly adminToken: string;
+  stop(): Promise<void>;
+}
+
+type EventsHandler = (event: EventBridgeEvent<string, unknown>, context: Context) => Promise<unknown>;
+type ScheduleHandler = (event: ScheduledEvent, context: Context) => Promise<unknown>;
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function refuseIfRunning(file: string): Promise<void> {
+  try {
+    const info = JSON.parse(await readFile(file, "utf8")) as StackInfo;
+    if (info.pid !== process.pid && processAlive(info.pid)) {
+      throw new Error(
+        `a local stack is already running from this directory (pid ${info.pid}, ${info.apiUrl})`,
+      );
+    }
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT" || error instanceof SyntaxError) return;
+    throw error;
+  }
+}
+
+/**
+ * EventBridge invokes Lambda asynchronously: on error Lambda retries twice, then the on-failure destination
+ * (in AWS the events DLQ) gets the event. The control endpoint does the same and reports what happened.
+ */
+async function invokeAsync(
+  handler: EventsHandler,
+  envelope: EventBridgeEvent<string, unknown>,
+  deadLetter: (record: unknown) => Promise<void>,
+): Promise<{
+  invocation: "succeeded" | "dead-lettered";
+  attempts: number;
+  response?: unknown;
+  error?: string;
+}> {
+  let lastError = "";
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    try {
+      const response = await handler(envelope, lambdaContext(`${PREFIX}-events`, 30_000));
+      return { invocation: "succeeded", attempts: attempt, response };
+    } catch (error) {
+      lastError = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+      if (attempt < 3) await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+    }
+  }
+  // The on-failure destination record Lambda writes for an asynchronous invocation.
+  await deadLetter({
+    version: "1.0",
+    timestamp: new Date().toISOString(),
+    requestContext: { condition: "RetriesExhausted", approximateInvokeCount: 3 },
+    requestPayload: envelope,
+    responseContext: { statusCode: 200, functionError: "Unhandled" },
+    responsePayload: { errorMessage: lastError },
+  });
+  return { invocation: "dead-lettered", attempts: 3, error: lastError };
+}
+
+async function readJson(req: http.IncomingMessage, limit: number): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new Error("body too large");
+    chunks.push(chunk as Buffer);
+  }
+  return JSON.parse(Buffer.concat(chunks).toString("utf8"));
+}
+
+export async function startStack(options: StackOptions): Promise<RunningStack> {
+  const t0 = performance.now();
+  const { print } = options;
+  const log = (line: Record<string, unknown>) =>
+    print(JSON.stringify({ time: new Date().toISOString(), ...line }));
+  await mkdir(options.dir, { recursive: true, mode: 0o700 });
+  const infoFile = stackFile(options.dir);
+  await refuseIfRunning(infoFile);
+
+  const cleanups: (() => Promise<void>)[] = [];
+  let stopped = false;
+  const stopAll = async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) {
+      try {
+        await cleanup();
+      } catch (error) {
+        log({ level: "warn", msg: "cleanup step failed", error: String(error) });
+      }
+    }
+  };
+
+  try {
+    const key: SigningKey = await loadOrCreateSigningKey(signingKeyFile(options.dir));
+
+    const emu: Emulators = await startEmulators();
+    cleanups.push(() => emu.stop());
+    const node = await emu.createNodeQueue(LOCAL_NODE, { prefix: `${PREFIX}-node-` });
+    const status = await emu.createStatusQueue(`${PREFIX}-status`);
+    const config = emu.makeConfig({
+      routersTable: `${PREFIX}-routers`,
+      idempotencyTable: `${PREFIX}-idempotency`,
+      nodeQueueUrlTemplate: `${node.url.slice(0, node.url.lastIndexOf("/") + 1)}${PREFIX}-node-{node}.fifo`,
+      statusQueueUrl: status.url,
+    });
+    await emu.createTables(config);
+    const clients = emu.clients(config);
+    cleanups.push(async () => {
+      clients.dynamo.destroy();
+      clients.sqs.destroy();
+    });
+    const eventsDlq = (await clients.sqs.send(new CreateQueueCommand({ QueueName: `${PREFIX}-events-dlq` })))
+      .QueueUrl!;
+    const statusArn = (
+      await clients.sqs.send(
+        new GetQueueAttributesCommand({ QueueUrl: status.url, AttributeNames: ["QueueArn"] }),
+      )
+    ).Attributes!.QueueArn!;
+
+    // The functions read their configuration on first invocation, from the environment, as in Lambda.
+    Object.assign(process.env, emu.env(config));
+
+    const httpFn = (await import("../../functions/http.ts")) as unknown as { handler: HttpHandler };
+    const statusFn = (await import("../../functions/status.ts")) as unknown as { handler: SqsHandler };
+    const reconcileFn = (await import("../../functions/reconcile.ts")) as unknown as {
+      handler: ScheduleHandler;
+    };
+    // functions/events.ts is optional while it is being built; the rest of the stack works without it.
+    const eventsFn = (await import("../../functions/events.ts").catch((error: unknown) => {
+      log({
+        level: "warn",
+        msg: "functions/events.ts could not be loaded; npm run emit is disabled",
+        error: String(error),
+      });
+      return undefined;
+    })) as { handler: EventsHandler } | undefined;
+
+    // Router ids this stack has seen: its namespaces are the only ones it may remove on stop.
+    const seenRouters = new Set<string>([options.demoRouterId]);
+    const gateway: Gateway = await startGateway({
+      handler: async (event, context) => {
+        const id = event.pathParameters?.router_id;
+        if (id) seenRouters.add(id);
+        return httpFn.handler(event, context);
+      },
+      key,
+      port: options.port,
+      functionName: `${PREFIX}-http`,
+      log: (line) => {
+        if (line.level !== "info") log(line);
+      },
+    });
+    cleanups.push(() => gateway.close());
+
+    // Loopback control endpoint for `npm run emit`, guarded by a per-run token kept in the 0600 stack.json.
+    const controlToken = randomBytes(24).toString("base64url");
+    const control = http.createServer(async (req, res) => {
+      const reply = (status: number, body: unknown) => {
+        res.writeHead(status, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
+      };
+      if (req.headers["x-cth-control-token"] !== controlToken) return reply(403, { error: "forbidden" });
+      if (req.method !== "POST" || req.url !== "/events") return reply(404, { error: "not found" });
+      if (!eventsFn) return reply(503, { error: "functions/events.ts is not available" });
+      let envelope: EventBridgeEvent<string, unknown>;
+      try {
+        envelope = (await readJson(req, 256 * 1024)) as EventBridgeEvent<string, unknown>;
+      } catch (error) {
+        return reply(400, { error: String(error) });
+      }
+      const detail = envelope.detail as {
+        router_id?: unknown;
+        conntrack_helpers?: { router_id?: unknown }[];
+      };
+      if (typeof detail?.router_id === "string") seenRouters.add(detail.router_id);
+      for (const helper of Array.isArray(detail?.conntrack_helpers) ? detail.conntrack_helpers : []) {
+        if (typeof helper?.router_id === "string") seenRouters.add(helper.router_id);
+      }
+      const result = await invokeAsync(eventsFn.handler, envelope, async (record) => {
+        await clients.sqs.send(
+          new SendMessageCommand({ QueueUrl: eventsDlq, MessageBody: JSON.stringify(record) }),
+        );
+      });
+      log({
+        level: result.invocation === "succeeded" ? "info" : "warn",
+        msg: "event",
+        id: envelope.id,
+        ...result,
+      });
+      return reply(200, { id: envelope.id, ...result });
+    });
+    await new Promise<void>((resolve) => control.listen(0, "127.0.0.1", resolve));
+    cleanups.push(async () => {
+      control.closeAllConnections();
+      await new Promise<void>((resolve) => control.close(() => resolve()));
+    });
+    const controlUrl = `http://127.0.0.1:${(control.address() as AddressInfo).port}`;
+
+    const poller: Poller = startStatusPoller({
+      sqs: clients.sqs,
+      queueUrl: status.url,
+      queueArn: statusArn,
+      region: config.region,
+      handler: statusFn.handler,
+      log,
+    });
+    cleanups.push(() => poller.stop());
+
+    let sweeping: Promise<void> | undefined;
+    const sweep = () => {
+      if (sweeping) return;
+      const now = new Date();
+      const event: ScheduledEvent = {
+        version: "0",
+        id: randomUUID(),
+        "detail-type": "Scheduled Event",
+        source: "aws.events",
+        account: "000000000000",
+        time: now.toISOString().replace(/\.\d{3}Z$/, "Z"),
+        region: config.region,
+        resources: [`arn:aws:events:${config.region}:000000000000:rule/${PREFIX}-reconcile`],
+        detail: {},
+      };
+      sweeping = reconcileFn
+        .handler(event, lambdaContext(`${PREFIX}-reconcile`, 120_000))
+        .then(
+          () => undefined,
+          (error: unknown) => log({ level: "warn", msg: "reconcile sweep failed", error: String(error) }),
+        )
+        .finally(() => {
+          sweeping = undefined;
+        });
+    };
+    const timer = setInterval(sweep, options.reconcileSeconds * 1000);
+    cleanups.push(async () => {
+      clearInterval(timer);
+      await sweeping;
+    });
+
+    // The agent: real iptables in real namespaces when this host allows it, else a loud dry run.
+    let backend: StackInfo["backend"] = "none";
+    let agent: AgentProcess | undefined;
+    const namespacesBefore = await listNamespaces();
+    if (options.agent) {
+      const missing =
+        options.backend === "dry-run" ? "CTH_LOCAL_BACKEND=dry-run" : await realBackendMissing();
+      if (missing && options.backend === "iptables")
+        throw new Error(`CTH_LOCAL_BACKEND=iptables but ${missing}`);
+      backend = missing ? "dry-run" : "iptables";
+      const stateDir = `${options.dir}/agent`;
+      await mkdir(stateDir, { recursive: true, mode: 0o700 });
+      if (missing) {
+        const bar = "!".repeat(78);
+        print(`${bar}\n!!! DRY RUN (${missing}): the agent renders iptables-restore input to`);
+        print(
+          `!!! ${stateDir}/dry-run and touches no namespace. Run as root with iptables for the real thing.\n${bar}`,
+        );
+      }
+      const spawnIt = () =>
+        spawnAgent({
+          args: [
+            "--node",
+            LOCAL_NODE,
+            "--queue-url",
+            node.url,
+            "--status-queue-url",
+            status.url,
+            "--endpoint",
+            emu.endpoint,
+            "--region",
+            config.region,
+            "--state-dir",
+            stateDir,
+            "--metrics-port",
+            options.metricsPort,
+            "--wait-seconds",
+            "5",
+            "--backend",
+            backend,
+            ...(backend === "iptables" ? ["--create-namespaces"] : []),
+          ],
+          env: { ...process.env },
+          print,
+          onExit: (code, signal) => {
+            log({ level: "error", msg: "agent exited unexpectedly; restarting in 2 s", code, signal });
+            setTimeout(() => {
+              if (!stopped) agent = spawnIt();
+            }, 2_000).unref();
+          },
+        });
+      agent = spawnIt();
+      const current = () => agent;
+      cleanups.push(async () => {
+        await current()?.stop();
+        // Remove the namespaces this stack's agent created: only `qrouter-<id>` of routers this stack knew,
+        // and only if they did not exist before it started.
+        if (backend !== "iptables") return;
+        try {
+          const rows = await clients.dynamo.send(
+            new ScanCommand({ TableName: config.routersTable, ProjectionExpression: "router_id" }),
+          );
+          for (const item of rows.Items ?? []) seenRouters.add(String(item.router_id));
+        } catch (error) {
+          log({ level: "warn", msg: "could not list routers for namespace cleanup", error: String(error) });
+        }
+        for (const name of await listNamespaces()) {
+          const id = NAMESPACE.exec(name)?.[1];
+          if (!id || !seenRouters.has(id) || namespacesBefore.has(name)) continue;
+          await deleteNamespace(name).then(
+            () => log({ level: "info", msg: "namespace removed", namespace: name }),
+            (error: unknown) =>
+              log({ level: "warn", msg: "namespace removal failed", namespace: name, error: String(error) }),
+          );
+        }
+      });
+      await Promise.race([
+        agent.started,
+        new Promise((_, reject) =>
+          setTimeout(() => reject(new Error("the agent did not start within 60 s")), 60_000),
+        ),
+      ]);
+    }
+    // Seed the demo router through the real API, as an operator would.
+    const adminToken = await signToken(key, {
+      projectId: "operator",
+      roles: ["admin"],
+      ttlSeconds: 12 * 3600,
+    });
+    const demoToken = await signToken(key, { projectId: DEMO_PROJECT, ttlSeconds: 12 * 3600 });
+    const seeded = await fetch(`${gateway.url}/v1/routers/${options.demoRouterId}`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${adminToken}`, "content-type": "application/json" },
+      body: JSON.stringify({ project_id: DEMO_PROJECT, host: LOCAL_NODE }),
+    });
+    if (!seeded.ok)
+      throw new Error(`seeding the demo router failed: ${seeded.status} ${await seeded.text()}`);
+
+    const info: StackInfo = {
+      pid: process.pid,
+      apiUrl: gateway.url,
+      controlUrl,
+      controlToken,
+      agentPid: agent?.pid,
+      backend,
+      demoRouterId: options.demoRouterId,
+    };
+    await writeFile(infoFile, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 });
+    cleanups.push(() => rm(infoFile, { force: true }));
+    // The first sweep right away, then every reconcileSeconds.
+    sweep();
+
+    return {
+      info,
+      readyMs: Math.round(performance.now() - t0),
+      demoToken,
+      adminToken,
+      stop: async () => {
+        stopped = true;
+        await stopAll();
+      },
+    };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}
