@@ -190,7 +190,7 @@ export function defaultDeps(config: Config = loadConfig()): EventsDeps {
 
 let production: ReturnType<typeof makeHandler> | undefined;
 
-export const handler = (event: unknown, context: Context): Promise<EventOutcome> => {
+export const handler = async (event: unknown, context: Context): Promise<EventOutcome> => {
   production ??= makeHandler(defaultDeps());
   return production(event, context);
 };

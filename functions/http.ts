@@ -200,7 +200,7 @@ export function defaultDeps(config: Config = loadConfig()): HttpDeps {
 
 let production: ReturnType<typeof makeHandler> | undefined;
 
-export const handler = (event: ApiGatewayEvent, context: HttpContext): Promise<ApiGatewayResult> => {
+export const handler = async (event: ApiGatewayEvent, context: HttpContext): Promise<ApiGatewayResult> => {
   production ??= makeHandler(defaultDeps());
   return production(event, context);
 };

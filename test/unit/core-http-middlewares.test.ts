@@ -1,0 +1,64 @@
+import { describe, expect, it } from "vitest";
+import { correlationIdFrom, normalizeEvent } from "../../lib/http/api-event.ts";
+import { base64DecodedLength } from "../../lib/http/middlewares.ts";
+import { httpApiClaims, httpApiEvent, restApiEvent } from "../support/events.ts";
+
+describe("base64DecodedLength", () => {
+  it.each(["", "a", "ab", "abc", "abcd", "x".repeat(1000), "é€"])(
+    "matches the decoded size of %j",
+    (text) => {
+      const encoded = Buffer.from(text, "utf8").toString("base64");
+      expect(base64DecodedLength(encoded)).toBe(Buffer.byteLength(text, "utf8"));
+    },
+  );
+});
+
+describe("correlationIdFrom", () => {
+  it("keeps a safe request id", () => {
+    expect(correlationIdFrom("e56434a3-0b5d-453c-9183-f07a5e91fbb3", () => "x")).toBe(
+      "e56434a3-0b5d-453c-9183-f07a5e91fbb3",
+    );
+  });
+
+  it("replaces characters a snapshot's correlation id may not carry", () => {
+    expect(correlationIdFrom("ZhMpQigvDoEEPlg=", () => "x")).toBe("ZhMpQigvDoEEPlg-");
+  });
+
+  it("falls back when there is no request id", () => {
+    expect(correlationIdFrom(undefined, () => "fresh")).toBe("fresh");
+  });
+
+  it("bounds the length", () => {
+    expect(correlationIdFrom("a".repeat(500), () => "x")).toHaveLength(128);
+  });
+});
+
+describe("normalizeEvent", () => {
+  const claims = httpApiClaims("p1", ["admin"]);
+
+  it("reads method, path, headers and JWT claims from an HTTP API (v2) event", () => {
+    const request = normalizeEvent(
+      httpApiEvent({
+        method: "GET",
+        path: "/v1/routers/x/conntrack-helpers",
+        claims,
+        headers: { "X-Test": "1" },
+      }),
+      "cid",
+    );
+    expect(request).toMatchObject({ method: "GET", path: "/v1/routers/x/conntrack-helpers", claims });
+    expect(request.headers["x-test"]).toBe("1");
+  });
+
+  it("reads method, path and claims from a REST API (v1) event", () => {
+    const request = normalizeEvent(restApiEvent({ method: "DELETE", path: "/v1/routers/x", claims }), "cid");
+    expect(request).toMatchObject({ method: "DELETE", path: "/v1/routers/x", claims });
+    expect(request.headers["user-agent"]).toBe("HTTPie/3.2.2");
+  });
+
+  it("has no claims when the authorizer is absent", () => {
+    expect(
+      normalizeEvent(httpApiEvent({ method: "GET", path: "/", claims: undefined }), "cid").claims,
+    ).toBeUndefined();
+  });
+});

@@ -1,0 +1,289 @@
+/** The use cases on the in-memory fakes (whose contract tests also run against DynamoDB and SQS). */
+import { describe, expect, it } from "vitest";
+import { DEFAULT_LIMITS } from "../../lib/config.ts";
+import {
+  COMMITTED_BUT_NOT_QUEUED,
+  type DomainDeps,
+  deleteRouter,
+  readRouterState,
+  submitNotification,
+  upsertRouter,
+} from "../../lib/domain/services.ts";
+import { buildSnapshot } from "../../lib/domain/snapshot.ts";
+import {
+  ConflictError,
+  ForbiddenError,
+  NotFoundError,
+  RevisionConflictError,
+  ServiceUnavailableError,
+} from "../../lib/errors.ts";
+import type { RouterRecord } from "../../lib/ports.ts";
+import {
+  admin,
+  fixedClock,
+  helperChange,
+  member,
+  newId,
+  notification,
+  PROJECT_A,
+  PROJECT_B,
+  routerRecord,
+  service,
+  storedHelper,
+} from "../support/factories.ts";
+import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+
+function setup(limits = DEFAULT_LIMITS) {
+  const store = new MemoryRoutersStore();
+  const queue = new MemoryCommandQueue();
+  const deps: DomainDeps = {
+    store,
+    queue,
+    clock: fixedClock(),
+    limits,
+    retry: { maxAttempts: 50, baseDelayMs: 0, maxDelayMs: 1 },
+  };
+  const seed = async (overrides: Partial<RouterRecord> = {}) => {
+    const record = routerRecord(overrides);
+    await store.put(record, undefined);
+    return record;
+  };
+  return { store, queue, deps, seed };
+}
+
+describe("submitNotification", () => {
+  it("queues a snapshot even when nothing changed, so a retry re-sends", async () => {
+    const { deps, queue, seed } = setup();
+    const helper = storedHelper();
+    const router = await seed({ revision: 1, helpers: [helper] });
+    const result = await submitNotification(
+      deps,
+      member(),
+      notification("created", [{ ...helper, router_id: router.routerId }]),
+      "c1",
+    );
+    expect(result.routers).toEqual([{ router_id: router.routerId, revision: 1 }]);
+    expect(queue.messages("node-a").map((m) => [m.revision, m.helpers])).toEqual([[1, [helper]]]);
+  });
+
+  it("validates every router before writing any", async () => {
+    const { deps, store, queue, seed } = setup();
+    const ok = await seed();
+    const writes = store.writes;
+    await expect(
+      submitNotification(
+        deps,
+        member(),
+        notification("created", [helperChange(ok.routerId), helperChange(newId())]),
+        "c",
+      ),
+    ).rejects.toBeInstanceOf(NotFoundError);
+    expect(store.writes).toBe(writes);
+    expect(queue.all()).toEqual([]);
+  });
+
+  it("leaves the state committed and says a retry is safe when the queue fails", async () => {
+    const { deps, store, queue, seed } = setup();
+    const router = await seed();
+    queue.failingHosts.add("node-a");
+    const attempt = submitNotification(
+      deps,
+      member(),
+      notification("created", [helperChange(router.routerId)]),
+      "c",
+    );
+    await expect(attempt).rejects.toThrow(COMMITTED_BUT_NOT_QUEUED);
+    await expect(attempt).rejects.toBeInstanceOf(ServiceUnavailableError);
+    expect((await store.get(router.routerId))?.revision).toBe(1);
+  });
+
+  it("lets a member change only its own project's routers", async () => {
+    const { deps, seed } = setup();
+    const theirs = await seed({ projectId: PROJECT_B });
+    await expect(
+      submitNotification(
+        deps,
+        member(PROJECT_A),
+        notification("created", [helperChange(theirs.routerId)]),
+        "c",
+      ),
+    ).rejects.toBeInstanceOf(NotFoundError);
+  });
+
+  it("lets an admin change any router", async () => {
+    const { deps, seed } = setup();
+    const theirs = await seed({ projectId: PROJECT_B });
+    const result = await submitNotification(
+      deps,
+      admin(),
+      notification("created", [helperChange(theirs.routerId)]),
+      "c",
+    );
+    expect(result.routers[0]?.revision).toBe(1);
+  });
+
+  it("refuses a service helper without project_id on another project's router", async () => {
+    const { deps, seed } = setup();
+    const theirs = await seed({ projectId: PROJECT_B });
+    await expect(
+      submitNotification(
+        deps,
+        service(PROJECT_A),
+        notification("created", [helperChange(theirs.routerId)]),
+        "c",
+      ),
+    ).rejects.toBeInstanceOf(ForbiddenError);
+  });
+
+  it("refuses a member helper naming a foreign project on its own router", async () => {
+    const { deps, seed } = setup();
+    const mine = await seed({ projectId: PROJECT_A });
+    await expect(
+      submitNotification(
+        deps,
+        member(PROJECT_A),
+        notification("created", [helperChange(mine.routerId, { project_id: PROJECT_B })]),
+        "c",
+      ),
+    ).rejects.toBeInstanceOf(ForbiddenError);
+  });
+
+  it("ends with every helper when many notifications race for one router", async () => {
+    const { deps, store, queue, seed } = setup();
+    const router = await seed();
+    const changes = Array.from({ length: 30 }, (_, i) => helperChange(router.routerId, { port: 30_000 + i }));
+    await Promise.all(
+      changes.map((c) => submitNotification(deps, member(), notification("created", [c]), "c")),
+    );
+    const stored = await store.get(router.routerId);
+    expect(stored?.revision).toBe(30);
+    expect(stored?.helpers).toHaveLength(30);
+    expect(queue.messages("node-a").at(-1)?.helpers).toHaveLength(30);
+  });
+
+  it("answers 503 instead of looping when conflicts never stop", async () => {
+    const { deps, store, seed } = setup();
+    const router = await seed();
+    store.put = async () => {
+      throw new RevisionConflictError("always");
+    };
+    await expect(
+      submitNotification(
+        { ...deps, retry: { maxAttempts: 3, baseDelayMs: 0, maxDelayMs: 0 } },
+        member(),
+        notification("created", [helperChange(router.routerId)]),
+        "c",
+      ),
+    ).rejects.toBeInstanceOf(ServiceUnavailableError);
+  });
+
+  it("refuses a duplicate id with other fields with 409", async () => {
+    const { deps, seed } = setup();
+    const helper = storedHelper();
+    const router = await seed({ revision: 1, helpers: [helper] });
+    await expect(
+      submitNotification(
+        deps,
+        member(),
+        notification("created", [{ ...helper, port: 1, router_id: router.routerId }]),
+        "c",
+      ),
+    ).rejects.toBeInstanceOf(ConflictError);
+  });
+});
+
+describe("upsertRouter", () => {
+  it("refuses a non-admin with 403", async () => {
+    const { deps } = setup();
+    await expect(
+      upsertRouter(deps, service(), newId(), { project_id: PROJECT_A, host: "node-a" }, "c"),
+    ).rejects.toBeInstanceOf(ForbiddenError);
+  });
+
+  it("is a no-op for an identical upsert of a new router, and re-sends for one with helpers", async () => {
+    const { deps, queue, seed } = setup();
+    const router = await seed({ revision: 2, helpers: [storedHelper()] });
+    const result = await upsertRouter(
+      deps,
+      admin(),
+      router.routerId,
+      { project_id: router.projectId, host: router.host },
+      "c",
+    );
+    expect(result).toMatchObject({ created: false, router: { revision: 2 } });
+    expect(queue.messages("node-a").map((m) => m.revision)).toEqual([2]);
+  });
+
+  it("moves ownership without touching helpers and bumps the revision", async () => {
+    const { deps, store, seed } = setup();
+    const helper = storedHelper();
+    const router = await seed({ revision: 1, helpers: [helper] });
+    await upsertRouter(deps, admin(), router.routerId, { project_id: PROJECT_B, host: router.host }, "c");
+    expect(await store.get(router.routerId)).toMatchObject({
+      projectId: PROJECT_B,
+      revision: 2,
+      helpers: [helper],
+    });
+  });
+});
+
+describe("deleteRouter", () => {
+  it("does not delete when the node cannot be told", async () => {
+    const { deps, store, queue, seed } = setup();
+    const router = await seed();
+    queue.failingHosts.add("node-a");
+    await expect(deleteRouter(deps, admin(), router.routerId, "c")).rejects.toBeInstanceOf(
+      ServiceUnavailableError,
+    );
+    expect(await store.get(router.routerId)).toBeDefined();
+  });
+});
+
+describe("readRouterState", () => {
+  it("reports applied errors and sync state", async () => {
+    const { deps, store, seed } = setup();
+    const helper = storedHelper();
+    const router = await seed({ revision: 1, helpers: [helper] });
+    const errors = [
+      { helper_id: helper.id, code: "module_missing", message: "nf_conntrack_ftp is not loaded" },
+    ];
+    await store.recordApplied({
+      routerId: router.routerId,
+      revision: 1,
+      host: "node-a",
+      errors,
+      at: "2026-11-24T06:00:00Z",
+    });
+    expect(await readRouterState(deps, member(), router.routerId)).toMatchObject({
+      revision: 1,
+      applied_revision: 1,
+      in_sync: true,
+      applied_errors: errors,
+    });
+  });
+
+  it("shows the hosting node to operators only", async () => {
+    const { deps, seed } = setup();
+    const router = await seed();
+    expect((await readRouterState(deps, admin(), router.routerId)).host).toBe("node-a");
+    expect((await readRouterState(deps, member(), router.routerId)).host).toBeUndefined();
+  });
+});
+
+describe("buildSnapshot", () => {
+  it("orders helpers by protocol, port and id whatever the stored order", () => {
+    const helpers = [
+      storedHelper({ protocol: "udp", port: 69, helper: "tftp" }),
+      storedHelper({ protocol: "tcp", port: 6667, helper: "irc" }),
+      storedHelper({ protocol: "tcp", port: 21 }),
+    ];
+    const snapshot = buildSnapshot(routerRecord({ revision: 7, helpers }), "corr", fixedClock());
+    expect(snapshot.helpers.map((h) => `${h.protocol}/${h.port}`)).toEqual(["tcp/21", "tcp/6667", "udp/69"]);
+    expect(snapshot).toMatchObject({
+      v: 1,
+      kind: "router-sync",
+      revision: 7,
+      issued_at: "2026-11-24T06:00:00.000Z",
+    });
+  });
+});
