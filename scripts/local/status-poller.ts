@@ -55,7 +55,7 @@ export function toSqsRecord(message: Message, queueArn: string, region: string):
     attributes: {
       ApproximateReceiveCount: system.ApproximateReceiveCount ?? "1",
       SentTimestamp: system.SentTimestamp ?? String(Date.now()),
-      SenderId: system.SenderId ?? "AIDALOCALSTACK",
+      SenderId: system.SenderId ?? "000000000000",
       ApproximateFirstReceiveTimestamp: system.ApproximateFirstReceiveTimestamp ?? String(Date.now()),
       ...(system.MessageGroupId ? { MessageGroupId: system.MessageGroupId } : {}),
       ...(system.MessageDeduplicationId ? { MessageDeduplicationId: system.MessageDeduplicationId } : {}),

@@ -1,0 +1,249 @@
+/**
+ * End to end, as a newcomer runs it: `npm start` as a child process (own port, own .local directory), an
+ * admin registers a router on node `local`, its owner posts a notification, and the rule shows up in the
+ * router namespace's `iptables-save` while the API reports `in_sync: true`. An EventBridge event goes in
+ * through `npm run emit`. Then SIGTERM: every process of the stack is gone, and so are its namespaces.
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { loadOrCreateSigningKey, type SigningKey, signToken } from "../../scripts/local/auth.ts";
+import type { StackInfo } from "../../scripts/local/stack.ts";
+import { describeKernel } from "../support/requirements.ts";
+
+const run = promisify(execFile);
+const root = resolve(import.meta.dirname, "../..");
+const PROJECT = "e2e-owner";
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((done) => server.close(() => done()));
+  return port;
+}
+
+const alive = (pid: number | undefined): boolean => {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== undefined) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((done) => setTimeout(done, 250));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${String(last)})` : ""}`);
+}
+
+async function rawTable(namespace: string): Promise<string> {
+  const { stdout } = await run("ip", ["netns", "exec", namespace, "iptables-save", "-t", "raw"]);
+  return stdout;
+}
+
+async function namespaces(): Promise<string[]> {
+  const { stdout } = await run("ip", ["netns", "list"]);
+  return stdout.split("\n").map((line) => line.trim().split(/\s+/)[0] ?? "");
+}
+
+describeKernel("npm start (local stack) end to end", () => {
+  const routerId = randomUUID();
+  const eventRouterId = randomUUID();
+  const demoRouterId = randomUUID();
+  const ownNamespaces = [routerId, eventRouterId, demoRouterId].map((id) => `qrouter-${id}`);
+  let dir: string;
+  let stack: ChildProcess;
+  let output = "";
+  let info: StackInfo;
+  let key: SigningKey;
+  let readyMs: number;
+  let exited: Promise<void>;
+
+  const api = (path: string, token: string, init: RequestInit = {}) =>
+    fetch(`${info.apiUrl}${path}`, {
+      ...init,
+      headers: {
+        authorization: `Bearer ${token}`,
+        "content-type": "application/json",
+        ...(init.headers ?? {}),
+      },
+    });
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "cth-e2e-"));
+    const port = await freePort();
+    stack = spawn("npm", ["start"], {
+      cwd: root,
+      // Its own process group, like a terminal job: SIGTERM goes to the whole group, as Ctrl-C would.
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: {
+        ...process.env,
+        PORT: String(port),
+        CTH_LOCAL_DIR: dir,
+        CTH_LOCAL_METRICS_PORT: "0",
+        CTH_LOCAL_DEMO_ROUTER: demoRouterId,
+        CTH_LOCAL_RECONCILE_SECONDS: "2",
+      },
+    });
+    exited = new Promise((done) => stack.once("exit", () => done()));
+    stack.stdout!.on("data", (chunk: Buffer) => {
+      output += chunk.toString();
+    });
+    stack.stderr!.on("data", (chunk: Buffer) => {
+      output += chunk.toString();
+    });
+    readyMs = await until("the stack to be ready", 120_000, async () => {
+      if (stack.exitCode !== null) throw new Error(`npm start exited early:\n${output}`);
+      const match = /cth local stack ready in (\d+) ms/.exec(output);
+      return match ? Number(match[1]) : undefined;
+    });
+    info = JSON.parse(readFileSync(join(dir, "stack.json"), "utf8")) as StackInfo;
+    key = await loadOrCreateSigningKey(join(dir, "dev-signing-key.json"));
+    console.info(`local stack ready in ${readyMs} ms (reported by npm start)`);
+  }, 150_000);
+
+  afterAll(async () => {
+    // Whatever happened above: nothing of this test may survive it.
+    if (stack?.pid && alive(stack.pid)) process.kill(-stack.pid, "SIGKILL");
+    for (const pid of [info?.pid, info?.agentPid]) if (alive(pid)) process.kill(pid!, "SIGKILL");
+    for (const name of ownNamespaces) {
+      if ((await namespaces()).includes(name)) await run("ip", ["netns", "delete", name]);
+    }
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  }, 60_000);
+
+  it("listens on the chosen loopback port and runs a real (not dry-run) agent", () => {
+    expect(info.apiUrl).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(info.backend).toBe("iptables");
+    expect(alive(info.agentPid)).toBe(true);
+    expect(output).toContain(`curl -sS -X POST ${info.apiUrl}/v1/notifications`);
+  });
+
+  it("the token script signs with the stack's key and the API rejects tokens it did not sign", async () => {
+    const { stdout } = await run("npm", ["run", "-s", "token", "--", "--project", PROJECT], {
+      cwd: root,
+      env: { ...process.env, CTH_LOCAL_DIR: dir },
+    });
+    const token = stdout.trim();
+    const unknown = await api(`/v1/routers/${routerId}/conntrack-helpers`, token);
+    expect(unknown.status).toBe(404);
+    const forged = await api(`/v1/routers/${routerId}/conntrack-helpers`, `${token.slice(0, -4)}AAAA`);
+    expect(forged.status).toBe(401);
+    expect(await forged.json()).toMatchObject({ error: { code: "unauthorized" } });
+  });
+
+  it("admin registers a router, its owner adds an ftp helper, the kernel holds it and the API says in sync", async () => {
+    const admin = await signToken(key, { projectId: "operator", roles: ["admin"] });
+    const owner = await signToken(key, { projectId: PROJECT });
+    const put = await api(`/v1/routers/${routerId}`, admin, {
+      method: "PUT",
+      body: JSON.stringify({ project_id: PROJECT, host: "local" }),
+    });
+    expect(put.status, await put.clone().text()).toBeLessThan(300);
+
+    const helperId = randomUUID();
+    const post = await api("/v1/notifications", owner, {
+      method: "POST",
+      body: JSON.stringify({
+        event: "created",
+        conntrack_helpers: [{ id: helperId, router_id: routerId, protocol: "tcp", port: 21, helper: "ftp" }],
+      }),
+    });
+    expect(post.status, await post.clone().text()).toBe(202);
+    const { routers } = (await post.json()) as { routers: { router_id: string; revision: number }[] };
+    expect(routers).toEqual([{ router_id: routerId, revision: expect.any(Number) }]);
+
+    const rules = await until("the rule in the namespace", 60_000, async () => {
+      const text = await rawTable(`qrouter-${routerId}`);
+      return text.includes(helperId) ? text : undefined;
+    });
+    expect(rules).toMatch(
+      new RegExp(`-p tcp -m tcp --dport 21 -m comment --comment "?cth:${helperId}"? -j CT --helper ftp`),
+    );
+    const state = await until("in_sync", 60_000, async () => {
+      const body = (await (await api(`/v1/routers/${routerId}/conntrack-helpers`, owner)).json()) as {
+        in_sync: boolean;
+        revision: number;
+        applied_revision: number;
+      };
+      return body.in_sync ? body : undefined;
+    });
+    expect(state.applied_revision).toBe(routers[0]!.revision);
+
+    // Another project cannot see it (same 404 as an unknown router).
+    const stranger = await signToken(key, { projectId: "someone-else" });
+    expect((await api(`/v1/routers/${routerId}/conntrack-helpers`, stranger)).status).toBe(404);
+  });
+
+  it("npm run emit delivers a real EventBridge envelope to the events function", async () => {
+    const { stdout, stderr } = await run(
+      "npm",
+      [
+        "run",
+        "-s",
+        "emit",
+        "--",
+        "Router Upserted",
+        JSON.stringify({ router_id: eventRouterId, project_id: PROJECT, host: "local" }),
+      ],
+      { cwd: root, env: { ...process.env, CTH_LOCAL_DIR: dir } },
+    );
+    expect(stdout.trim()).toMatch(/^[0-9a-f-]{36}$/);
+    expect(JSON.parse(stderr.trim().split("\n").at(-1)!)).toMatchObject({
+      id: stdout.trim(),
+      invocation: "succeeded",
+    });
+    const owner = await signToken(key, { projectId: PROJECT });
+    const post = await api("/v1/notifications", owner, {
+      method: "POST",
+      body: JSON.stringify({
+        event: "created",
+        conntrack_helpers: [
+          { id: randomUUID(), router_id: eventRouterId, protocol: "udp", port: 69, helper: "tftp" },
+        ],
+      }),
+    });
+    expect(post.status).toBe(202);
+    await until("the tftp rule", 60_000, async () =>
+      (await rawTable(`qrouter-${eventRouterId}`)).includes("--helper tftp") ? true : undefined,
+    );
+  });
+
+  it("SIGTERM stops everything: no process of the stack left, its namespaces removed", async () => {
+    expect((await namespaces()).filter((n) => ownNamespaces.includes(n)).length).toBeGreaterThanOrEqual(2);
+    process.kill(-stack.pid!, "SIGTERM");
+    await exited;
+    await until("the stack process to exit", 60_000, async () => (alive(info.pid) ? undefined : true));
+    expect(alive(info.agentPid)).toBe(false);
+    // npm, sh and tsx wrap the stack in the same process group; all of them must go.
+    let group = "";
+    await until("the process group to empty", 15_000, async () => {
+      group = (await run("ps", ["-o", "pid=,args=", "-g", String(stack.pid)]).catch(() => ({ stdout: "" })))
+        .stdout;
+      return group.trim() === "" ? true : undefined;
+    }).catch(() => undefined);
+    expect(group.trim()).toBe("");
+    expect(output).toContain("local stack stopped");
+    const left = (await namespaces()).filter((n) => ownNamespaces.includes(n));
+    expect(left).toEqual([]);
+    expect(existsSync(join(dir, "stack.json"))).toBe(false);
+  });
+});
