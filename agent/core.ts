@@ -87,6 +87,8 @@ export function coalesce<T>(
 export class AgentCore {
   readonly unavailable: Record<Family, Set<string>>;
   private lock: Promise<unknown> = Promise.resolve();
+  /** Our lines as last read back, per namespace and family (see convergeFamily). */
+  private readonly lastSeen = new Map<string, string>();
 
   constructor(private readonly options: AgentCoreOptions) {
     this.unavailable = options.unavailable ?? { ipv4: new Set(), ipv6: new Set() };
@@ -143,6 +145,8 @@ export class AgentCore {
     logger.debug({ router_id: routerId, revision, namespace: ns, helpers: helpers.length }, "applying");
     try {
       if (!(await iptables.namespaceExists(ns))) {
+        // A namespace that comes back is a new, empty one: what was last read back no longer holds.
+        this.forget(ns);
         if (helpers.length === 0) {
           // Nothing to remove from a namespace that is gone: the empty snapshot holds already.
           await state.set(routerId, {
@@ -158,14 +162,17 @@ export class AgentCore {
         created = true;
         logger.info({ router_id: routerId, namespace: ns }, "namespace created");
       }
-      const results: Record<Family, FamilyResult> = {
-        ipv4: await this.convergeFamily(ns, "ipv4", helpers),
-        ipv6: await this.convergeFamily(ns, "ipv6", helpers),
-      };
+      // The families are independent tables: converge them concurrently (each step is a process spawn).
+      const [ipv4, ipv6] = await Promise.all([
+        this.convergeFamily(ns, "ipv4", helpers),
+        this.convergeFamily(ns, "ipv6", helpers),
+      ]);
+      const results: Record<Family, FamilyResult> = { ipv4, ipv6 };
       const changed = results.ipv4.changed || results.ipv6.changed;
       const errors = [...results.ipv4.errors, ...results.ipv6.errors];
       if (helpers.length === 0 && created) {
         await iptables.deleteNamespace(ns);
+        this.forget(ns);
         created = false;
         logger.info({ router_id: routerId, namespace: ns }, "namespace this agent created removed");
       }
@@ -179,7 +186,10 @@ export class AgentCore {
       const rules = { ipv4: results.ipv4.rules, ipv6: results.ipv6.rules };
       return this.finish(routerId, revision, ns, started, changed, rules, errors, correlationId);
     } catch (error) {
-      if (error instanceof NamespaceMissingError) return this.missing(routerId, revision, ns);
+      if (error instanceof NamespaceMissingError) {
+        this.forget(ns);
+        return this.missing(routerId, revision, ns);
+      }
       const failure =
         error instanceof ApplyFailedError
           ? error
@@ -231,6 +241,12 @@ export class AgentCore {
   }
 
   /** One family: render against the current save, restore, leave out helpers the kernel lacks, verify. */
+  /**
+   * One family: render against what the table holds, restore, leave out helpers the kernel lacks, read back
+   * and compare. "What the table holds" is the last read-back of this namespace when there is one (saves a
+   * process spawn per apply); if that view is stale (someone edited the table), the restore fails or the
+   * read-back differs, and the family is redone once against a fresh save.
+   */
   private async convergeFamily(
     ns: string,
     family: Family,
@@ -238,11 +254,15 @@ export class AgentCore {
   ): Promise<FamilyResult> {
     const { iptables, catalog, logger, metrics } = this.options;
     const unavailable = this.unavailable[family];
+    const key = `${ns}\n${family}`;
+    const cached = this.lastSeen.get(key);
+    let current = cached ?? (await iptables.save(ns, family));
+    let fresh = cached === undefined;
     let changed = false;
-    // Each failed attempt removes one helper, so this ends; +2 covers the final successful attempt.
-    for (let attempt = 0; attempt < helpers.length + 2; attempt++) {
+    // Each failed attempt removes one helper or refreshes a stale view once, so this ends.
+    for (let attempt = 0; attempt < helpers.length + 3; attempt++) {
       const plan = planFamily(helpers, family, catalog, { unavailable });
-      const text = renderRestore(plan.rules, await iptables.save(ns, family));
+      const text = renderRestore(plan.rules, current);
       if (text !== undefined) {
         try {
           await iptables.restore(ns, family, text);
@@ -256,16 +276,38 @@ export class AgentCore {
             logger.warn({ family, helper: hit.helper, stderr: error.stderr.trim() }, "kernel lacks helper");
             continue;
           }
+          if (!fresh) {
+            this.lastSeen.delete(key);
+            current = await iptables.save(ns, family);
+            fresh = true;
+            continue;
+          }
           throw new ApplyFailedError(error.message, "restore", { cause: error });
         }
       }
-      const after = ownedLines(await iptables.save(ns, family));
-      if (!sameLines(after, expectedOwnedLines(plan.rules))) {
-        throw new ApplyFailedError(`${family}: rules read back differ from the rendered rules`, "verify");
+      const after = await iptables.save(ns, family);
+      const owned = ownedLines(after);
+      this.remember(key, owned);
+      if (sameLines(owned, expectedOwnedLines(plan.rules))) {
+        return { changed, rules: plan.rules.length, errors: plan.errors };
       }
-      return { changed, rules: plan.rules.length, errors: plan.errors };
+      if (!fresh) {
+        current = after;
+        fresh = true;
+        continue;
+      }
+      throw new ApplyFailedError(`${family}: rules read back differ from the rendered rules`, "verify");
     }
     throw new ApplyFailedError(`${family}: gave up leaving out helpers`, "restore");
+  }
+
+  private forget(ns: string): void {
+    for (const family of FAMILIES) this.lastSeen.delete(`${ns}\n${family}`);
+  }
+
+  /** Keeps only our lines of a read-back, as a minimal save the renderer can diff against. */
+  private remember(key: string, owned: readonly string[]): void {
+    this.lastSeen.set(key, ["*raw", ...owned, "COMMIT", ""].join("\n"));
   }
 
   private async report(routerId: string, revision: number, helpers: readonly HelperRule[]): Promise<void> {
@@ -330,13 +372,14 @@ export class AgentCore {
   }
 
   private async inPlace(ns: string, helpers: readonly HelperRule[]): Promise<boolean> {
-    for (const family of FAMILIES) {
+    const checks = FAMILIES.map(async (family) => {
       const plan = planFamily(helpers, family, this.options.catalog, {
         unavailable: this.unavailable[family],
       });
       const current = ownedLines(await this.options.iptables.save(ns, family));
-      if (!sameLines(current, expectedOwnedLines(plan.rules))) return false;
-    }
-    return true;
+      this.remember(`${ns}\n${family}`, current);
+      return sameLines(current, expectedOwnedLines(plan.rules));
+    });
+    return (await Promise.all(checks)).every(Boolean);
   }
 }

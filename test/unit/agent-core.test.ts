@@ -292,6 +292,26 @@ describe("agent core (in-memory iptables model)", () => {
     expect(await metrics.registry.getSingleMetricAsString("cth_agent_drift_repairs_total")).toContain(" 1");
   });
 
+  it("a table changed behind the agent's back between applies is still converged (stale read-back view)", async () => {
+    const helpers = [helper("ftp", "tcp", 21)];
+    const core = makeCore();
+    await core.apply(snapshot(routerId, 1, helpers));
+    // The namespace is replaced by an empty one: the same helpers must be written again, not skipped.
+    await iptables.deleteNamespace(ns);
+    await iptables.createNamespace(ns);
+    expect(await core.apply(snapshot(routerId, 2, helpers))).toMatchObject({
+      kind: "applied",
+      changed: true,
+    });
+    expect(await owned(ns, "ipv4")).toEqual(expectedOwnedLines(helpers));
+    expect(await owned(ns, "ipv6")).toEqual(expectedOwnedLines(helpers));
+    // Someone adds a second jump and removes the chain's rules: the next snapshot still ends with one jump.
+    await iptables.restore(ns, "ipv4", "*raw\n:CTH-HELPERS - [0:0]\n-A PREROUTING -j CTH-HELPERS\nCOMMIT\n");
+    const next = [helper("sane", "tcp", 6566)];
+    await core.apply(snapshot(routerId, 3, next));
+    expect(await owned(ns, "ipv4")).toEqual(expectedOwnedLines(next));
+  });
+
   it("a corrupt state file is reported and replaced by an empty state", async () => {
     await writeFile(join(dir, `agent-${NODE}.json`), "{not json");
     const seen: unknown[] = [];
