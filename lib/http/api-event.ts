@@ -16,6 +16,7 @@ export interface ApiGatewayEvent {
   readonly isBase64Encoded?: boolean;
   readonly requestContext?: {
     readonly requestId?: string;
+    readonly stage?: string;
     readonly http?: { readonly method?: string; readonly path?: string };
     readonly authorizer?: {
       /** v2 JWT authorizer */
@@ -44,7 +45,12 @@ export interface HttpRequest {
 
 export function normalizeEvent(event: ApiGatewayEvent, correlationId: string): HttpRequest {
   const method = (event.requestContext?.http?.method ?? event.httpMethod ?? "").toUpperCase();
-  const path = event.rawPath ?? event.requestContext?.http?.path ?? event.path ?? "";
+  let path = event.rawPath ?? event.requestContext?.http?.path ?? event.path ?? "";
+  // An HTTP API on a named stage puts the stage in rawPath ("/prod/v1/..."); REST's `path` never has it.
+  const stage = event.requestContext?.stage;
+  if (event.rawPath !== undefined && stage && stage !== "$default" && path.startsWith(`/${stage}/`)) {
+    path = path.slice(stage.length + 1);
+  }
   const headers: Record<string, string> = {};
   for (const [name, value] of Object.entries(event.headers ?? {})) {
     if (typeof value === "string") headers[name.toLowerCase()] = value;

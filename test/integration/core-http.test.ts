@@ -354,6 +354,18 @@ describe("Idempotency-Key", () => {
     expect(await core.queued("node-a")).toHaveLength(1);
   });
 
+  it("changes the state once when the same key arrives concurrently", async () => {
+    const router = await core.seedRouter();
+    const body = created(wireHelper(router.routerId));
+    const headers = { "idempotency-key": `key-${newId()}` };
+    const results = await Promise.all(Array.from({ length: 5 }, () => post(body, { headers })));
+    const statuses = results.map((r) => r.statusCode);
+    expect(statuses).toContain(202);
+    expect(statuses.every((status) => status === 202 || status === 409)).toBe(true);
+    expect((await core.store.get(router.routerId))?.revision).toBe(1);
+    expect(await core.queued("node-a")).toHaveLength(1);
+  });
+
   it("refuses the same key with a different body with 409", async () => {
     const router = await core.seedRouter();
     const headers = { "idempotency-key": `key-${newId()}` };

@@ -56,6 +56,12 @@ describe("normalizeEvent", () => {
     expect(request.headers["user-agent"]).toBe("HTTPie/3.2.2");
   });
 
+  it("drops a named stage from an HTTP API path", () => {
+    const event = httpApiEvent({ method: "GET", path: "/prod/v1/routers/x/conntrack-helpers", claims });
+    const staged = { ...event, requestContext: { ...event.requestContext, stage: "prod" } };
+    expect(normalizeEvent(staged, "cid").path).toBe("/v1/routers/x/conntrack-helpers");
+  });
+
   it("has no claims when the authorizer is absent", () => {
     expect(
       normalizeEvent(httpApiEvent({ method: "GET", path: "/", claims: undefined }), "cid").claims,
