@@ -246,4 +246,47 @@ describeKernel("npm start (local stack) end to end", () => {
     expect(left).toEqual([]);
     expect(existsSync(join(dir, "stack.json"))).toBe(false);
   });
+
+  it("a second npm start in the same directory works, and Ctrl-C (SIGINT to the job) stops it cleanly", async () => {
+    const second = spawn("npm", ["start"], {
+      cwd: root,
+      detached: true,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: {
+        ...process.env,
+        PORT: String(await freePort()),
+        CTH_LOCAL_DIR: dir,
+        CTH_LOCAL_METRICS_PORT: "0",
+        CTH_LOCAL_DEMO_ROUTER: demoRouterId,
+      },
+    });
+    let text = "";
+    second.stdout!.on("data", (chunk: Buffer) => {
+      text += chunk.toString();
+    });
+    second.stderr!.on("data", (chunk: Buffer) => {
+      text += chunk.toString();
+    });
+    try {
+      await until("the second stack to be ready", 120_000, async () => {
+        if (second.exitCode !== null) throw new Error(`second npm start exited early:\n${text}`);
+        return text.includes("cth local stack ready in") ? true : undefined;
+      });
+      const again = JSON.parse(readFileSync(join(dir, "stack.json"), "utf8")) as StackInfo;
+      // The same dev key as before: tokens minted for the first run still verify.
+      const owner = await signToken(key, { projectId: "demo" });
+      const res = await fetch(`${again.apiUrl}/v1/routers/${demoRouterId}/conntrack-helpers`, {
+        headers: { authorization: `Bearer ${owner}` },
+      });
+      expect(res.status).toBe(200);
+      process.kill(-second.pid!, "SIGINT");
+      await until("the second stack to exit", 60_000, async () =>
+        alive(again.pid) || alive(again.agentPid) ? undefined : true,
+      );
+      expect(text).toContain("local stack stopped");
+      expect((await namespaces()).filter((n) => ownNamespaces.includes(n))).toEqual([]);
+    } finally {
+      if (second.pid && alive(second.pid)) process.kill(-second.pid, "SIGKILL");
+    }
+  });
 });
