@@ -546,3 +546,41 @@ describe("routing", () => {
     expect(result.statusCode).toBe(404);
   });
 });
+
+describe.each([
+  ["HTTP API (v2)", httpApiEvent],
+  ["REST API (v1)", restApiEvent],
+])("both API Gateway payload versions: %s", (_name, build) => {
+  const send = (body: unknown, claims: Record<string, unknown> | undefined, base64 = false) =>
+    core.call(build({ method: "POST", path: "/v1/notifications", body, claims, base64 }));
+
+  it("accepts a valid notification", async () => {
+    const router = await core.seedRouter();
+    expect((await send(created(wireHelper(router.routerId)), memberA)).statusCode).toBe(202);
+  });
+
+  it("refuses a missing authorizer with 401 and writes nothing", async () => {
+    const router = await core.seedRouter();
+    const result = await core.expectNothingWritten(() =>
+      send(created(wireHelper(router.routerId)), undefined),
+    );
+    expect(result.statusCode).toBe(401);
+  });
+
+  it("refuses an oversize base64 body with 413 and writes nothing", async () => {
+    const router = await core.seedRouter();
+    const body =
+      JSON.stringify(created(wireHelper(router.routerId))) + " ".repeat(core.config.limits.maxBodyBytes);
+    const result = await core.expectNothingWritten(() => send(body, memberA, true));
+    expect(result.statusCode).toBe(413);
+  });
+
+  it("answers a foreign router exactly as an unknown one", async () => {
+    const foreign = await core.seedRouter({ projectId: PROJECT_B });
+    const unknownId = newId();
+    const a = await core.expectNothingWritten(() => send(created(wireHelper(foreign.routerId)), memberA));
+    const b = await send(created(wireHelper(unknownId)), memberA);
+    expect(a.statusCode).toBe(404);
+    expect(a.body.replace(foreign.routerId, "<id>")).toBe(b.body.replace(unknownId, "<id>"));
+  });
+});
