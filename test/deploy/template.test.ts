@@ -11,6 +11,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROUTES } from "../../scripts/local/gateway.ts";
 
 const run = promisify(execFile);
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -409,6 +410,8 @@ describe("HTTP API", () => {
       "POST /v1/notifications",
       "PUT /v1/routers/{router_id}",
     ]);
+    // The local stack's gateway serves exactly these routes too.
+    expect(routes.map((r) => r.RouteKey).sort()).toEqual(ROUTES.map((r) => `${r.method} ${r.path}`).sort());
     for (const route of routes) {
       expect(route.AuthorizationType, String(route.RouteKey)).toBe("JWT");
       expect(route.AuthorizerId).toEqual({ Ref: "HttpApiAuthorizerJwt" });

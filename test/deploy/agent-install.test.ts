@@ -1,0 +1,131 @@
+/**
+ * Agent installation on a network node: the single-file bundle runs outside the repository (no node_modules),
+ * the example environment file alone configures the agent, and the systemd unit is valid and hardened.
+ */
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { resolveOptions, usage } from "../../agent/cli.ts";
+
+const run = promisify(execFile);
+const root = resolve(import.meta.dirname, "../..");
+const unitText = readFileSync(join(root, "infra/cth-agent.service"), "utf8");
+const envText = readFileSync(join(root, "infra/cth-agent.env.example"), "utf8");
+
+function directives(text: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const raw of text.split("\n")) {
+    const line = raw.trim();
+    if (!line || line.startsWith("#") || line.startsWith("[")) continue;
+    const at = line.indexOf("=");
+    const list = out.get(line.slice(0, at)) ?? [];
+    list.push(line.slice(at + 1));
+    out.set(line.slice(0, at), list);
+  }
+  return out;
+}
+
+function envFile(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const match = /^([A-Z0-9_]+)=(.*)$/.exec(line.trim());
+    if (match) out[match[1]!] = match[2]!;
+  }
+  return out;
+}
+
+describe("agent bundle", () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "cth-agent-bundle-"));
+    await run("npx", ["tsx", "scripts/build-agent.ts", "--outfile", join(dir, "cth-agent.mjs")], {
+      cwd: root,
+      timeout: 120_000,
+    });
+  }, 150_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("runs from a directory with no node_modules and prints the agent's usage", async () => {
+    const size = statSync(join(dir, "cth-agent.mjs")).size;
+    console.info(`agent bundle: ${size} bytes`);
+    expect(size).toBeLessThan(4 * 1024 * 1024);
+    const { stdout } = await run(process.execPath, [join(dir, "cth-agent.mjs"), "--help"], { cwd: dir });
+    expect(stdout).toBe(`${usage()}\n`);
+  });
+
+  it("refuses to start without its node name, as the CLI does", async () => {
+    const failure = await run(process.execPath, [join(dir, "cth-agent.mjs")], { cwd: dir, env: {} }).catch(
+      (error: { code: number; stderr: string }) => error,
+    );
+    expect(failure).toMatchObject({ code: 2, stderr: expect.stringContaining("--node") });
+  });
+});
+
+describe("environment file", () => {
+  const env = envFile(envText);
+
+  it("names only variables the agent or the shared configuration read", () => {
+    const known = new Set([...usage().matchAll(/\[env ([A-Z0-9_]+)\]/g)].map((m) => m[1]));
+    for (const name of Object.keys(env)) expect(known.has(name) || name.startsWith("AWS_"), name).toBe(true);
+    for (const commented of envText.matchAll(/^#(CTH_[A-Z_]+)=/gm)) {
+      expect(known.has(commented[1]) || /^CTH_(MAX_|ALLOWED_HELPERS)/.test(commented[1]!), commented[1]).toBe(
+        true,
+      );
+    }
+  });
+
+  it("alone configures a production agent (real iptables, no namespace creation)", () => {
+    const options = resolveOptions([], { ...env, CTH_AGENT_STATE_DIR: "/var/lib/cth-agent" });
+    expect(options).toMatchObject({
+      help: false,
+      node: "net-1",
+      backend: "iptables",
+      createNamespaces: false,
+      region: "eu-west-1",
+      metricsPort: 9469,
+      namespacePattern: "qrouter-{router_id}",
+    });
+  });
+});
+
+describe("systemd unit", () => {
+  const unit = directives(unitText);
+
+  it("runs the installed bundle with the env file, restarts, and keeps state in its StateDirectory", () => {
+    expect(unit.get("ExecStart")).toEqual(["/usr/bin/node /opt/cth-agent/cth-agent.mjs"]);
+    expect(unit.get("EnvironmentFile")).toEqual(["/etc/cth-agent/agent.env"]);
+    expect(unit.get("Restart")).toEqual(["always"]);
+    expect(unit.get("StateDirectory")).toEqual(["cth-agent"]);
+    expect(unit.get("Environment")).toContain("CTH_AGENT_STATE_DIR=/var/lib/cth-agent");
+  });
+
+  it("is hardened: only the network and namespace capabilities, no privilege gain, read-only system", () => {
+    expect(unit.get("CapabilityBoundingSet")).toEqual(["CAP_NET_ADMIN CAP_SYS_ADMIN CAP_NET_RAW"]);
+    for (const [name, value] of [
+      ["NoNewPrivileges", "yes"],
+      ["ProtectSystem", "strict"],
+      ["ProtectHome", "yes"],
+      ["PrivateTmp", "yes"],
+      ["ProtectKernelModules", "yes"],
+      ["RestrictNamespaces", "mnt net"],
+      ["RestrictAddressFamilies", "AF_UNIX AF_NETLINK AF_INET AF_INET6"],
+      ["UMask", "0077"],
+    ]) {
+      expect(unit.get(name!), name).toEqual([value]);
+    }
+    expect(unitText).not.toMatch(/^CTH_AGENT_CREATE_NAMESPACES/m);
+  });
+
+  it("passes systemd-analyze verify", async () => {
+    const tool = await run("systemd-analyze", ["--version"]).catch(() => undefined);
+    if (!tool) {
+      if (process.env.CI === "true") throw new Error("CI=true but systemd-analyze is missing");
+      return;
+    }
+    const { stderr } = await run("systemd-analyze", ["verify", join(root, "infra/cth-agent.service")]);
+    expect(stderr.trim()).toBe("");
+  });
+});
