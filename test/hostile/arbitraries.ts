@@ -216,7 +216,9 @@ export function mutate<T>(tree: T, mutations: readonly Mutation[]): unknown {
         break;
       case "splice":
         (parent as Record<string | number, unknown>)[key] =
-          typeof current === "string" ? current + mutation.meta : `${String(current)}${mutation.meta}`;
+          typeof current === "string"
+            ? current + mutation.meta
+            : `${JSON.stringify(current) ?? "null"}${mutation.meta}`;
         break;
       case "remove":
         if (Array.isArray(parent)) parent.splice(key as number, 1);

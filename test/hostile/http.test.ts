@@ -482,7 +482,7 @@ describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory 
             // What the cloud side queues, the agent's schema must accept, and the renderer must take.
             const reparsed = schemas.routerSync.parse(JSON.parse(JSON.stringify(message)));
             expect(reparsed.helpers.length).toBeLessThanOrEqual(limits.maxHelpersPerRouter);
-            for (const text of allStrings(reparsed)) expect(text).toMatch(/^[A-Za-z0-9_.:-]*$/);
+            expect(allStrings(reparsed).filter((text) => !/^[A-Za-z0-9_.:-]*$/.test(text))).toEqual([]);
             for (const family of FAMILIES) planFamily(reparsed.helpers, family, catalog);
             const owner = before.find((row) => row.routerId === message.router_id);
             expect(owner, "a snapshot for a router that is not in the table").toBeDefined();

@@ -1,0 +1,230 @@
+/**
+ * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,handler,e2e,cold] [--shared DIR]`
+ * Every figure comes with the baseline measured in the same run and the ratio against the goal.
+ * The shared dir (restore_floor.sh, neutron_cth_bench.py) defaults to ../shared beside the repo
+ * (CTH_SHARED_DIR or --shared to override).
+ */
+
+import { readFileSync } from "node:fs";
+import { cpus } from "node:os";
+import { resolve } from "node:path";
+import { type ApplyRow, benchAgentApply } from "./agent-apply.ts";
+import { benchColdStart, type ColdRow } from "./cold-start.ts";
+import { benchEndToEnd, type EndToEndResult } from "./e2e.ts";
+import { benchHandler, type HandlerRow } from "./handler.ts";
+import { fmt, run } from "./stats.ts";
+
+const ROOT = resolve(import.meta.dirname, "..");
+
+interface Flags {
+  json: boolean;
+  quick: boolean;
+  skipNeutron: boolean;
+  only: Set<string>;
+  shared: string;
+}
+
+function parseFlags(argv: readonly string[]): Flags {
+  const flags: Flags = {
+    json: false,
+    quick: false,
+    skipNeutron: false,
+    only: new Set(["apply", "handler", "e2e", "cold"]),
+    shared: process.env.CTH_SHARED_DIR ?? resolve(ROOT, "../shared/bench"),
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "--json") flags.json = true;
+    else if (arg === "--quick") flags.quick = true;
+    else if (arg === "--skip-neutron") flags.skipNeutron = true;
+    else if (arg === "--only") flags.only = new Set((argv[++i] ?? "").split(","));
+    else if (arg === "--shared") flags.shared = resolve(argv[++i] ?? "");
+    else throw new Error(`unknown flag ${arg}`);
+  }
+  // Accept either the shared dir itself or its bench/ subfolder.
+  try {
+    readFileSync(resolve(flags.shared, "restore_floor.sh"));
+  } catch {
+    flags.shared = resolve(flags.shared, "bench");
+  }
+  return flags;
+}
+
+async function machine() {
+  const version = async (tool: string) => {
+    try {
+      return (await run(tool, ["--version"])).stdout.trim();
+    } catch {
+      return "missing";
+    }
+  };
+  return {
+    date: new Date().toISOString(),
+    nproc: cpus().length,
+    cpu: cpus()[0]?.model ?? "unknown",
+    kernel: (await run("uname", ["-r"])).stdout.trim(),
+    iptables: await version("iptables"),
+    node: process.version,
+  };
+}
+
+interface Goal {
+  readonly name: string;
+  readonly measured: string;
+  readonly baseline: string;
+  readonly ratio: string;
+  readonly goal: string;
+  readonly met: boolean | undefined;
+}
+
+function applyGoals(rows: readonly ApplyRow[]): Goal[] {
+  return rows.map((row) => {
+    const floorRatio = row.floorSeconds ? row.oursSeconds / row.floorSeconds : undefined;
+    const neutronRatio = row.neutronSeconds ? row.neutronSeconds / row.oursSeconds : undefined;
+    const isFull = row.case.startsWith("full");
+    const goals: string[] = [];
+    let met: boolean | undefined = floorRatio === undefined ? undefined : floorRatio <= 2;
+    if (isFull) goals.push("<= 2x floor");
+    else goals.push("(no goal; floor = 1-helper restore)");
+    if (isFull && row.n === 500) {
+      goals.push(">= 200x faster than Neutron");
+      if (neutronRatio !== undefined) met = (met ?? true) && neutronRatio >= 200;
+      else met = undefined;
+    }
+    if (!isFull) met = undefined;
+    return {
+      name: `agent apply: ${row.case}, N=${row.n} (median of ${row.reps})`,
+      measured: fmt(row.oursSeconds * 1000, " ms"),
+      baseline: `floor ${fmt((row.floorSeconds ?? Number.NaN) * 1000, " ms")}${row.neutronSeconds ? `; Neutron ${fmt(row.neutronSeconds, " s")}` : ""}`,
+      ratio: `${fmt(floorRatio, "x floor")}${neutronRatio ? `; ${fmt(neutronRatio, "x faster than Neutron")}` : ""}`,
+      goal: goals.join("; "),
+      met,
+    };
+  });
+}
+
+function handlerGoals(rows: readonly HandlerRow[]): Goal[] {
+  return rows.map((row) => {
+    const ratio = row.floorPerSecond / row.perSecond;
+    return {
+      name: `handler CPU path: ${row.helpers}-helper notification (${row.requests} requests, ${row.bodyBytes} B body)`,
+      measured: `${fmt(row.perSecond, "/s")}, p50 ${fmt(row.p50Ms, " ms")}, p99 ${fmt(row.p99Ms, " ms")}`,
+      baseline: `JSON.parse+zod ${fmt(row.floorPerSecond, "/s")}, p50 ${fmt(row.floorP50Ms, " ms")}, p99 ${fmt(row.floorP99Ms, " ms")}`,
+      ratio: `${fmt(ratio, "x floor")} (time per request)`,
+      goal: "<= 3x floor",
+      met: ratio <= 3,
+    };
+  });
+}
+
+function e2eGoals(result: EndToEndResult): Goal[] {
+  if (result.skipped) {
+    return [
+      {
+        name: "end to end on the local stack",
+        measured: "skipped",
+        baseline: "-",
+        ratio: "-",
+        goal: "p50 < 150 ms, p99 < 500 ms",
+        met: undefined,
+      },
+    ];
+  }
+  return [
+    {
+      name: `end to end: 202 -> rule in namespace (${result.notifications} notifications, ${result.clients} clients, ${result.routers} routers)`,
+      measured: `p50 ${fmt(result.p50Ms, " ms")}, p99 ${fmt(result.p99Ms, " ms")}, max ${fmt(result.maxMs, " ms")}`,
+      baseline: `iptables-save poll ${fmt(result.pollP50Ms, " ms")} p50 (resolution); POST p50 ${fmt(result.postP50Ms, " ms")}`,
+      ratio: `${fmt(result.p50Ms / 150, "x")} of p50 goal, ${fmt(result.p99Ms / 500, "x")} of p99 goal`,
+      goal: "p50 < 150 ms, p99 < 500 ms",
+      met: result.p50Ms < 150 && result.p99Ms < 500,
+    },
+  ];
+}
+
+function coldGoals(rows: readonly ColdRow[]): Goal[] {
+  const bare = rows.find((row) => row.name === "(bare handler)");
+  return rows
+    .filter((row) => row !== bare)
+    .map((row) => ({
+      name: `cold start: ${row.name}`,
+      measured: `${fmt(row.bytes / 1024, " KB")}, import ${fmt(row.importMs, " ms")} (process ${fmt(row.processMs, " ms")})`,
+      baseline: `bare handler ${fmt((bare?.bytes ?? 0) / 1024, " KB")}, import ${fmt(bare?.importMs, " ms")} (process ${fmt(bare?.processMs, " ms")})`,
+      ratio: `${fmt(row.importMs / (bare?.importMs ?? Number.NaN), "x")} bare import; +${fmt(row.processMs - (bare?.processMs ?? 0), " ms")} process`,
+      goal: "< 150 KB, import < 100 ms",
+      met: row.bytes < 150 * 1024 && row.importMs < 100,
+    }));
+}
+
+function table(goals: readonly Goal[]): string {
+  const header = ["benchmark", "measured", "same-run baseline", "ratio", "goal", "met"];
+  const cells = goals.map((g) => [
+    g.name,
+    g.measured,
+    g.baseline,
+    g.ratio,
+    g.goal,
+    g.met === undefined ? "-" : g.met ? "yes" : "NO",
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((row) => row[i]!.length)));
+  const line = (row: readonly string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i]!)).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
+}
+
+async function main(): Promise<void> {
+  const flags = parseFlags(process.argv.slice(2));
+  const log = (line: string) => {
+    if (!flags.json) console.log(line);
+    else console.error(line);
+  };
+  const result: Record<string, unknown> = {
+    machine: await machine(),
+    flags: { ...flags, only: [...flags.only] },
+  };
+  const goals: Goal[] = [];
+  if (flags.only.has("handler")) {
+    log("handler CPU path ...");
+    const rows = await benchHandler({
+      requests: flags.quick ? { 1: 3_000, 64: 500 } : { 1: 20_000, 64: 3_000 },
+    });
+    result.handler = rows;
+    goals.push(...handlerGoals(rows));
+  }
+  if (flags.only.has("cold")) {
+    log("cold start ...");
+    const rows = await benchColdStart({ root: ROOT, reps: flags.quick ? 3 : 7 });
+    result.coldStart = rows;
+    goals.push(...coldGoals(rows));
+  }
+  if (flags.only.has("apply")) {
+    log("agent apply ...");
+    const rows = await benchAgentApply({
+      sizes: [1, 100, 500, 2000],
+      reps: flags.quick ? 3 : 5,
+      sharedDir: flags.shared,
+      neutronMax: 500,
+      skipNeutron: flags.skipNeutron || flags.quick,
+      log,
+    });
+    result.agentApply = rows;
+    goals.push(...applyGoals(rows));
+  }
+  if (flags.only.has("e2e")) {
+    log("end to end on the local stack ...");
+    const e2e = await benchEndToEnd({ root: ROOT, notifications: flags.quick ? 100 : 240, clients: 10, log });
+    result.endToEnd = e2e;
+    if (e2e.skipped) log(`  end to end skipped: ${e2e.skipped}`);
+    goals.push(...e2eGoals(e2e));
+  }
+  result.goals = goals;
+  if (flags.json) console.log(JSON.stringify(result));
+  else {
+    console.log("");
+    console.log(table(goals));
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});

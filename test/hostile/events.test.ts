@@ -1,0 +1,263 @@
+/**
+ * Hostile EventBridge events against functions/events.ts makeHandler (real middy chain, in-memory stores),
+ * built on the recorded EventBridge envelope. Properties: the handler never throws on hostile input (a throw
+ * means EventBridge retries it, forever in effect); a parked event changes neither the table nor the queue
+ * and is counted once; an applied event queues snapshots the agent's schema accepts, for the right owner only.
+ */
+import * as fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { makeHandler } from "../../functions/events.ts";
+import { HelperCatalog } from "../../lib/catalog.ts";
+import { loadLimits } from "../../lib/config.ts";
+import type { RouterRecord } from "../../lib/ports.ts";
+import { FAMILIES, planFamily } from "../../lib/render.ts";
+import { buildSchemas } from "../../lib/schemas/index.ts";
+import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
+import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
+import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+import {
+  allStrings,
+  fcParams,
+  hostileValueArb,
+  mutate,
+  mutationArb,
+  PROTO_KEYS,
+  uuidArb,
+  validHelperArb,
+} from "./arbitraries.ts";
+
+const limits = loadLimits();
+const catalog = new HelperCatalog();
+const schemas = buildSchemas(limits, catalog);
+const RUNS = Number(process.env.CTH_HOSTILE_EVENTS_RUNS ?? 10_000);
+
+const R_A = "a1a1a1a1-0000-4000-8000-0000000000a1";
+const R_A_FULL = "a2a2a2a2-0000-4000-8000-0000000000a2";
+const R_B = "b0b0b0b0-0000-4000-8000-0000000000b1";
+const R_UNKNOWN = "deadbeef-0000-4000-8000-0000000000ff";
+const ROUTERS = [R_A, R_A_FULL, R_B, R_UNKNOWN];
+const T0 = "2026-11-24T00:00:00.000Z";
+
+async function seedStore(): Promise<MemoryRoutersStore> {
+  const store = new MemoryRoutersStore();
+  // R_A_FULL sits one helper below the per-router cap, so creates of two or more must be refused whole.
+  const full = Array.from({ length: limits.maxHelpersPerRouter - 1 }, (_, i) => ({
+    id: `f0000000-0000-4000-8000-${i.toString(16).padStart(12, "0")}`,
+    protocol: "udp" as const,
+    port: 10_000 + i,
+    helper: "tftp",
+  }));
+  const rows: RouterRecord[] = [
+    {
+      routerId: R_A,
+      projectId: PROJECT_A,
+      host: "node-a",
+      revision: 2,
+      helpers: [],
+      appliedRevision: 2,
+      updatedAt: T0,
+    },
+    {
+      routerId: R_A_FULL,
+      projectId: PROJECT_A,
+      host: "node-b",
+      revision: 9,
+      helpers: full,
+      appliedRevision: 9,
+      updatedAt: T0,
+    },
+    {
+      routerId: R_B,
+      projectId: PROJECT_B,
+      host: "node-a",
+      revision: 1,
+      helpers: [],
+      appliedRevision: 1,
+      updatedAt: T0,
+    },
+  ];
+  for (const row of rows) await store.put(row, undefined);
+  return store;
+}
+
+async function dump(store: MemoryRoutersStore): Promise<RouterRecord[]> {
+  const rows: RouterRecord[] = [];
+  for await (const row of store.listAll()) rows.push(row);
+  return rows.sort((a, b) => (a.routerId < b.routerId ? -1 : 1));
+}
+
+const routerArb = fc.oneof(
+  { weight: 8, arbitrary: fc.constantFrom(...ROUTERS) },
+  { weight: 1, arbitrary: uuidArb },
+);
+const projectArb = fc.constantFrom(PROJECT_A, PROJECT_A, PROJECT_B, "p-other");
+
+const notificationDetailArb = fc
+  .record({
+    event: fc.constantFrom("created", "created", "updated", "deleted"),
+    project: projectArb,
+    router: routerArb,
+    helpers: fc.oneof(
+      { weight: 12, arbitrary: fc.array(validHelperArb(true), { minLength: 0, maxLength: 4 }) },
+      {
+        weight: 1,
+        arbitrary: fc
+          .constantFrom(limits.maxHelpersPerNotification, limits.maxHelpersPerNotification + 1)
+          .chain((n) => fc.array(validHelperArb(false), { minLength: n, maxLength: n })),
+      },
+    ),
+  })
+  .map(({ event, project, router, helpers }) => ({
+    event,
+    project_id: project,
+    conntrack_helpers: helpers.map(({ id, pair, port }) => ({
+      id,
+      router_id: router,
+      protocol: pair.protocol,
+      port,
+      helper: pair.helper,
+    })),
+  }));
+
+const upsertDetailArb = fc.record({
+  router_id: routerArb,
+  project_id: projectArb,
+  host: fc.constantFrom("node-a", "node-b", "node-c"),
+});
+const deleteDetailArb = fc.record({ router_id: routerArb });
+
+const DETAIL_TYPES = ["Conntrack Helper Notification", "Router Upserted", "Router Deleted"] as const;
+
+const eventArb = fc
+  .record({
+    which: fc.nat(2),
+    // A detail of another type now and then: the schema per detail-type must catch it.
+    crossed: fc.oneof(
+      { weight: 10, arbitrary: fc.constant(false) },
+      { weight: 1, arbitrary: fc.constant(true) },
+    ),
+    notification: notificationDetailArb,
+    upsert: upsertDetailArb,
+    del: deleteDetailArb,
+    detailMutations: fc.oneof(
+      { weight: 3, arbitrary: fc.constant([]) },
+      { weight: 2, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 3 }) },
+    ),
+    envelope: fc.oneof(
+      { weight: 8, arbitrary: fc.constant(undefined) },
+      {
+        weight: 1,
+        arbitrary: fc.record({
+          field: fc.constantFrom("id", "source", "detail-type", "detail", "version", "time", "resources"),
+          value: fc.oneof(
+            hostileValueArb,
+            fc.constantFrom(undefined, "aws.ec2", "conntrack.helpers ", "Router upserted", "router deleted"),
+          ),
+        }),
+      },
+      {
+        weight: 1,
+        arbitrary: fc.record({
+          field: fc.constantFrom(...PROTO_KEYS),
+          value: fc.constantFrom({ source: "conntrack.helpers" }, null, "x"),
+        }),
+      },
+    ),
+  })
+  .map(({ which, crossed, notification, upsert, del, detailMutations, envelope }) => {
+    const detailType = DETAIL_TYPES[which]!;
+    const details = [notification, upsert, del];
+    const detail = mutate(details[crossed ? (which + 1) % 3 : which], detailMutations);
+    const event = eventBridgeEvent(detailType, detail) as unknown as Record<string, unknown>;
+    if (envelope) {
+      if (envelope.value === undefined) delete event[envelope.field];
+      else
+        Object.defineProperty(event, envelope.field, {
+          value: envelope.value,
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+    }
+    return event;
+  });
+
+describe("hostile EventBridge events (functions/events.ts, real middy chain, in-memory stores)", () => {
+  it(`never throws, parked events change nothing, applied ones queue valid snapshots (${RUNS} events)`, async () => {
+    const outcomes = new Map<string, number>();
+    await fc.assert(
+      fc.asyncProperty(eventArb, async (event) => {
+        const store = await seedStore();
+        const queue = new MemoryCommandQueue();
+        const parked: string[] = [];
+        const errors: string[] = [];
+        const log = {
+          info: () => undefined,
+          warn: () => undefined,
+          error: (message: string) => void errors.push(message),
+        };
+        const handler = makeHandler({
+          domain: {
+            store,
+            queue,
+            clock: fixedClock(),
+            limits,
+            log,
+            retry: { maxAttempts: 3, baseDelayMs: 0, maxDelayMs: 0 },
+          },
+          schemas,
+          logger: log,
+          metrics: { parked: (detailType, code) => void parked.push(`${detailType}/${code}`) },
+        });
+        const before = await dump(store);
+        const writesBefore = store.writes;
+        // A rejection here would be a retry storm on hostile input: the call itself must succeed.
+        const result = await handler(event as never, lambdaContext());
+        expect(errors).toEqual([]);
+        const key =
+          result.outcome === "parked"
+            ? `parked:${result.code}`
+            : `applied:${(event as { "detail-type"?: string })["detail-type"]}`;
+        outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+        if (result.outcome === "parked") {
+          expect(parked).toHaveLength(1);
+          expect(store.writes).toBe(writesBefore);
+          expect(await dump(store)).toEqual(before);
+          expect(queue.all()).toEqual([]);
+          return;
+        }
+        expect(parked).toEqual([]);
+        const after = await dump(store);
+        // One expect per run, not per string: thousands of expect() calls would dominate the run time.
+        expect(
+          after.flatMap((row) => allStrings(row)).filter((text) => !/^[A-Za-z0-9_.:-]*$/.test(text)),
+        ).toEqual([]);
+        for (const row of after) expect(row.helpers.length).toBeLessThanOrEqual(limits.maxHelpersPerRouter);
+        for (const message of queue.all()) {
+          const reparsed = schemas.routerSync.parse(JSON.parse(JSON.stringify(message)));
+          for (const family of FAMILIES) planFamily(reparsed.helpers, family, catalog);
+        }
+        if (event["detail-type"] === "Conntrack Helper Notification") {
+          // The bus acts as a service for detail.project_id: only that project's routers may change.
+          const project = (event.detail as { project_id: string }).project_id;
+          for (const message of queue.all()) {
+            expect(before.find((row) => row.routerId === message.router_id)?.projectId).toBe(project);
+          }
+        }
+      }),
+      fcParams("eventbridge events", RUNS),
+    );
+    const summary = [...outcomes]
+      .sort()
+      .map(([k, v]) => `${k}=${v}`)
+      .join(" ");
+    console.log(`[hostile] eventbridge outcomes: ${summary}`);
+    const applied = [...outcomes].filter(([k]) => k.startsWith("applied")).reduce((n, [, v]) => n + v, 0);
+    expect(applied).toBeGreaterThan(RUNS / 20);
+    expect(outcomes.get("applied:Conntrack Helper Notification") ?? 0).toBeGreaterThan(0);
+    expect(outcomes.get("applied:Router Upserted") ?? 0).toBeGreaterThan(0);
+    expect(outcomes.get("applied:Router Deleted") ?? 0).toBeGreaterThan(0);
+    for (const code of ["parked:validation_failed", "parked:not_found"])
+      expect(outcomes.get(code) ?? 0, code).toBeGreaterThan(0);
+  }, 180_000);
+});
