@@ -2,6 +2,7 @@
  * `npm run agent -- --node NAME --queue-url URL [...]`: every flag also comes from an environment variable
  * (flag wins). Production defaults for the agent are built here, in one place.
  */
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import { pino } from "pino";
@@ -235,7 +236,7 @@ async function main(): Promise<void> {
   process.on("SIGINT", () => shutdown("SIGINT"));
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   main().catch((error: unknown) => {
     process.stderr.write(`agent failed to start: ${error instanceof Error ? error.stack : String(error)}\n`);
     process.exit(1);

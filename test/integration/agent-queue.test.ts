@@ -167,3 +167,96 @@ describe("agent poll loop on fauxqs", () => {
     expect(Number(misses.trim().split(" ").at(-1))).toBeLessThan(5);
   });
 });
+
+describe("agent poll loop on fauxqs: slow applies", () => {
+  let emu: Emulators;
+  let queue: QueuePair;
+  let dir: string;
+  let agent: RunningAgent | undefined;
+  /** restore() takes a while, like a large table on a busy host. */
+  class SlowIptables extends MemoryIptables {
+    delayMs = 0;
+    started = 0;
+    override async restore(ns: string, family: "ipv4" | "ipv6", text: string): Promise<void> {
+      this.started++;
+      await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+      await super.restore(ns, family, text);
+    }
+  }
+  const iptables = new SlowIptables();
+
+  beforeAll(async () => {
+    emu = await startEmulators();
+    queue = await emu.createNodeQueue(`slow-${randomUUID().slice(0, 6)}`);
+    dir = await mkdtemp(join(tmpdir(), "cth-agent-slow-"));
+    agent = await startAgent({
+      node: "slow",
+      sqs: emu.clients().sqs,
+      queueUrl: queue.url,
+      iptables,
+      catalog: new HelperCatalog(),
+      limits: DEFAULT_LIMITS,
+      logger: pino({ level: "silent" }),
+      stateDir: dir,
+      namespacePattern: "qrouter-{router_id}",
+      driftIntervalSeconds: 3600,
+      waitSeconds: 1,
+      visibilitySeconds: 2,
+      backoffBaseSeconds: 1,
+    });
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await emu?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const sendSnapshot = async (routerId: string, revision: number, helpers: HelperRule[]) => {
+    await emu.clients().sqs.send(
+      new SendMessageCommand({
+        QueueUrl: queue.url,
+        MessageBody: JSON.stringify(snapshot(routerId, revision, helpers)),
+        MessageGroupId: routerId,
+        MessageDeduplicationId: randomUUID(),
+      }),
+    );
+  };
+
+  it("keeps the message invisible while an apply outlasts the visibility timeout", async () => {
+    const routerId = randomUUID();
+    await iptables.createNamespace(`qrouter-${routerId}`);
+    iptables.delayMs = 5_000;
+    const before = iptables.started;
+    await sendSnapshot(routerId, 1, [helper("ftp", "tcp", 21)]);
+    await eventually(async () => iptables.started > before);
+    // Past the 2 s visibility timeout, mid-apply: without the heartbeat the message would be visible again.
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    const { ReceiveMessageCommand } = await import("@aws-sdk/client-sqs");
+    const stolen = await emu
+      .clients()
+      .sqs.send(new ReceiveMessageCommand({ QueueUrl: queue.url, WaitTimeSeconds: 0, VisibilityTimeout: 1 }));
+    expect(stolen.Messages ?? []).toEqual([]);
+    expect(await agent!.metrics.registry.getSingleMetricAsString("cth_agent_applies_total")).not.toContain(
+      'result="changed"} 1',
+    );
+    await eventually(async () => (await emu.depth(queue.url)) === 0, 20_000);
+    expect(ownedHelperIds(await iptables.save(`qrouter-${routerId}`, "ipv4"))).toHaveLength(1);
+    expect(await agent!.metrics.registry.getSingleMetricAsString("cth_agent_applies_total")).toContain(
+      'result="changed"} 1',
+    );
+  }, 30_000);
+
+  it("stop() lets the apply in flight finish, deletes its message and records it", async () => {
+    const routerId = randomUUID();
+    await iptables.createNamespace(`qrouter-${routerId}`);
+    iptables.delayMs = 1_500;
+    const before = iptables.started;
+    await sendSnapshot(routerId, 4, [helper("tftp", "udp", 69)]);
+    await eventually(async () => iptables.started > before);
+    await agent!.stop();
+    agent = undefined;
+    expect(ownedHelperIds(await iptables.save(`qrouter-${routerId}`, "ipv4"))).toHaveLength(1);
+    expect(await emu.depth(queue.url)).toBe(0);
+  }, 30_000);
+});

@@ -1,0 +1,102 @@
+import { describe, expect, it } from "vitest";
+import { resolveOptions, usage } from "../../agent/cli.ts";
+
+const required = ["--node", "net-1", "--queue-url", "http://127.0.0.1:1/000000000000/cth-net-1.fifo"];
+
+describe("agent CLI options", () => {
+  it("--help lists every flag with its default and environment variable", () => {
+    const text = usage();
+    for (const flag of [
+      "--node",
+      "--queue-url",
+      "--status-queue-url",
+      "--dlq-url",
+      "--endpoint",
+      "--region",
+      "--state-dir",
+      "--metrics-port",
+      "--drift-interval",
+      "--namespace-pattern",
+      "--create-namespaces",
+      "--backend",
+    ]) {
+      expect(text).toContain(flag);
+    }
+    expect(text).toContain("(default: qrouter-{router_id})");
+    expect(text).toContain("(default: 60)");
+    expect(text).toContain("[env CTH_AGENT_QUEUE_URL]");
+    expect(resolveOptions(["--help"], {})).toEqual({ help: true });
+  });
+
+  it("applies defaults", () => {
+    const options = resolveOptions(required, {});
+    expect(options).toMatchObject({
+      help: false,
+      node: "net-1",
+      region: "us-east-1",
+      stateDir: "/var/lib/cth-agent",
+      metricsPort: 9469,
+      driftIntervalSeconds: 60,
+      namespacePattern: "qrouter-{router_id}",
+      createNamespaces: false,
+      backend: "iptables",
+      probe: true,
+      waitSeconds: 20,
+      visibilitySeconds: 30,
+    });
+  });
+
+  it("reads every flag from the environment; a flag beats its variable", () => {
+    const env = {
+      CTH_AGENT_NODE: "env-node",
+      CTH_AGENT_QUEUE_URL: "http://q/1/env.fifo",
+      CTH_AGENT_STATUS_QUEUE_URL: "http://q/1/status",
+      CTH_AGENT_DLQ_URL: "http://q/1/dlq.fifo",
+      CTH_AGENT_ENDPOINT: "http://127.0.0.1:4566",
+      CTH_AGENT_REGION: "eu-west-1",
+      CTH_AGENT_STATE_DIR: "/tmp/x",
+      CTH_AGENT_METRICS_PORT: "off",
+      CTH_AGENT_DRIFT_INTERVAL: "5",
+      CTH_AGENT_NAMESPACE_PATTERN: "ns-{router_id}",
+      CTH_AGENT_CREATE_NAMESPACES: "true",
+      CTH_AGENT_BACKEND: "dry-run",
+    };
+    expect(resolveOptions([], env)).toMatchObject({
+      node: "env-node",
+      queueUrl: "http://q/1/env.fifo",
+      statusQueueUrl: "http://q/1/status",
+      dlqUrl: "http://q/1/dlq.fifo",
+      endpoint: "http://127.0.0.1:4566",
+      region: "eu-west-1",
+      stateDir: "/tmp/x",
+      metricsPort: undefined,
+      driftIntervalSeconds: 5,
+      namespacePattern: "ns-{router_id}",
+      createNamespaces: true,
+      backend: "dry-run",
+      // The dry-run backend has no kernel to probe.
+      probe: false,
+    });
+    expect(resolveOptions(["--node", "flag-node", "--region", "ap-south-1"], env)).toMatchObject({
+      node: "flag-node",
+      region: "ap-south-1",
+    });
+  });
+
+  it("rejects what would be unsafe or meaningless, before starting anything", () => {
+    expect(() => resolveOptions([], {})).toThrow(/--node/);
+    expect(() => resolveOptions(["--node", "n"], {})).toThrow(/--queue-url/);
+    expect(() => resolveOptions([...required, "--namespace-pattern", "qrouter"], {})).toThrow(/router_id/);
+    expect(() => resolveOptions([...required, "--namespace-pattern", "../{router_id}"], {})).toThrow(
+      /unsafe/,
+    );
+    expect(() => resolveOptions([...required, "--namespace-pattern", "a b {router_id}"], {})).toThrow(
+      /unsafe/,
+    );
+    expect(() => resolveOptions([...required, "--backend", "nft"], {})).toThrow(/backend/);
+    expect(() => resolveOptions([...required, "--drift-interval", "0"], {})).toThrow(/drift-interval/);
+    expect(() => resolveOptions([...required, "--metrics-port", "x"], {})).toThrow(/metrics-port/);
+    expect(() => resolveOptions(["--node", "bad name", "--queue-url", "u"], {})).toThrow();
+    expect(() => resolveOptions([...required, "--unknown"], {})).toThrow();
+  });
+});
