@@ -3,13 +3,23 @@
  * dynalite and fauxqs through the AWS SDK. A fake that passes here acts like production where it matters.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { makeAwsClients } from "../../lib/aws/clients.ts";
 import { queueUrlFromTemplate, SqsCommandQueue } from "../../lib/aws/command-queue.ts";
 import { DynamoRoutersStore } from "../../lib/aws/routers-store.ts";
 import { buildSnapshot } from "../../lib/domain/snapshot.ts";
 import { RevisionConflictError } from "../../lib/errors.ts";
 import type { CommandQueue, RoutersStore } from "../../lib/ports.ts";
 import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
-import { type Emulators, startEmulators } from "../support/emulators.ts";
+import {
+  createQueuePair,
+  createTables,
+  drainQueue,
+  EMULATOR_CREDENTIALS,
+  type Emulators,
+  motoMissing,
+  startEmulators,
+  startMotoServer,
+} from "../support/emulators.ts";
 import { fixedClock, newId, routerRecord, storedHelper } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
@@ -19,13 +29,29 @@ interface QueueUnderTest {
   read(host: string): Promise<RouterSyncMessage[]>;
 }
 
+/** moto_server is the second, independent emulator: on CI it must be there, locally it may be missing. */
+const noMoto = motoMissing();
+if (noMoto && process.env.CI === "true") {
+  describe("moto_server", () => {
+    it("is available in CI", () => {
+      throw new Error(`CI=true but ${noMoto}`);
+    });
+  });
+}
+
 let emu: Emulators;
+let moto: Awaited<ReturnType<typeof startMotoServer>> | undefined;
 beforeAll(async () => {
   emu = await startEmulators();
+  if (!noMoto) moto = await startMotoServer();
 });
 afterAll(async () => {
+  await moto?.stop();
   await emu?.stop();
 });
+
+const motoClients = () =>
+  makeAwsClients({ region: "us-east-1", awsEndpoint: moto!.endpoint }, { credentials: EMULATOR_CREDENTIALS });
 
 const stores: [string, () => Promise<RoutersStore>][] = [
   ["MemoryRoutersStore", async () => new MemoryRoutersStore()],
@@ -37,6 +63,19 @@ const stores: [string, () => Promise<RoutersStore>][] = [
       return new DynamoRoutersStore(emu.clients(config).dynamo, config.routersTable);
     },
   ],
+  ...(noMoto
+    ? []
+    : ([
+        [
+          "DynamoRoutersStore on moto_server",
+          async () => {
+            const config = emu.makeConfig();
+            const clients = motoClients();
+            await createTables(clients.dynamoRaw, config);
+            return new DynamoRoutersStore(clients.dynamo, config.routersTable);
+          },
+        ],
+      ] as [string, () => Promise<RoutersStore>][])),
 ];
 
 describe.each(stores)("RoutersStore contract: %s", (_name, make) => {
@@ -210,6 +249,32 @@ const queues: [string, () => Promise<QueueUnderTest>][] = [
       };
     },
   ],
+  ...(noMoto
+    ? []
+    : ([
+        [
+          "SqsCommandQueue on moto_server",
+          async () => {
+            const { sqs } = motoClients();
+            const prefix = `q${newId().slice(0, 6)}-`;
+            const urls = new Map<string, string>();
+            for (const host of ["node-a", "node-b"]) {
+              urls.set(host, (await createQueuePair(sqs, `${prefix}${host}`, true, 5)).url);
+            }
+            const queue = new SqsCommandQueue(sqs, (host) => urls.get(host)!, {
+              maxAttempts: 3,
+              baseDelayMs: 1,
+            });
+            return {
+              queue,
+              read: async (host) =>
+                (await drainQueue(sqs, urls.get(host)!)).map(
+                  (m) => JSON.parse(m.Body ?? "null") as RouterSyncMessage,
+                ),
+            };
+          },
+        ],
+      ] as [string, () => Promise<QueueUnderTest>][])),
 ];
 
 describe.each(queues)("CommandQueue contract: %s", (_name, make) => {

@@ -13,18 +13,28 @@
  * DynamoDB and SQS are two servers, but Config has one `awsEndpoint` (as moto_server or LocalStack
  * would): `emu.endpoint` is a small proxy that routes by the X-Amz-Target header (DynamoDB_* to
  * dynalite, everything else to fauxqs). `dynamoEndpoint` / `sqsEndpoint` reach each server directly.
+ *
+ * `startMotoServer()` starts moto_server (when on PATH, as on CI machines) as a second, independent
+ * emulator; the port contract tests run against it too.
  */
+import { spawn, spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import http from "node:http";
 import { createRequire } from "node:module";
-import type { AddressInfo } from "node:net";
-import { CreateTableCommand, DescribeTableCommand, UpdateTimeToLiveCommand } from "@aws-sdk/client-dynamodb";
+import net, { type AddressInfo } from "node:net";
+import {
+  CreateTableCommand,
+  DescribeTableCommand,
+  type DynamoDBClient,
+  UpdateTimeToLiveCommand,
+} from "@aws-sdk/client-dynamodb";
 import {
   CreateQueueCommand,
   DeleteMessageBatchCommand,
   GetQueueAttributesCommand,
   type Message,
   ReceiveMessageCommand,
+  type SQSClient,
 } from "@aws-sdk/client-sqs";
 import { type FauxqsServer, startFauxqs } from "fauxqs";
 import { type AwsClients, makeAwsClients } from "../../lib/aws/clients.ts";
@@ -130,6 +140,96 @@ async function startRouter(dynamo: string, sqs: string): Promise<{ url: string; 
   };
 }
 
+async function queueAttributes(sqs: SQSClient, url: string): Promise<Record<string, string>> {
+  const reply = await sqs.send(
+    new GetQueueAttributesCommand({
+      QueueUrl: url,
+      AttributeNames: [
+        "QueueArn",
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+      ],
+    }),
+  );
+  return reply.Attributes ?? {};
+}
+
+/** A queue with its DLQ and a redrive policy (FIFO pairs for node queues). */
+export async function createQueuePair(
+  sqs: SQSClient,
+  name: string,
+  fifo: boolean,
+  maxReceiveCount: number,
+): Promise<QueuePair> {
+  const suffix = fifo ? ".fifo" : "";
+  const fifoAttributes: Record<string, string> = fifo ? { FifoQueue: "true" } : {};
+  const dlq = await sqs.send(
+    new CreateQueueCommand({ QueueName: `${name}-dlq${suffix}`, Attributes: fifoAttributes }),
+  );
+  const dlqArn = (await queueAttributes(sqs, dlq.QueueUrl!)).QueueArn;
+  const queue = await sqs.send(
+    new CreateQueueCommand({
+      QueueName: `${name}${suffix}`,
+      Attributes: {
+        ...fifoAttributes,
+        VisibilityTimeout: "30",
+        RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount }),
+      },
+    }),
+  );
+  return { url: queue.QueueUrl!, dlqUrl: dlq.QueueUrl! };
+}
+
+/** Receives and deletes every message currently on `url` (FIFO: deleting unblocks the next of a group). */
+export async function drainQueue(sqs: SQSClient, url: string): Promise<Message[]> {
+  const messages: Message[] = [];
+  for (;;) {
+    const batch = await sqs.send(
+      new ReceiveMessageCommand({
+        QueueUrl: url,
+        MaxNumberOfMessages: 10,
+        WaitTimeSeconds: 0,
+        VisibilityTimeout: 300,
+        MessageSystemAttributeNames: ["All"],
+      }),
+    );
+    if (!batch.Messages?.length) return messages;
+    messages.push(...batch.Messages);
+    await sqs.send(
+      new DeleteMessageBatchCommand({
+        QueueUrl: url,
+        Entries: batch.Messages.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle! })),
+      }),
+    );
+  }
+}
+
+/** Creates the routers and idempotency tables (TTL where the emulator supports it). */
+export async function createTables(
+  dynamo: DynamoDBClient,
+  config: Pick<Config, "routersTable" | "idempotencyTable">,
+): Promise<void> {
+  for (const input of [
+    routersTableDefinition(config.routersTable),
+    idempotencyTableDefinition(config.idempotencyTable),
+  ]) {
+    await dynamo.send(new CreateTableCommand(input));
+    await dynamo.send(new DescribeTableCommand({ TableName: input.TableName }));
+  }
+  // dynalite has no TimeToLive API (moto_server and DynamoDB do); expiry is Powertools' own check too.
+  await dynamo
+    .send(
+      new UpdateTimeToLiveCommand({
+        TableName: config.idempotencyTable,
+        TimeToLiveSpecification: { AttributeName: IDEMPOTENCY_TTL_ATTRIBUTE, Enabled: true },
+      }),
+    )
+    .catch((error: unknown) => {
+      if (!(error instanceof Error && error.name === "UnknownOperationException")) throw error;
+    });
+}
+
 export async function startEmulators(): Promise<Emulators> {
   const dynamo = await startDynalite();
   const fauxqs = await startFauxqs({
@@ -145,41 +245,6 @@ export async function startEmulators(): Promise<Emulators> {
     makeAwsClients(config, { credentials: EMULATOR_CREDENTIALS });
   const shared = clientsFor();
   const queueUrlBase = `${fauxqs.address}/000000000000`;
-
-  const attributes = async (url: string) =>
-    (
-      await shared.sqs.send(
-        new GetQueueAttributesCommand({
-          QueueUrl: url,
-          AttributeNames: [
-            "QueueArn",
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-          ],
-        }),
-      )
-    ).Attributes ?? {};
-
-  const createPair = async (name: string, fifo: boolean, maxReceiveCount: number): Promise<QueuePair> => {
-    const suffix = fifo ? ".fifo" : "";
-    const fifoAttributes: Record<string, string> = fifo ? { FifoQueue: "true" } : {};
-    const dlq = await shared.sqs.send(
-      new CreateQueueCommand({ QueueName: `${name}-dlq${suffix}`, Attributes: fifoAttributes }),
-    );
-    const dlqArn = (await attributes(dlq.QueueUrl!)).QueueArn;
-    const queue = await shared.sqs.send(
-      new CreateQueueCommand({
-        QueueName: `${name}${suffix}`,
-        Attributes: {
-          ...fifoAttributes,
-          VisibilityTimeout: "30",
-          RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount }),
-        },
-      }),
-    );
-    return { url: queue.QueueUrl!, dlqUrl: dlq.QueueUrl! };
-  };
 
   return {
     endpoint,
@@ -203,56 +268,21 @@ export async function startEmulators(): Promise<Emulators> {
       };
     },
     clients: clientsFor,
-    async createTables(config) {
-      for (const input of [
-        routersTableDefinition(config.routersTable),
-        idempotencyTableDefinition(config.idempotencyTable),
-      ]) {
-        await shared.dynamoRaw.send(new CreateTableCommand(input));
-        await shared.dynamoRaw.send(new DescribeTableCommand({ TableName: input.TableName }));
-      }
-      // dynalite has no TimeToLive API (moto_server and DynamoDB do); expiry is Powertools' own check too.
-      await shared.dynamoRaw
-        .send(
-          new UpdateTimeToLiveCommand({
-            TableName: config.idempotencyTable,
-            TimeToLiveSpecification: { AttributeName: IDEMPOTENCY_TTL_ATTRIBUTE, Enabled: true },
-          }),
-        )
-        .catch((error: unknown) => {
-          if (!(error instanceof Error && error.name === "UnknownOperationException")) throw error;
-        });
-    },
+    createTables: (config) => createTables(shared.dynamoRaw, config),
     createNodeQueue(host, options = {}) {
-      return createPair(`${options.prefix ?? "cth-"}${host}`, true, options.maxReceiveCount ?? 5);
+      return createQueuePair(
+        shared.sqs,
+        `${options.prefix ?? "cth-"}${host}`,
+        true,
+        options.maxReceiveCount ?? 5,
+      );
     },
     createStatusQueue(name = "cth-status") {
-      return createPair(name, false, 5);
+      return createQueuePair(shared.sqs, name, false, 5);
     },
-    async drain(url) {
-      const messages: Message[] = [];
-      for (;;) {
-        const batch = await shared.sqs.send(
-          new ReceiveMessageCommand({
-            QueueUrl: url,
-            MaxNumberOfMessages: 10,
-            WaitTimeSeconds: 0,
-            VisibilityTimeout: 300,
-            MessageSystemAttributeNames: ["All"],
-          }),
-        );
-        if (!batch.Messages?.length) return messages;
-        messages.push(...batch.Messages);
-        await shared.sqs.send(
-          new DeleteMessageBatchCommand({
-            QueueUrl: url,
-            Entries: batch.Messages.map((m, i) => ({ Id: String(i), ReceiptHandle: m.ReceiptHandle! })),
-          }),
-        );
-      }
-    },
+    drain: (url) => drainQueue(shared.sqs, url),
     async depth(url) {
-      const attrs = await attributes(url);
+      const attrs = await queueAttributes(shared.sqs, url);
       return (
         Number(attrs.ApproximateNumberOfMessages ?? 0) +
         Number(attrs.ApproximateNumberOfMessagesNotVisible ?? 0) +
@@ -278,4 +308,54 @@ export async function startEmulators(): Promise<Emulators> {
       await dynamo.stop();
     },
   };
+}
+
+/** Why moto_server cannot run here, or undefined when it can. */
+export function motoMissing(): string | undefined {
+  const found = spawnSync("moto_server", ["--help"], { stdio: "ignore" });
+  return found.status === 0 ? undefined : "needs moto_server on PATH";
+}
+
+async function freePort(): Promise<number> {
+  const probe = net.createServer();
+  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+/**
+ * moto_server (Python) as a second, independent emulator for DynamoDB and SQS on one endpoint. The child is
+ * killed by its PID in stop(); call it from afterAll.
+ */
+export async function startMotoServer(): Promise<{
+  endpoint: string;
+  pid: number;
+  stop: () => Promise<void>;
+}> {
+  const port = await freePort();
+  const child = spawn("moto_server", ["-H", "127.0.0.1", "-p", String(port)], { stdio: "ignore" });
+  const endpoint = `http://127.0.0.1:${port}`;
+  const stop = async () => {
+    if (child.exitCode !== null || child.pid === undefined) return;
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    process.kill(child.pid, "SIGTERM");
+    await exited;
+  };
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`moto_server exited with ${child.exitCode}`);
+    try {
+      const reply = await fetch(`${endpoint}/moto-api/`);
+      if (reply.ok || reply.status < 500) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error("moto_server did not start within 30 s");
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return { endpoint, pid: child.pid!, stop };
 }
