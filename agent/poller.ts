@@ -155,7 +155,13 @@ export class QueuePoller {
           },
           "invalid queue message, parking it in the DLQ",
         );
-        await this.park(message);
+        try {
+          await this.park(message);
+        } catch (error) {
+          // Left queued: the queue's own redrive moves it after maxReceiveCount.
+          logger.error({ err: error, message_id: message.MessageId }, "could not park invalid message");
+          await this.backOff(message);
+        }
       }
     }
     const heartbeat = this.keepInvisible(valid.map((item) => item.message));
