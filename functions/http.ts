@@ -95,15 +95,16 @@ interface IdempotentInput {
 
 export function makeHandler(deps: HttpDeps) {
   const { domain, schemas, logger } = deps;
+  const idempotencyConfig = new IdempotencyConfig({
+    eventKeyJmesPath: "key",
+    payloadValidationJmesPath: "payload",
+    expiresAfterSeconds: deps.idempotencyTtlSeconds ?? 24 * 3600,
+  });
   const idempotent = deps.idempotency
     ? makeIdempotent(async (input: IdempotentInput) => input.run(), {
         persistenceStore: deps.idempotency,
         keyPrefix: "cth-http",
-        config: new IdempotencyConfig({
-          eventKeyJmesPath: "key",
-          payloadValidationJmesPath: "payload",
-          expiresAfterSeconds: deps.idempotencyTtlSeconds ?? 24 * 3600,
-        }),
+        config: idempotencyConfig,
       })
     : undefined;
 
@@ -112,11 +113,16 @@ export function makeHandler(deps: HttpDeps) {
     body: unknown,
     headers: Readonly<Record<string, string>>,
     cid: string,
+    context: HttpContext,
   ) {
     const key = idempotencyKeyOf(headers);
     const notification = parseNotificationBody(schemas, body);
     const run = () => submitNotification(domain, caller, notification, cid);
     if (!idempotent || key === undefined) return run();
+    // An invocation that dies mid-request must not lock its key for the whole TTL: the in-progress
+    // record then expires with the invocation's own deadline.
+    if (typeof context.getRemainingTimeInMillis === "function")
+      idempotencyConfig.registerLambdaContext(context);
     try {
       return await idempotent({
         key: `${caller.projectId}|POST /v1/notifications|${key}`,
@@ -143,7 +149,7 @@ export function makeHandler(deps: HttpDeps) {
     const caller = state.identity!;
     if (path === "/v1/notifications") {
       if (method !== "POST") throw new NotFoundError(`no route for ${method} ${path}`);
-      return json(202, await submit(caller, state.body, headers, correlationId));
+      return json(202, await submit(caller, state.body, headers, correlationId, context));
     }
     const helpers = /^\/v1\/routers\/([^/]+)\/conntrack-helpers$/.exec(path);
     if (helpers && method === "GET") {

@@ -366,6 +366,18 @@ describe("Idempotency-Key", () => {
     expect(await core.queued("node-a")).toHaveLength(1);
   });
 
+  it("bounds a key's in-progress lock by the invocation's deadline, not the whole TTL", async () => {
+    const router = await core.seedRouter();
+    const before = Date.now();
+    await post(created(wireHelper(router.routerId)), { headers: { "idempotency-key": `key-${newId()}` } });
+    const after = Date.now();
+    const deadlines = (await core.tables())
+      .map((item) => (item as { in_progress_expiration?: number }).in_progress_expiration)
+      .filter((deadline): deadline is number => typeof deadline === "number");
+    // lambdaContext() reports 30 s left: the lock ends then, not after the 24 h record TTL.
+    expect(deadlines.some((d) => d >= before + 29_000 && d <= after + 31_000)).toBe(true);
+  });
+
   it("refuses the same key with a different body with 409", async () => {
     const router = await core.seedRouter();
     const headers = { "idempotency-key": `key-${newId()}` };
