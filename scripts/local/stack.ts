@@ -206,124 +206,11 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     // The functions read their configuration on first invocation, from the environment, as in Lambda.
     Object.assign(process.env, emu.env(config));
 
-    const httpFn = (await import("../../functions/http.ts")) as unknown as { handler: HttpHandler };
-    const statusFn = (await import("../../functions/status.ts")) as unknown as { handler: SqsHandler };
-    const reconcileFn = (await import("../../functions/reconcile.ts")) as unknown as {
-      handler: ScheduleHandler;
-    };
-    // functions/events.ts is optional while it is being built; the rest of the stack works without it.
-    const eventsFn = (await import("../../functions/events.ts").catch((error: unknown) => {
-      log({
-        level: "warn",
-        msg: "functions/events.ts could not be loaded; npm run emit is disabled",
-        error: String(error),
-      });
-      return undefined;
-    })) as { handler: EventsHandler } | undefined;
-
     // Router ids this stack has seen: its namespaces are the only ones it may remove on stop.
     const seenRouters = new Set<string>([options.demoRouterId]);
-    const gateway: Gateway = await startGateway({
-      handler: async (event, context) => {
-        const id = event.pathParameters?.router_id;
-        if (id) seenRouters.add(id);
-        return httpFn.handler(event, context);
-      },
-      key,
-      port: options.port,
-      functionName: `${PREFIX}-http`,
-      log: (line) => {
-        if (line.level !== "info") log(line);
-      },
-    });
-    cleanups.push(() => gateway.close());
 
-    // Loopback control endpoint for `npm run emit`, guarded by a per-run token kept in the 0600 stack.json.
-    const controlToken = randomBytes(24).toString("base64url");
-    const control = http.createServer(async (req, res) => {
-      const reply = (status: number, body: unknown) => {
-        res.writeHead(status, { "content-type": "application/json" });
-        res.end(JSON.stringify(body));
-      };
-      if (req.headers["x-cth-control-token"] !== controlToken) return reply(403, { error: "forbidden" });
-      if (req.method !== "POST" || req.url !== "/events") return reply(404, { error: "not found" });
-      if (!eventsFn) return reply(503, { error: "functions/events.ts is not available" });
-      let envelope: EventBridgeEvent<string, unknown>;
-      try {
-        envelope = (await readJson(req, 256 * 1024)) as EventBridgeEvent<string, unknown>;
-      } catch (error) {
-        return reply(400, { error: String(error) });
-      }
-      const detail = envelope.detail as {
-        router_id?: unknown;
-        conntrack_helpers?: { router_id?: unknown }[];
-      };
-      if (typeof detail?.router_id === "string") seenRouters.add(detail.router_id);
-      for (const helper of Array.isArray(detail?.conntrack_helpers) ? detail.conntrack_helpers : []) {
-        if (typeof helper?.router_id === "string") seenRouters.add(helper.router_id);
-      }
-      const result = await invokeAsync(eventsFn.handler, envelope, async (record) => {
-        await clients.sqs.send(
-          new SendMessageCommand({ QueueUrl: eventsDlq, MessageBody: JSON.stringify(record) }),
-        );
-      });
-      log({
-        level: result.invocation === "succeeded" ? "info" : "warn",
-        msg: "event",
-        id: envelope.id,
-        ...result,
-      });
-      return reply(200, { id: envelope.id, ...result });
-    });
-    await new Promise<void>((resolve) => control.listen(0, "127.0.0.1", resolve));
-    cleanups.push(async () => {
-      control.closeAllConnections();
-      await new Promise<void>((resolve) => control.close(() => resolve()));
-    });
-    const controlUrl = `http://127.0.0.1:${(control.address() as AddressInfo).port}`;
-
-    const poller: Poller = startStatusPoller({
-      sqs: clients.sqs,
-      queueUrl: status.url,
-      queueArn: statusArn,
-      region: config.region,
-      handler: statusFn.handler,
-      log,
-    });
-    cleanups.push(() => poller.stop());
-
-    let sweeping: Promise<void> | undefined;
-    const sweep = () => {
-      if (sweeping) return;
-      const now = new Date();
-      const event: ScheduledEvent = {
-        version: "0",
-        id: randomUUID(),
-        "detail-type": "Scheduled Event",
-        source: "aws.events",
-        account: "000000000000",
-        time: now.toISOString().replace(/\.\d{3}Z$/, "Z"),
-        region: config.region,
-        resources: [`arn:aws:events:${config.region}:000000000000:rule/${PREFIX}-reconcile`],
-        detail: {},
-      };
-      sweeping = reconcileFn
-        .handler(event, lambdaContext(`${PREFIX}-reconcile`, 120_000))
-        .then(
-          () => undefined,
-          (error: unknown) => log({ level: "warn", msg: "reconcile sweep failed", error: String(error) }),
-        )
-        .finally(() => {
-          sweeping = undefined;
-        });
-    };
-    const timer = setInterval(sweep, options.reconcileSeconds * 1000);
-    cleanups.push(async () => {
-      clearInterval(timer);
-      await sweeping;
-    });
-
-    // The agent: real iptables in real namespaces when this host allows it, else a loud dry run.
+    // The agent: real iptables in real namespaces when this host allows it, else a loud dry run. It starts
+    // first, so its start-up (kernel helper probe) overlaps with loading the functions.
     let backend: StackInfo["backend"] = "none";
     let agent: AgentProcess | undefined;
     const namespacesBefore = await listNamespaces();
@@ -399,6 +286,115 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
           );
         }
       });
+    }
+
+    const httpFn = (await import("../../functions/http.ts")) as unknown as { handler: HttpHandler };
+    const statusFn = (await import("../../functions/status.ts")) as unknown as { handler: SqsHandler };
+    const reconcileFn = (await import("../../functions/reconcile.ts")) as unknown as {
+      handler: ScheduleHandler;
+    };
+    const eventsFn = (await import("../../functions/events.ts")) as unknown as { handler: EventsHandler };
+
+    const gateway: Gateway = await startGateway({
+      handler: async (event, context) => {
+        const id = event.pathParameters?.router_id;
+        if (id) seenRouters.add(id);
+        return httpFn.handler(event, context);
+      },
+      key,
+      port: options.port,
+      functionName: `${PREFIX}-http`,
+      log: (line) => {
+        if (line.level !== "info") log(line);
+      },
+    });
+    cleanups.push(() => gateway.close());
+
+    // Loopback control endpoint for `npm run emit`, guarded by a per-run token kept in the 0600 stack.json.
+    const controlToken = randomBytes(24).toString("base64url");
+    const control = http.createServer(async (req, res) => {
+      const reply = (status: number, body: unknown) => {
+        res.writeHead(status, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
+      };
+      if (req.headers["x-cth-control-token"] !== controlToken) return reply(403, { error: "forbidden" });
+      if (req.method !== "POST" || req.url !== "/events") return reply(404, { error: "not found" });
+      let envelope: EventBridgeEvent<string, unknown>;
+      try {
+        envelope = (await readJson(req, 256 * 1024)) as EventBridgeEvent<string, unknown>;
+      } catch (error) {
+        return reply(400, { error: String(error) });
+      }
+      const detail = envelope.detail as {
+        router_id?: unknown;
+        conntrack_helpers?: { router_id?: unknown }[];
+      };
+      if (typeof detail?.router_id === "string") seenRouters.add(detail.router_id);
+      for (const helper of Array.isArray(detail?.conntrack_helpers) ? detail.conntrack_helpers : []) {
+        if (typeof helper?.router_id === "string") seenRouters.add(helper.router_id);
+      }
+      const result = await invokeAsync(eventsFn.handler, envelope, async (record) => {
+        await clients.sqs.send(
+          new SendMessageCommand({ QueueUrl: eventsDlq, MessageBody: JSON.stringify(record) }),
+        );
+      });
+      log({
+        level: result.invocation === "succeeded" ? "info" : "warn",
+        msg: "event",
+        id: envelope.id,
+        ...result,
+      });
+      return reply(200, { id: envelope.id, ...result });
+    });
+    await new Promise<void>((resolve) => control.listen(0, "127.0.0.1", resolve));
+    cleanups.push(async () => {
+      control.closeAllConnections();
+      await new Promise<void>((resolve) => control.close(() => resolve()));
+    });
+    const controlUrl = `http://127.0.0.1:${(control.address() as AddressInfo).port}`;
+
+    const poller: Poller = startStatusPoller({
+      sqs: clients.sqs,
+      queueUrl: status.url,
+      queueArn: statusArn,
+      region: config.region,
+      handler: statusFn.handler,
+      log,
+    });
+    cleanups.push(() => poller.stop());
+
+    let sweeping: Promise<void> | undefined;
+    const sweep = () => {
+      if (sweeping) return;
+      const now = new Date();
+      const event: ScheduledEvent = {
+        version: "0",
+        id: randomUUID(),
+        "detail-type": "Scheduled Event",
+        source: "aws.events",
+        account: "000000000000",
+        time: now.toISOString().replace(/\.\d{3}Z$/, "Z"),
+        region: config.region,
+        resources: [`arn:aws:events:${config.region}:000000000000:rule/${PREFIX}-reconcile`],
+        detail: {},
+      };
+      sweeping = reconcileFn
+        .handler(event, lambdaContext(`${PREFIX}-reconcile`, 120_000))
+        .then(
+          () => undefined,
+          (error: unknown) => log({ level: "warn", msg: "reconcile sweep failed", error: String(error) }),
+        )
+        .finally(() => {
+          sweeping = undefined;
+        });
+    };
+    const timer = setInterval(sweep, options.reconcileSeconds * 1000);
+    cleanups.push(async () => {
+      clearInterval(timer);
+      await sweeping;
+    });
+
+    if (agent) {
       await Promise.race([
         agent.started,
         new Promise((_, reject) =>
@@ -406,6 +402,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
         ),
       ]);
     }
+
     // Seed the demo router through the real API, as an operator would.
     const adminToken = await signToken(key, {
       projectId: "operator",
