@@ -15,7 +15,9 @@ function banner(stack: RunningStack): string {
   });
   return [
     "",
-    `cth local stack ready in ${stack.readyMs} ms`,
+    `cth local stack ready in ${stack.readyMs} ms (${Object.entries(stack.phases)
+      .map(([name, ms]) => `${name} ${ms}`)
+      .join(", ")})`,
     `  API          ${apiUrl}`,
     `  agent        node "local", backend ${backend}${agentPid ? `, pid ${agentPid}` : ""}`,
     `  demo router  ${demoRouterId} (project "${DEMO_PROJECT}", host "local")`,

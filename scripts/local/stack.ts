@@ -77,6 +77,8 @@ export interface StackInfo {
 export interface RunningStack {
   readonly info: StackInfo;
   readonly readyMs: number;
+  /** Milliseconds since start at which each phase finished, for the ready line. */
+  readonly phases: Record<string, number>;
   readonly demoToken: string;
   readonly adminToken: string;
   stop(): Promise<void>;
@@ -157,6 +159,10 @@ async function readJson(req: http.IncomingMessage, limit: number): Promise<unkno
 
 export async function startStack(options: StackOptions): Promise<RunningStack> {
   const t0 = performance.now();
+  const phases: Record<string, number> = {};
+  const mark = (name: string) => {
+    phases[name] = Math.round(performance.now() - t0);
+  };
   const { print } = options;
   const log = (line: Record<string, unknown>) =>
     print(JSON.stringify({ time: new Date().toISOString(), ...line }));
@@ -288,6 +294,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       });
     }
 
+    mark("emulators+resources");
     const httpFn = (await import("../../functions/http.ts")) as unknown as { handler: HttpHandler };
     const statusFn = (await import("../../functions/status.ts")) as unknown as { handler: SqsHandler };
     const reconcileFn = (await import("../../functions/reconcile.ts")) as unknown as {
@@ -394,6 +401,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       await sweeping;
     });
 
+    mark("functions+servers");
     if (agent) {
       await Promise.race([
         agent.started,
@@ -403,6 +411,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       ]);
     }
 
+    mark("agent");
     // Seed the demo router through the real API, as an operator would.
     const adminToken = await signToken(key, {
       projectId: "operator",
@@ -435,6 +444,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     return {
       info,
       readyMs: Math.round(performance.now() - t0),
+      phases,
       demoToken,
       adminToken,
       stop: async () => {
