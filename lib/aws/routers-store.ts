@@ -79,12 +79,27 @@ const TRANSIENT = new Set([
   "InternalServerError",
   "ServiceUnavailable",
   "LimitExceededException",
+  "TimeoutError",
+  "RequestTimeout",
+]);
+
+/** Connection-level failures: the table was not reached at all. */
+const NETWORK_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "EHOSTUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
 ]);
 
 function transient(error: unknown): unknown {
   if (!(error instanceof Error)) return error;
-  const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode ?? 0;
-  if (TRANSIENT.has(error.name) || status >= 500) {
+  const details = error as { $metadata?: { httpStatusCode?: number }; $retryable?: unknown; code?: unknown };
+  const status = details.$metadata?.httpStatusCode ?? 0;
+  const network = typeof details.code === "string" && NETWORK_CODES.has(details.code);
+  if (TRANSIENT.has(error.name) || status >= 500 || network || details.$retryable) {
     return new ServiceUnavailableError("the routers table is busy; retry later", undefined, { cause: error });
   }
   return error;
