@@ -87,6 +87,7 @@ export function coalesce<T>(
 export class AgentCore {
   readonly unavailable: Record<Family, Set<string>>;
   private lock: Promise<unknown> = Promise.resolve();
+  private drifting = false;
   /** Our lines as last read back, per namespace and family (see convergeFamily). */
   private readonly lastSeen = new Map<string, string>();
 
@@ -349,26 +350,36 @@ export class AgentCore {
    * Compares every router's owned chains with its last applied snapshot and re-applies where someone changed
    * them out of band. Returns the routers repaired.
    */
-  checkDrift(): Promise<string[]> {
-    return this.exclusive(async () => {
-      const repaired: string[] = [];
-      for (const [routerId, last] of this.options.state.entries()) {
-        try {
-          if (!(await this.options.iptables.namespaceExists(last.namespace))) continue;
-          if (await this.inPlace(last.namespace, last.helpers)) continue;
-          this.options.metrics.driftRepairs.inc();
-          this.options.logger.warn(
-            { router_id: routerId, namespace: last.namespace },
-            "drift found, re-applying",
-          );
-          await this.converge(routerId, last.revision, last.helpers);
-          repaired.push(routerId);
-        } catch (error) {
-          this.options.logger.error({ router_id: routerId, err: error }, "drift repair failed");
-        }
+  async checkDrift(): Promise<string[]> {
+    // One drift pass at a time; a timer tick during a long pass is skipped, not queued.
+    if (this.drifting) return [];
+    this.drifting = true;
+    const repaired: string[] = [];
+    try {
+      for (const [routerId] of this.options.state.entries()) {
+        // The lock is taken per router, so snapshots from the queue are not held up by a whole pass.
+        await this.exclusive(async () => {
+          const last = this.options.state.get(routerId);
+          if (!last) return;
+          try {
+            if (!(await this.options.iptables.namespaceExists(last.namespace))) return;
+            if (await this.inPlace(last.namespace, last.helpers)) return;
+            this.options.metrics.driftRepairs.inc();
+            this.options.logger.warn(
+              { router_id: routerId, namespace: last.namespace },
+              "drift found, re-applying",
+            );
+            await this.converge(routerId, last.revision, last.helpers);
+            repaired.push(routerId);
+          } catch (error) {
+            this.options.logger.error({ router_id: routerId, err: error }, "drift repair failed");
+          }
+        });
       }
-      return repaired;
-    });
+    } finally {
+      this.drifting = false;
+    }
+    return repaired;
   }
 
   private async inPlace(ns: string, helpers: readonly HelperRule[]): Promise<boolean> {

@@ -164,11 +164,14 @@ export class QueuePoller {
         }
       }
     }
-    const heartbeat = this.keepInvisible(valid.map((item) => item.message));
+    // Messages still in hand: the heartbeat renews only these (not deleted or backed-off ones).
+    const inHand = new Set(valid.map((item) => item.message));
+    const heartbeat = this.keepInvisible(inHand);
     try {
       for (const { newest, superseded } of coalesce(valid, (item) => item.snapshot)) {
         if (superseded.length > 0) {
           metrics.messages.inc({ outcome: "superseded" }, superseded.length);
+          for (const item of superseded) inHand.delete(item.message);
           await this.delete(superseded.map((item) => item.message));
         }
         let outcome: ApplyOutcome | undefined;
@@ -177,6 +180,7 @@ export class QueuePoller {
         } catch (error) {
           if (!(error instanceof ApplyFailedError)) logger.error({ err: error }, "unexpected apply error");
         }
+        inHand.delete(newest.message);
         if (outcome && outcome.kind !== "namespace-missing") {
           if (outcome.kind === "applied") {
             logger.info(
@@ -196,11 +200,11 @@ export class QueuePoller {
     }
   }
 
-  private keepInvisible(messages: readonly Message[]): NodeJS.Timeout {
+  private keepInvisible(messages: ReadonlySet<Message>): NodeJS.Timeout {
     const { sqs, queueUrl, logger } = this.options;
     const timer = setInterval(
       () => {
-        const entries = messages.map((message, index) => ({
+        const entries = [...messages].map((message, index) => ({
           Id: String(index),
           ReceiptHandle: message.ReceiptHandle,
           VisibilityTimeout: this.visibility,
