@@ -11,6 +11,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DETAIL_TYPES, EVENT_SOURCE } from "../../functions/events.ts";
 import { ROUTES } from "../../scripts/local/gateway.ts";
 
 const run = promisify(execFile);
@@ -454,7 +455,8 @@ describe("events and schedule", () => {
   it("a rule on the bus sends conntrack.helpers events to the events function, with a DLQ", () => {
     const rule = resources.EventsRule!.Properties;
     expect(rule.EventBusName).toEqual({ Ref: "EventBus" });
-    expect(rule.EventPattern).toMatchObject({ source: ["conntrack.helpers"] });
+    // Exactly what the events function handles.
+    expect(rule.EventPattern).toEqual({ source: [EVENT_SOURCE], "detail-type": [...DETAIL_TYPES] });
     expect(rule.Targets).toMatchObject([
       { Arn: getAtt("EventsLambdaFunction"), DeadLetterConfig: { Arn: getAtt("EventsDlq") } },
     ]);
@@ -471,6 +473,22 @@ describe("events and schedule", () => {
     expect(schedules).toHaveLength(1);
     expect(schedules[0]).toMatchObject({ ScheduleExpression: "rate(5 minutes)", State: "ENABLED" });
     expect(JSON.stringify(schedules[0]!.Targets)).toContain("ReconcileLambdaFunction");
+  });
+
+  it("refused events are alarmed per detail type (the events function's ParkedEvents metric)", () => {
+    const parked = ofType("AWS::CloudWatch::Alarm")
+      .map(([, r]) => r.Properties)
+      .filter((a) => a.MetricName === "ParkedEvents");
+    const rule = resources.EventsRule!.Properties.EventPattern as { "detail-type": string[] };
+    expect(parked.map((a) => (a.Dimensions as { Value: string }[])[1]!.Value).sort()).toEqual(
+      [...rule["detail-type"]].sort(),
+    );
+    for (const alarm of parked) {
+      expect(alarm).toMatchObject({
+        Namespace: "ConntrackHelpers",
+        Dimensions: [{ Name: "Function", Value: "events" }, {}],
+      });
+    }
   });
 
   it("every function has an errors alarm", () => {
