@@ -164,11 +164,14 @@ export class AgentCore {
         logger.info({ router_id: routerId, namespace: ns }, "namespace created");
       }
       // The families are independent tables: converge them concurrently (each step is a process spawn).
-      const [ipv4, ipv6] = await Promise.all([
+      // Both settle before anything is decided, so no family is still being written once the lock is released.
+      const [ipv4, ipv6] = await Promise.allSettled([
         this.convergeFamily(ns, "ipv4", helpers),
         this.convergeFamily(ns, "ipv6", helpers),
       ]);
-      const results: Record<Family, FamilyResult> = { ipv4, ipv6 };
+      if (ipv4.status === "rejected") throw ipv4.reason;
+      if (ipv6.status === "rejected") throw ipv6.reason;
+      const results: Record<Family, FamilyResult> = { ipv4: ipv4.value, ipv6: ipv6.value };
       const changed = results.ipv4.changed || results.ipv6.changed;
       const errors = [...results.ipv4.errors, ...results.ipv6.errors];
       if (helpers.length === 0 && created) {
