@@ -10,6 +10,7 @@ import type { Context } from "aws-lambda";
 import * as z from "zod";
 import { makeAwsClients } from "../lib/aws/clients.ts";
 import { queueUrlFromTemplate, SqsCommandQueue } from "../lib/aws/command-queue.ts";
+import { type ParkSink, sqsParkSink } from "../lib/aws/park-sink.ts";
 import { DynamoRoutersStore } from "../lib/aws/routers-store.ts";
 import { type Config, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
@@ -28,14 +29,12 @@ export interface EventMetrics {
   parked(detailType: string, code: string): void;
 }
 
-/** Optional durable parking (e.g. an SQS queue); the structured log line is the record otherwise. */
-export type ParkSink = (event: unknown, reason: { code: string; message: string }) => Promise<void>;
-
 export interface EventsDeps {
   readonly domain: DomainDeps;
   readonly schemas: Schemas;
   readonly logger: AppLogger;
   readonly metrics: EventMetrics;
+  /** Optional durable parking (an SQS queue); the structured log line is the record otherwise. */
   readonly park?: ParkSink;
 }
 
@@ -96,6 +95,7 @@ function parkRefused(deps: EventsDeps): MiddlewareObj<unknown, EventOutcome, Err
         details: error.details,
       });
       deps.metrics.parked(detailType, error.code);
+      // If parking itself fails, the error propagates: EventBridge retries and the DLQ catches the rest.
       await deps.park?.(request.event, { code: error.code, message: error.message });
       request.response = { outcome: "parked", id, code: error.code };
     },
@@ -185,6 +185,7 @@ export function defaultDeps(config: Config = loadConfig()): EventsDeps {
     schemas: buildSchemas(config.limits, config.catalog),
     logger,
     metrics: emfMetrics(),
+    ...(config.eventsParkQueueUrl ? { park: sqsParkSink(clients.sqs, config.eventsParkQueueUrl) } : {}),
   };
 }
 

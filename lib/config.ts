@@ -37,6 +37,8 @@ export interface Config {
   /** Queue URL per node: the template's `{node}` is replaced by the host name. */
   readonly nodeQueueUrlTemplate: string;
   readonly statusQueueUrl: string;
+  /** Where the events function parks refused EventBridge events (SQS); unset: the log line is the record. */
+  readonly eventsParkQueueUrl?: string | undefined;
   /** Reconciler: a router whose applied report is older than this is re-sent even when revisions match. */
   readonly reconcileStaleSeconds: number;
   readonly logLevel: string;
@@ -85,6 +87,7 @@ export function loadConfig(env: Env = process.env): Config {
     nodeQueueUrlTemplate:
       env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
     statusQueueUrl: env.CTH_STATUS_QUEUE_URL ?? "http://127.0.0.1:9324/000000000000/cth-status",
+    eventsParkQueueUrl: env.CTH_EVENTS_PARK_QUEUE_URL || undefined,
     reconcileStaleSeconds: positiveInt(env, "CTH_RECONCILE_STALE_SECONDS", 900),
     logLevel: env.LOG_LEVEL ?? "info",
   };

@@ -5,6 +5,7 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { type EventsDeps, emfMetrics, makeHandler } from "../../functions/events.ts";
+import { type ParkSink, sqsParkSink } from "../../lib/aws/park-sink.ts";
 import { ServiceUnavailableError } from "../../lib/errors.ts";
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
 import { newId, PROJECT_A, PROJECT_B, storedHelper, wireHelper } from "../support/factories.ts";
@@ -22,7 +23,7 @@ beforeEach(async () => {
   await core.queued("node-b");
 });
 
-function harness(overrides: Parameters<Core["deps"]>[0] = {}) {
+function harness(overrides: Parameters<Core["deps"]>[0] = {}, park?: ParkSink) {
   const parked: { detailType: string; code: string }[] = [];
   const http = core.deps(overrides);
   const deps: EventsDeps = {
@@ -30,6 +31,7 @@ function harness(overrides: Parameters<Core["deps"]>[0] = {}) {
     schemas: http.schemas,
     logger: core.logger,
     metrics: { parked: (detailType, code) => parked.push({ detailType, code }) },
+    ...(park ? { park } : {}),
   };
   const handler = makeHandler(deps);
   return { parked, invoke: (event: unknown) => handler(event, lambdaContext()) };
@@ -152,6 +154,27 @@ describe("invalid events are parked, counted, logged with their id and change no
     const outcome = await core.expectNothingWritten(() => invoke("not an event"));
     expect(outcome).toMatchObject({ outcome: "parked", id: "unknown", code: "validation_failed" });
     expect(parked).toEqual([{ detailType: "unknown", code: "validation_failed" }]);
+  });
+});
+
+describe("park queue", () => {
+  it("puts a refused event and its reason on the park queue", async () => {
+    const parkQueue = await core.emu.createStatusQueue(`cth-park-${newId().slice(0, 8)}`);
+    const sink = sqsParkSink(core.emu.clients(core.config).sqs, parkQueue.url);
+    const event = notification(PROJECT_A, [wireHelper(newId(), { port: 0 })]);
+    const { invoke } = harness({}, sink);
+    await invoke(event);
+    const [message, ...rest] = await core.emu.drain(parkQueue.url);
+    expect(rest).toEqual([]);
+    const parkedBody = JSON.parse(message?.Body ?? "null");
+    expect(parkedBody).toMatchObject({ kind: "parked-event", reason: { code: "validation_failed" }, event });
+  });
+
+  it("throws when the event cannot be parked, so EventBridge retries it", async () => {
+    const { invoke } = harness({}, () => Promise.reject(new Error("park queue unreachable")));
+    await expect(invoke(eventBridgeEvent("Router Deleted", { router_id: "nope" }))).rejects.toThrow(
+      "park queue unreachable",
+    );
   });
 });
 
