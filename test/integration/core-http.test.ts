@@ -214,6 +214,30 @@ describe("POST /v1/notifications rejections (nothing is written)", () => {
   });
 });
 
+describe("per-router cap", () => {
+  it("refuses to grow a router past its cap with 409 and writes nothing", async () => {
+    const base = core.deps();
+    const capped = {
+      ...base,
+      domain: { ...base.domain, limits: { ...base.domain.limits, maxHelpersPerRouter: 2 } },
+    };
+    const router = await core.seedRouter({ revision: 2, helpers: [storedHelper(), storedHelper()] });
+    const result = await core.expectNothingWritten(() =>
+      core.call(
+        httpApiEvent({
+          method: "POST",
+          path: "/v1/notifications",
+          body: created(wireHelper(router.routerId)),
+          claims: memberA,
+        }),
+        capped,
+      ),
+    );
+    expect(result.statusCode).toBe(409);
+    expect(bodyOf(result).error.message).toContain("the limit is 2 per router");
+  });
+});
+
 describe("POST /v1/notifications accepted", () => {
   it("stores the helper, bumps the revision and queues a snapshot on the router's node", async () => {
     const router = await core.seedRouter({ host: "node-b" });
