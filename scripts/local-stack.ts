@@ -2,7 +2,15 @@
  * `npm start`: the whole system locally (see scripts/local/stack.ts). Ctrl-C or SIGTERM stops everything:
  * the agent by its PID, the servers, the emulators, and the namespaces this stack created.
  */
-import { DEMO_PROJECT, optionsFromEnv, type RunningStack, startStack } from "./local/stack.ts";
+import type { RunningStack } from "./local/stack.ts";
+
+// fauxqs keeps its state in node:sqlite, whose "experimental" warning is noise on every start.
+const emitWarning = process.emitWarning.bind(process);
+process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+  if (String(warning instanceof Error ? warning.message : warning).includes("SQLite")) return;
+  (emitWarning as (...args: unknown[]) => void)(warning, ...rest);
+}) as typeof process.emitWarning;
+const { DEMO_PROJECT, optionsFromEnv, startStack } = await import("./local/stack.ts");
 
 const print = (line: string) => process.stdout.write(`${line}\n`);
 
@@ -41,8 +49,12 @@ async function main(): Promise<void> {
   try {
     stack = await startStack(optionsFromEnv(process.env, print));
   } catch (error) {
+    const hint =
+      (error as NodeJS.ErrnoException).code === "EADDRINUSE"
+        ? " (set PORT to a free port, or PORT=0 for any)"
+        : "";
     process.stderr.write(
-      `local stack failed to start: ${error instanceof Error ? error.message : String(error)}\n`,
+      `local stack failed to start: ${error instanceof Error ? error.message : String(error)}${hint}\n`,
     );
     process.exit(1);
   }
