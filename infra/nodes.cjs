@@ -145,9 +145,10 @@ function build({ prefix, nodes, maxReceiveCount, visibility }) {
               Resource: { "Fn::GetAtt": [queue, "Arn"] },
             },
             {
+              // The agent finds its DLQ from the queue's RedrivePolicy (GetQueueUrl) and parks invalid commands.
               Sid: "ParkInvalidCommands",
               Effect: "Allow",
-              Action: ["sqs:SendMessage"],
+              Action: ["sqs:GetQueueUrl", "sqs:SendMessage"],
               Resource: { "Fn::GetAtt": [dlq, "Arn"] },
             },
             {
