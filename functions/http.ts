@@ -25,7 +25,14 @@ import {
   submitNotification,
   upsertRouter,
 } from "../lib/domain/services.ts";
-import { BadRequestError, ConflictError, NotFoundError, ValidationError } from "../lib/errors.ts";
+import {
+  BadRequestError,
+  ConflictError,
+  isAppError,
+  NotFoundError,
+  ServiceUnavailableError,
+  ValidationError,
+} from "../lib/errors.ts";
 import type { ApiGatewayEvent, ApiGatewayResult } from "../lib/http/api-event.ts";
 import {
   type AppLogger,
@@ -136,10 +143,16 @@ export function makeHandler(deps: HttpDeps) {
       if (error instanceof IdempotencyAlreadyInProgressError) {
         throw new ConflictError("a request with this Idempotency-Key is still in progress; retry shortly");
       }
-      // Powertools wraps the function's own error; surface ours (e.g. the 503 that says a retry is safe).
-      throw error instanceof Error && error.cause instanceof Error && error.name.startsWith("Idempotency")
-        ? error.cause
-        : error;
+      if (isAppError(error) || !(error instanceof Error) || !error.name.startsWith("Idempotency"))
+        throw error;
+      // Powertools may wrap our own error; surface it (e.g. the 503 that says a retry is safe).
+      if (isAppError(error.cause)) throw error.cause;
+      // Otherwise the idempotency table itself failed: nothing ran, the caller may retry.
+      throw new ServiceUnavailableError(
+        "idempotency records are unavailable; retry with the same Idempotency-Key",
+        undefined,
+        { cause: error },
+      );
     }
   }
 

@@ -3,6 +3,7 @@
  * injected with aws-sdk-client-mock around otherwise real clients, and races injected through the port.
  * Each ends in a correct state or a clean 503.
  */
+import { DynamoDBPersistenceLayer } from "@aws-lambda-powertools/idempotency/dynamodb";
 import { SendMessageBatchCommand, type SendMessageBatchCommandInput } from "@aws-sdk/client-sqs";
 import { BatchGetCommand, GetCommand, PutCommand } from "@aws-sdk/lib-dynamodb";
 import { mockClient } from "aws-sdk-client-mock";
@@ -207,6 +208,26 @@ describe("races", () => {
     const stored = await core.store.get(router.routerId);
     expect(stored?.revision).toBe(2);
     expect(stored?.helpers.map((h) => h.id).sort()).toEqual([String(mine.id), rival.id].sort());
+  });
+});
+
+describe("idempotency store faults", () => {
+  it("answers a clean 503 and changes nothing when the idempotency table cannot be used", async () => {
+    const router = await core.seedRouter();
+    const deps = {
+      ...core.deps(),
+      idempotency: new DynamoDBPersistenceLayer({
+        tableName: "no-such-idempotency-table",
+        awsSdkV3Client: core.emu.clients(core.config).dynamoRaw,
+      }),
+    };
+    const result = await core.expectNothingWritten(() =>
+      core.call(notify([wireHelper(router.routerId)], { "idempotency-key": `k-${newId()}` }), deps),
+    );
+    expect(result.statusCode).toBe(503);
+    expect(bodyOf(result).error.message).toBe(
+      "idempotency records are unavailable; retry with the same Idempotency-Key",
+    );
   });
 });
 
