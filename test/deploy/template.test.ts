@@ -262,6 +262,7 @@ describe("least privilege", () => {
         "sqs:DeleteMessage": [queue],
         "sqs:ChangeMessageVisibility": [queue],
         "sqs:GetQueueAttributes": [queue],
+        "sqs:GetQueueUrl": [JSON.stringify(getAtt(`NodeDlq${id}`))],
         "sqs:SendMessage": [
           JSON.stringify(getAtt(`NodeDlq${id}`)),
           JSON.stringify(getAtt("StatusQueue")),
