@@ -57,7 +57,7 @@ export async function startStackChild(
       CTH_LOCAL_DIR: dir,
       CTH_LOCAL_BACKEND: "iptables",
       CTH_LOCAL_METRICS_PORT: "0",
-      LOG_LEVEL: process.env.LOG_LEVEL ?? "warn",
+      // The stack waits for the agent's info-level "agent started" line: keep the default log level.
       ...options.env,
     },
     stdio: ["ignore", "pipe", "pipe"],
