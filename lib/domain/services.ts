@@ -231,6 +231,28 @@ const view = (record: RouterRecord): RouterView => ({
   revision: record.revision,
 });
 
+/**
+ * The full set for the router's node, and an empty set for every node that may still hold its rules: the
+ * node it leaves, and the last node that reported it applied (so a retried move still cleans up the old
+ * node after the first attempt's empty snapshot was lost).
+ */
+function placementSnapshots(
+  before: RouterRecord,
+  after: RouterRecord,
+  correlationId: string,
+  deps: DomainDeps,
+): Map<string, RouterSyncMessage[]> {
+  const byHost = new Map<string, RouterSyncMessage[]>([
+    [after.host, [buildSnapshot(after, correlationId, deps.clock)]],
+  ]);
+  for (const stale of [before.host, before.appliedHost]) {
+    if (stale && stale !== after.host && !byHost.has(stale)) {
+      byHost.set(stale, [buildEmptySnapshot(after.routerId, after.revision, correlationId, deps.clock)]);
+    }
+  }
+  return byHost;
+}
+
 /** PUT: creates or moves a router (admin). A move empties the old node and sends the full set to the new. */
 export async function upsertRouter(
   deps: DomainDeps,
@@ -260,29 +282,21 @@ export async function upsertRouter(
         await deps.store.put(created, undefined);
         return { created: true, router: view(created) };
       }
-      if (current.projectId === body.project_id && current.host === body.host) {
-        // A retried PUT re-sends, so a snapshot lost to a queue outage is not stranded.
-        if (current.revision > 0) {
-          const byHost = new Map([[current.host, [buildSnapshot(current, correlationId, deps.clock)]]]);
-          await enqueueByHost(deps, byHost);
-        }
-        return { created: false, router: view(current) };
-      }
-      const next: RouterRecord = {
-        ...current,
-        projectId: body.project_id,
-        host: body.host,
-        revision: current.revision + 1,
-        updatedAt: now,
-      };
-      await deps.store.put(next, current.revision);
-      const byHost = new Map<string, RouterSyncMessage[]>([
-        [next.host, [buildSnapshot(next, correlationId, deps.clock)]],
-      ]);
-      if (current.host !== next.host) {
-        byHost.set(current.host, [buildEmptySnapshot(routerId, next.revision, correlationId, deps.clock)]);
-      }
-      await enqueueByHost(deps, byHost);
+      const unchanged = current.projectId === body.project_id && current.host === body.host;
+      const next: RouterRecord = unchanged
+        ? current
+        : {
+            ...current,
+            projectId: body.project_id,
+            host: body.host,
+            revision: current.revision + 1,
+            updatedAt: now,
+          };
+      if (!unchanged) await deps.store.put(next, current.revision);
+      // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
+      // snapshot lost to a queue outage is not stranded.
+      if (next.revision > 0)
+        await enqueueByHost(deps, placementSnapshots(current, next, correlationId, deps));
       return { created: false, router: view(next) };
     } catch (error) {
       if (!(error instanceof RevisionConflictError)) throw error;

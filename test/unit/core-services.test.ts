@@ -287,3 +287,26 @@ describe("buildSnapshot", () => {
     });
   });
 });
+
+describe("moving a router", () => {
+  it("cleans the old node on a retried move whose first empty snapshot was lost", async () => {
+    const { deps, queue, seed } = setup();
+    const helper = storedHelper();
+    const router = await seed({
+      host: "node-a",
+      revision: 2,
+      helpers: [helper],
+      appliedRevision: 2,
+      appliedHost: "node-a",
+    });
+    queue.failingHosts.add("node-a");
+    const move = () =>
+      upsertRouter(deps, admin(), router.routerId, { project_id: router.projectId, host: "node-b" }, "c");
+    await expect(move()).rejects.toThrow(COMMITTED_BUT_NOT_QUEUED);
+    queue.failingHosts.delete("node-a");
+    const retried = await move();
+    expect(retried.router).toMatchObject({ host: "node-b", revision: 3 });
+    expect(queue.messages("node-a").map((m) => [m.revision, m.helpers])).toEqual([[3, []]]);
+    expect(queue.messages("node-b").map((m) => [m.revision, m.helpers])).toEqual([[3, [helper]]]);
+  });
+});
