@@ -11,7 +11,7 @@ import { loadCatalog, loadLimits } from "../lib/config.ts";
 import { primitives } from "../lib/schemas/index.ts";
 import { assertNamespaceName, ExecIptables, type IptablesPort } from "./iptables.ts";
 import { DryRunIptables } from "./iptables-memory.ts";
-import { startAgent } from "./main.ts";
+import { type RunningAgent, startAgent } from "./main.ts";
 
 interface FlagSpec {
   readonly env: string;
@@ -199,7 +199,25 @@ async function main(): Promise<void> {
   });
   const iptables: IptablesPort =
     options.backend === "dry-run" ? new DryRunIptables(`${options.stateDir}/dry-run`) : new ExecIptables();
-  const agent = await startAgent({
+  // Handlers go in before start-up (probe, resync, first drift pass), so an early signal is a clean stop too.
+  let agent: RunningAgent | undefined;
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "stopping after the apply in flight");
+    if (!agent) return;
+    agent.stop().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        logger.error({ err: error }, "stop failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => shutdown("SIGTERM"));
+  process.on("SIGINT", () => shutdown("SIGINT"));
+  agent = await startAgent({
     node: options.node,
     sqs,
     queueUrl: options.queueUrl,
@@ -219,21 +237,10 @@ async function main(): Promise<void> {
     visibilitySeconds: options.visibilitySeconds,
     backoffBaseSeconds: options.retryBaseSeconds,
   });
-  let stopping = false;
-  const shutdown = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, "stopping after the apply in flight");
-    agent.stop().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        logger.error({ err: error }, "stop failed");
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", () => shutdown("SIGTERM"));
-  process.on("SIGINT", () => shutdown("SIGINT"));
+  if (stopping) {
+    await agent.stop();
+    process.exit(0);
+  }
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {

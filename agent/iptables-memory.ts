@@ -45,6 +45,10 @@ export class MemoryIptables implements IptablesPort {
     return this.namespaces.has(ns);
   }
 
+  async listNamespaces(): Promise<string[]> {
+    return [...this.namespaces.keys()];
+  }
+
   async createNamespace(ns: string): Promise<void> {
     assertNamespaceName(ns);
     if (!this.namespaces.has(ns)) this.namespaces.set(ns, { ipv4: emptyTable(), ipv6: emptyTable() });

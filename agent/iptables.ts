@@ -4,11 +4,13 @@
  * iptables-restore on stdin, so nothing from a message is ever parsed by a shell.
  */
 import { execFile } from "node:child_process";
-import { stat } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import type { Family } from "../lib/catalog.ts";
 
 export interface IptablesPort {
   namespaceExists(ns: string): Promise<boolean>;
+  /** Names of the existing namespaces (`ip netns list`). */
+  listNamespaces(): Promise<string[]>;
   /** Creates the namespace unless it exists. */
   createNamespace(ns: string): Promise<void>;
   /** Deletes the namespace if it exists. */
@@ -102,6 +104,14 @@ export class ExecIptables implements IptablesPort {
       return true;
     } catch {
       return false;
+    }
+  }
+
+  async listNamespaces(): Promise<string[]> {
+    try {
+      return (await readdir(this.netnsDir)).filter((name) => NS_RE.test(name));
+    } catch {
+      return [];
     }
   }
 

@@ -9,12 +9,36 @@ import { FAMILIES, helperAtLine, isMissingHelperError, renderRestore } from "../
 import type { HelperRule } from "../lib/schemas/index.ts";
 import { type IptablesPort, RestoreError } from "./iptables.ts";
 
+const PROBE_NS_RE = /^cth-probe-(\d+)-[0-9a-f]{8}$/;
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Removes scratch namespaces left by probes whose agent died mid-probe (their PID is gone). */
+export async function removeStaleProbes(iptables: IptablesPort): Promise<string[]> {
+  const removed: string[] = [];
+  for (const ns of await iptables.listNamespaces()) {
+    const match = PROBE_NS_RE.exec(ns);
+    if (!match || alive(Number(match[1]))) continue;
+    await iptables.deleteNamespace(ns);
+    removed.push(ns);
+  }
+  return removed;
+}
+
 export async function probeHelpers(
   iptables: IptablesPort,
   catalog: HelperCatalog,
   scratchNs = `cth-probe-${process.pid}-${randomUUID().slice(0, 8)}`,
 ): Promise<Record<Family, Set<string>>> {
   const lacking: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
+  await removeStaleProbes(iptables);
   await iptables.createNamespace(scratchNs);
   try {
     for (const family of FAMILIES) {

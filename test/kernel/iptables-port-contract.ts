@@ -63,9 +63,11 @@ export function iptablesPortContract(makePort: () => IptablesPort, prefix: strin
     await port.createNamespace(other);
     await port.createNamespace(other);
     expect(await port.namespaceExists(other)).toBe(true);
+    expect(await port.listNamespaces()).toContain(other);
     await port.deleteNamespace(other);
     await port.deleteNamespace(other);
     expect(await port.namespaceExists(other)).toBe(false);
+    expect(await port.listNamespaces()).not.toContain(other);
   });
 
   it("a fresh namespace shows the raw builtins and nothing of ours", async () => {

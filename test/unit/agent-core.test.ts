@@ -8,7 +8,7 @@ import { AgentCore, ApplyFailedError, coalesce } from "../../agent/core.ts";
 import { RestoreError } from "../../agent/iptables.ts";
 import { MemoryIptables } from "../../agent/iptables-memory.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
-import { probeHelpers } from "../../agent/probe.ts";
+import { probeHelpers, removeStaleProbes } from "../../agent/probe.ts";
 import { StateStore } from "../../agent/state.ts";
 import type { Family } from "../../lib/catalog.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
@@ -207,6 +207,15 @@ describe("agent core (in-memory iptables model)", () => {
     expect([...lacking.ipv4]).toEqual(["pptp"]);
     expect([...lacking.ipv6]).toEqual(["sip"]);
     expect(await iptables.namespaceExists("cth-probe-unit")).toBe(false);
+  });
+
+  it("removes scratch namespaces of probes whose agent died, and only those", async () => {
+    const dead = "cth-probe-999999999-0123abcd";
+    const live = `cth-probe-${process.pid}-0123abcd`;
+    for (const name of [dead, live, "cth-probe-x"]) await iptables.createNamespace(name);
+    expect(await removeStaleProbes(iptables)).toEqual([dead]);
+    expect(await iptables.listNamespaces()).toEqual(expect.arrayContaining([live, "cth-probe-x", ns]));
+    expect(await iptables.namespaceExists(dead)).toBe(false);
   });
 
   it("a read-back that differs from the rendered rules fails the apply and records nothing", async () => {
