@@ -20,7 +20,7 @@ export class AgentMetrics {
   });
   readonly applySeconds = new Histogram({
     name: "cth_agent_apply_seconds",
-    help: "Message received to rules verified, per router",
+    help: "Per router: namespace check through both families restored, read back, verified and recorded",
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     registers: [this.registry],
   });
