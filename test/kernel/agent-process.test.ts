@@ -223,6 +223,9 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     );
     expect(parked).toBe(bad.length);
     expect(await emu.depth(queue.url)).toBe(0);
+    const metrics = await (await fetch(`http://127.0.0.1:${agent.metricsPort()}/metrics`)).text();
+    expect(metrics).toContain(`cth_agent_messages_total{outcome="invalid"} ${bad.length}`);
+    expect(metrics).toMatch(/cth_agent_messages_total\{outcome="(stale|superseded)"\} [1-9]/);
     expect(await rawSave(nsA, "ipv4", true)).toBe(before);
     expect(await rawSave(nsA, "ipv6", true)).toBe(before6);
   });
