@@ -2,6 +2,7 @@
  * `npm run agent -- --node NAME --queue-url URL [...]`: every flag also comes from an environment variable
  * (flag wins). Production defaults for the agent are built here, in one place.
  */
+import { realpathSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { SQSClient } from "@aws-sdk/client-sqs";
@@ -243,7 +244,18 @@ async function main(): Promise<void> {
   }
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+/** Run only as the entry point (tests import this module); symlinked installs resolve to the same file. */
+function isEntryPoint(): boolean {
+  try {
+    return (
+      process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href
+    );
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
   main().catch((error: unknown) => {
     process.stderr.write(`agent failed to start: ${error instanceof Error ? error.stack : String(error)}\n`);
     process.exit(1);
