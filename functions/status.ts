@@ -46,7 +46,7 @@ export function makeHandler(deps: StatusDeps) {
     const message = parsed.data;
     if (message.kind === "applied") {
       const outcome = await recordAppliedReport(deps, message);
-      const log = outcome === "recorded" || outcome === "not-newer" ? "debug" : "warn";
+      const log = outcome === "recorded" || outcome === "older" ? "debug" : "warn";
       deps.logger[log]("applied report", {
         messageId: record.messageId,
         routerId: message.router_id,

@@ -36,8 +36,9 @@ export interface RoutersStore {
   /** Deletes only if the stored revision equals `expectedRevision`; RevisionConflictError otherwise. */
   delete(routerId: string, expectedRevision: number): Promise<void>;
   /**
-   * Raises the applied revision monotonically (never lowers it, never touches desired state).
-   * Returns false when the router is unknown or already at/after `revision`.
+   * Raises the applied revision monotonically (never lowers it, never touches desired state); a report at
+   * the current applied revision refreshes `appliedAt`. Returns false when the router is unknown, carried by
+   * another host, already past `revision`, or `revision` is beyond the desired one.
    */
   recordApplied(report: {
     routerId: string;
@@ -56,8 +57,14 @@ export interface CommandQueue {
   /**
    * Sends snapshots to `host`'s FIFO queue (group = router id, dedup = router id + revision).
    * Retries per-entry failures; throws ServiceUnavailableError when some still fail.
+   * `resendScope` marks a deliberate re-send (resync, reconcile): it joins the deduplication id, so SQS's
+   * 5-minute FIFO deduplication cannot swallow the very copy that is meant to heal a lost one.
    */
-  send(host: string, commands: readonly RouterSyncMessage[]): Promise<void>;
+  send(host: string, commands: readonly RouterSyncMessage[], options?: SendOptions): Promise<void>;
+}
+
+export interface SendOptions {
+  readonly resendScope?: string | undefined;
 }
 
 export interface StatusSink {

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 /**
  * CommandQueue on SQS FIFO: one queue per node, group = router id (per-router order), dedup = router id +
  * revision (a retried send of the same snapshot is dropped by SQS, a new revision never is).
@@ -8,7 +9,7 @@ import {
   type SQSClient,
 } from "@aws-sdk/client-sqs";
 import { ServiceUnavailableError } from "../errors.ts";
-import type { CommandQueue } from "../ports.ts";
+import type { CommandQueue, SendOptions } from "../ports.ts";
 import type { RouterSyncMessage } from "../schemas/index.ts";
 
 export interface CommandQueueOptions {
@@ -27,6 +28,11 @@ export function queueUrlFromTemplate(template: string, host: string): string {
   return template.replaceAll("{node}", host);
 }
 
+/** A short, SQS-safe tag for a re-send scope (deduplication ids allow 128 characters of [A-Za-z0-9-_...]). */
+export function resendTag(scope: string): string {
+  return createHash("sha256").update(scope).digest("hex").slice(0, 16);
+}
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class SqsCommandQueue implements CommandQueue {
@@ -36,10 +42,11 @@ export class SqsCommandQueue implements CommandQueue {
     private readonly options: CommandQueueOptions = DEFAULT_COMMAND_QUEUE_OPTIONS,
   ) {}
 
-  async send(host: string, commands: readonly RouterSyncMessage[]): Promise<void> {
+  async send(host: string, commands: readonly RouterSyncMessage[], options: SendOptions = {}): Promise<void> {
     const queueUrl = this.queueUrlFor(host);
+    const suffix = options.resendScope ? `-${resendTag(options.resendScope)}` : "";
     for (let start = 0; start < commands.length; start += BATCH_LIMIT) {
-      await this.sendChunk(queueUrl, host, commands.slice(start, start + BATCH_LIMIT));
+      await this.sendChunk(queueUrl, host, commands.slice(start, start + BATCH_LIMIT), suffix);
     }
   }
 
@@ -47,13 +54,14 @@ export class SqsCommandQueue implements CommandQueue {
     queueUrl: string,
     host: string,
     chunk: readonly RouterSyncMessage[],
+    dedupSuffix: string,
   ): Promise<void> {
     // Entry ids are positions in the chunk: unique per request, stable across retries.
     let pending: SendMessageBatchRequestEntry[] = chunk.map((command, index) => ({
       Id: String(index),
       MessageBody: JSON.stringify(command),
       MessageGroupId: command.router_id,
-      MessageDeduplicationId: `${command.router_id}-${command.revision}`,
+      MessageDeduplicationId: `${command.router_id}-${command.revision}${dedupSuffix}`,
     }));
     let lastFailure = "";
     for (let attempt = 0; attempt < this.options.maxAttempts && pending.length > 0; attempt++) {

@@ -211,14 +211,15 @@ export class DynamoRoutersStore implements RoutersStore {
   }): Promise<boolean> {
     try {
       // Monotonic by condition: a late or replayed report can never lower the applied revision, and a host
-      // that no longer carries the router (it moved) cannot mark the new placement applied.
+      // that no longer carries the router (it moved) cannot mark the new placement applied. A report at the
+      // same revision refreshes applied_at: it is the agent's proof of life the reconciler's bound relies on.
       await guard(
         this.client.send(
           new UpdateCommand({
             TableName: this.tableName,
             Key: { router_id: report.routerId },
             ConditionExpression:
-              "attribute_exists(router_id) AND #host = :host AND applied_revision < :rev AND revision >= :rev",
+              "attribute_exists(router_id) AND #host = :host AND applied_revision <= :rev AND revision >= :rev",
             UpdateExpression:
               "SET applied_revision = :rev, applied_at = :at, applied_host = :host, applied_errors = :errors",
             ExpressionAttributeNames: { "#host": "host" },

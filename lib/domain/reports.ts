@@ -12,7 +12,7 @@ export interface ReportDeps {
   readonly clock: Clock;
 }
 
-export type ReportOutcome = "recorded" | "unknown-router" | "wrong-host" | "future-revision" | "not-newer";
+export type ReportOutcome = "recorded" | "unknown-router" | "wrong-host" | "future-revision" | "older";
 
 /**
  * Records an agent's applied revision. A report is trusted only for routers its host carries and only up
@@ -31,7 +31,7 @@ export async function recordAppliedReport(deps: ReportDeps, report: AppliedRepor
     errors: report.errors,
     at: deps.clock.now().toISOString(),
   });
-  return raised ? "recorded" : "not-newer";
+  return raised ? "recorded" : "older";
 }
 
 /** An agent (re)started: send the current snapshot of every router its host carries. */
@@ -42,7 +42,7 @@ export async function resyncHost(deps: ReportDeps, host: string, correlationId: 
   const snapshots = [...fresh.values()]
     .filter((router) => router.host === host)
     .map((router) => buildSnapshot(router, correlationId, deps.clock));
-  if (snapshots.length > 0) await deps.queue.send(host, snapshots);
+  if (snapshots.length > 0) await deps.queue.send(host, snapshots, { resendScope: correlationId });
   return snapshots.length;
 }
 
@@ -61,6 +61,8 @@ export interface ReconcileSummary {
 
 export function needsResend(router: RouterRecord, now: Date, staleAfterSeconds: number): boolean {
   if (router.appliedRevision < router.revision) return true;
+  // Registered but never given a helper: there is nothing an agent could have applied or could report.
+  if (router.revision === 0) return false;
   if (!router.appliedAt) return true;
   return now.getTime() - Date.parse(router.appliedAt) > staleAfterSeconds * 1000;
 }
@@ -82,7 +84,7 @@ export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Pr
   const failedHosts: string[] = [];
   for (const [host, snapshots] of byHost) {
     try {
-      await deps.queue.send(host, snapshots);
+      await deps.queue.send(host, snapshots, { resendScope: options.correlationId });
       resent += snapshots.length;
     } catch {
       failedHosts.push(host);

@@ -150,10 +150,21 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make) => {
     };
     expect(await store.recordApplied({ ...report, revision: 4 })).toBe(true);
     expect(await store.recordApplied({ ...report, revision: 3 })).toBe(false);
-    expect(await store.recordApplied({ ...report, revision: 4 })).toBe(false);
     const stored = await store.get(record.routerId);
     expect(stored).toMatchObject({ appliedRevision: 4, revision: 5, appliedHost: record.host });
     expect(stored?.helpers).toEqual(record.helpers);
+  });
+
+  it("refreshes the applied time when the same revision is reported again", async () => {
+    const record = routerRecord({ revision: 2 });
+    await store.put(record, undefined);
+    const report = { routerId: record.routerId, host: record.host, errors: [], revision: 2 };
+    expect(await store.recordApplied({ ...report, at: "2026-11-24T06:00:00.000Z" })).toBe(true);
+    expect(await store.recordApplied({ ...report, at: "2026-11-24T07:00:00.000Z" })).toBe(true);
+    expect(await store.get(record.routerId)).toMatchObject({
+      appliedRevision: 2,
+      appliedAt: "2026-11-24T07:00:00.000Z",
+    });
   });
 
   it("ignores applied reports for unknown routers, from another host, or ahead of the desired revision", async () => {

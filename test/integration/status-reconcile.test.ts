@@ -191,3 +191,52 @@ describe("reconciler", () => {
     expect(resent?.revision).toBe(7);
   });
 });
+
+describe("reconciler and reports together", () => {
+  it("stops re-sending once the agent reports the re-sent revision again", async () => {
+    await core.queued("node-a");
+    const router = await core.seedRouter({
+      host: "node-a",
+      revision: 2,
+      appliedRevision: 2,
+      appliedAt: "2026-11-24T04:00:00.000Z",
+    });
+    const sweep = (iso: string) =>
+      makeReconcileHandler({
+        store: core.store,
+        queue: core.queue,
+        clock: fixedClock(iso),
+        staleAfterSeconds: 900,
+        logger: silentLogger,
+      })({ id: randomUUID() } as never, lambdaContext());
+    await sweep("2026-11-24T06:00:00.000Z");
+    expect((await core.queued("node-a")).map((m) => m.router_id)).toContain(router.routerId);
+    await runStatus(sqsEvent(applied(router.routerId, 2)));
+    await sweep("2026-11-24T06:00:10.000Z");
+    expect((await core.queued("node-a")).map((m) => m.router_id)).not.toContain(router.routerId);
+  });
+
+  it("never re-sends a router that was registered but never given a helper", async () => {
+    await core.queued("node-b");
+    const empty = await core.seedRouter({ host: "node-b", revision: 0 });
+    await makeReconcileHandler({
+      store: core.store,
+      queue: core.queue,
+      clock: fixedClock("2026-11-24T06:00:00.000Z"),
+      staleAfterSeconds: 900,
+      logger: silentLogger,
+    })({ id: randomUUID() } as never, lambdaContext());
+    expect((await core.queued("node-b")).map((m) => m.router_id)).not.toContain(empty.routerId);
+  });
+
+  it("a resync re-send is delivered even right after the same revision was sent", async () => {
+    await core.queued("node-a");
+    const router = await core.seedRouter({ host: "node-a", revision: 1, helpers: [storedHelper()] });
+    const snapshot = (await core.store.get(router.routerId))!;
+    const { buildSnapshot } = await import("../../lib/domain/snapshot.ts");
+    await core.queue.send("node-a", [buildSnapshot(snapshot, "first", fixedClock())]);
+    expect((await core.queued("node-a")).map((m) => m.router_id)).toEqual([router.routerId]);
+    await runStatus(sqsEvent({ v: 1, kind: "resync-request", host: "node-a" }));
+    expect((await core.queued("node-a")).map((m) => m.router_id)).toContain(router.routerId);
+  });
+});

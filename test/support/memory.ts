@@ -4,7 +4,7 @@
  * cannot drift from the real adapters.
  */
 import { RevisionConflictError, ServiceUnavailableError } from "../../lib/errors.ts";
-import type { CommandQueue, RouterRecord, RoutersStore } from "../../lib/ports.ts";
+import type { CommandQueue, RouterRecord, RoutersStore, SendOptions } from "../../lib/ports.ts";
 import type { ApplyError, RouterSyncMessage } from "../../lib/schemas/index.ts";
 
 const clone = <T>(value: T): T => structuredClone(value);
@@ -53,7 +53,7 @@ export class MemoryRoutersStore implements RoutersStore {
   }): Promise<boolean> {
     const row = this.rows.get(report.routerId);
     if (!row || row.host !== report.host) return false;
-    if (row.appliedRevision >= report.revision || row.revision < report.revision) return false;
+    if (row.appliedRevision > report.revision || row.revision < report.revision) return false;
     this.rows.set(report.routerId, {
       ...row,
       appliedRevision: report.revision,
@@ -85,13 +85,13 @@ export class MemoryCommandQueue implements CommandQueue {
   /** Hosts whose sends fail (simulates a queue outage after retries). */
   readonly failingHosts = new Set<string>();
 
-  async send(host: string, commands: readonly RouterSyncMessage[]): Promise<void> {
+  async send(host: string, commands: readonly RouterSyncMessage[], options: SendOptions = {}): Promise<void> {
     if (this.failingHosts.has(host))
       throw new ServiceUnavailableError(`could not queue snapshots for node ${host}`);
     const list = this.byHost.get(host) ?? [];
     for (const command of commands) {
       // FIFO deduplication as SQS does it (router id + revision).
-      const dedup = `${host}/${command.router_id}-${command.revision}`;
+      const dedup = `${host}/${command.router_id}-${command.revision}/${options.resendScope ?? ""}`;
       if (this.seenDedup.has(dedup)) continue;
       this.seenDedup.add(dedup);
       list.push(clone(command));
