@@ -317,6 +317,7 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     const { code } = await agent.exited;
     expect(code).toBe(0);
     expect(agent.logs.some((l) => l.msg === "agent stopped")).toBe(true);
-    expect(childPids(agent.pid)).toEqual([]);
+    // The metrics endpoint went down with it.
+    await expect(fetch(`http://127.0.0.1:${agent.metricsPort()}/metrics`)).rejects.toThrow();
   });
 });
