@@ -4,21 +4,18 @@
  * id, counted and parked (the invocation succeeds, so EventBridge does not retry it forever) and changes
  * nothing; a valid event that fails for a transient reason throws, so EventBridge retries and then DLQs it.
  */
-import { Logger } from "@aws-lambda-powertools/logger";
+
 import middy, { type MiddlewareObj } from "@middy/core";
 import type { Context } from "aws-lambda";
 import * as z from "zod";
-import { makeAwsClients } from "../lib/aws/clients.ts";
-import { queueUrlFromTemplate, SqsCommandQueue } from "../lib/aws/command-queue.ts";
 import { type ParkSink, sqsParkSink } from "../lib/aws/park-sink.ts";
-import { DynamoRoutersStore } from "../lib/aws/routers-store.ts";
+import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { type Config, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import { type DomainDeps, deleteRouter, submitNotification, upsertRouter } from "../lib/domain/services.ts";
 import { isAppError, NotFoundError } from "../lib/errors.ts";
 import { correlationIdFrom } from "../lib/http/api-event.ts";
 import { type AppLogger, appLogger } from "../lib/http/middlewares.ts";
-import { systemClock } from "../lib/ports.ts";
 import { buildSchemas, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
 
 export const EVENT_SOURCE = "conntrack.helpers";
@@ -168,17 +165,13 @@ export function emfMetrics(
 
 /** Production wiring from the environment (lib/config.ts); built on first invocation, never at import. */
 export function defaultDeps(config: Config = loadConfig()): EventsDeps {
-  const clients = makeAwsClients(config);
-  const logger = appLogger(
-    new Logger({ serviceName: "cth-events", logLevel: config.logLevel.toUpperCase() as "INFO" }),
-  );
+  const { clients, store, queue, clock } = productionPorts(config);
+  const logger = appLogger(functionLogger("cth-events", config));
   return {
     domain: {
-      store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
-      queue: new SqsCommandQueue(clients.sqs, (host) =>
-        queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
-      ),
-      clock: systemClock,
+      store,
+      queue,
+      clock,
       limits: config.limits,
       log: logger,
     },

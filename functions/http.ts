@@ -2,6 +2,7 @@
  * HTTP API (v2) and REST API (v1) handler: POST /v1/notifications, GET /v1/routers/{id}/conntrack-helpers,
  * PUT and DELETE /v1/routers/{id}. A thin middy chain around one domain call per route.
  */
+
 import {
   IdempotencyAlreadyInProgressError,
   IdempotencyConfig,
@@ -10,11 +11,8 @@ import {
 } from "@aws-lambda-powertools/idempotency";
 import { DynamoDBPersistenceLayer } from "@aws-lambda-powertools/idempotency/dynamodb";
 import type { BasePersistenceLayer } from "@aws-lambda-powertools/idempotency/persistence";
-import { Logger } from "@aws-lambda-powertools/logger";
 import middy from "@middy/core";
-import { makeAwsClients } from "../lib/aws/clients.ts";
-import { queueUrlFromTemplate, SqsCommandQueue } from "../lib/aws/command-queue.ts";
-import { DynamoRoutersStore } from "../lib/aws/routers-store.ts";
+import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { type Config, FIELD_LIMITS, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import {
@@ -47,7 +45,6 @@ import {
   securityHeaders,
   stateOf,
 } from "../lib/http/middlewares.ts";
-import { systemClock } from "../lib/ports.ts";
 import { buildSchemas, parseNotificationBody, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
 import { uuid } from "../lib/schemas/primitives.ts";
 
@@ -194,17 +191,13 @@ export function makeHandler(deps: HttpDeps) {
 
 /** Production wiring from the environment (lib/config.ts); called on first invocation, never at import. */
 export function defaultDeps(config: Config = loadConfig()): HttpDeps {
-  const clients = makeAwsClients(config);
-  const logger = appLogger(
-    new Logger({ serviceName: "cth-http", logLevel: config.logLevel.toUpperCase() as "INFO" }),
-  );
+  const { clients, store, queue, clock } = productionPorts(config);
+  const logger = appLogger(functionLogger("cth-http", config));
   return {
     domain: {
-      store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
-      queue: new SqsCommandQueue(clients.sqs, (host) =>
-        queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
-      ),
-      clock: systemClock,
+      store,
+      queue,
+      clock,
       limits: config.limits,
       log: logger,
     },

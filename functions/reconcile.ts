@@ -3,16 +3,14 @@
  * (`applied_revision < revision`) or has not reported within the staleness bound. Level-triggered
  * snapshots make a re-send harmless, so this heals lost messages without knowing which one was lost.
  */
-import { Logger } from "@aws-lambda-powertools/logger";
+
+import type { Logger } from "@aws-lambda-powertools/logger";
 import middy from "@middy/core";
 import type { Context, ScheduledEvent } from "aws-lambda";
-import { makeAwsClients } from "../lib/aws/clients.ts";
-import { queueUrlFromTemplate, SqsCommandQueue } from "../lib/aws/command-queue.ts";
-import { DynamoRoutersStore } from "../lib/aws/routers-store.ts";
+import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { loadConfig } from "../lib/config.ts";
 import { type ReconcileSummary, type ReportDeps, reconcile } from "../lib/domain/reports.ts";
 import { ServiceUnavailableError } from "../lib/errors.ts";
-import { systemClock } from "../lib/ports.ts";
 
 export interface ReconcileDeps extends ReportDeps {
   readonly staleAfterSeconds: number;
@@ -39,15 +37,13 @@ let production: ReturnType<typeof makeHandler> | undefined;
 export const handler = (event: ScheduledEvent, context: Context): Promise<ReconcileSummary> => {
   if (!production) {
     const config = loadConfig();
-    const clients = makeAwsClients(config);
+    const { store, queue, clock } = productionPorts(config);
     production = makeHandler({
-      store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
-      queue: new SqsCommandQueue(clients.sqs, (host) =>
-        queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
-      ),
-      clock: systemClock,
+      store,
+      queue,
+      clock,
       staleAfterSeconds: config.reconcileStaleSeconds,
-      logger: new Logger({ serviceName: "cth-reconcile", logLevel: config.logLevel.toUpperCase() as "INFO" }),
+      logger: functionLogger("cth-reconcile", config),
     });
   }
   return production(event, context);

@@ -4,16 +4,14 @@
  * records that hit a transient fault are returned for retry; invalid records are logged, counted and
  * dropped here (retrying them can never make them valid).
  */
+
 import { BatchProcessor, EventType, processPartialResponse } from "@aws-lambda-powertools/batch";
-import { Logger } from "@aws-lambda-powertools/logger";
+import type { Logger } from "@aws-lambda-powertools/logger";
 import middy from "@middy/core";
 import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from "aws-lambda";
-import { makeAwsClients } from "../lib/aws/clients.ts";
-import { queueUrlFromTemplate, SqsCommandQueue } from "../lib/aws/command-queue.ts";
-import { DynamoRoutersStore } from "../lib/aws/routers-store.ts";
+import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { loadConfig } from "../lib/config.ts";
 import { type ReportDeps, recordAppliedReport, resyncHost } from "../lib/domain/reports.ts";
-import { systemClock } from "../lib/ports.ts";
 import { buildSchemas, type Schemas, toFieldIssues } from "../lib/schemas/index.ts";
 
 export interface StatusDeps extends ReportDeps {
@@ -73,15 +71,13 @@ let production: ReturnType<typeof makeHandler> | undefined;
 export const handler = (event: SQSEvent, context: Context): Promise<SQSBatchResponse> => {
   if (!production) {
     const config = loadConfig();
-    const clients = makeAwsClients(config);
+    const { store, queue, clock } = productionPorts(config);
     production = makeHandler({
-      store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
-      queue: new SqsCommandQueue(clients.sqs, (host) =>
-        queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
-      ),
-      clock: systemClock,
+      store,
+      queue,
+      clock,
       schemas: buildSchemas(config.limits, config.catalog),
-      logger: new Logger({ serviceName: "cth-status", logLevel: config.logLevel.toUpperCase() as "INFO" }),
+      logger: functionLogger("cth-status", config),
     });
   }
   return production(event, context);
