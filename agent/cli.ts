@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import { pino } from "pino";
 import { SqsStatusSink } from "../lib/aws/sqs-status-sink.ts";
+import type { Family } from "../lib/catalog.ts";
 import { loadCatalog, loadLimits } from "../lib/config.ts";
 import { primitives } from "../lib/schemas/index.ts";
 import { assertNamespaceName, ExecIptables, type IptablesPort } from "./iptables.ts";
@@ -73,6 +74,12 @@ const FLAGS = {
     env: "CTH_AGENT_CREATE_NAMESPACES",
     type: "boolean",
     help: "create a missing router namespace (local stack); remove it again on an empty snapshot",
+  },
+  families: {
+    env: "CTH_AGENT_FAMILIES",
+    type: "string",
+    default: "ipv4,ipv6",
+    help: "address families to manage (ipv4 only on hosts without IPv6 netfilter)",
   },
   backend: {
     env: "CTH_AGENT_BACKEND",
@@ -156,6 +163,16 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
   if (backend !== "iptables" && backend !== "dry-run")
     throw new Error("--backend must be iptables or dry-run");
   const metricsRaw = str("metrics-port");
+  const families = [
+    ...new Set(
+      str("families")!
+        .split(",")
+        .map((f) => f.trim()),
+    ),
+  ];
+  if (families.length === 0 || !families.every((f): f is Family => f === "ipv4" || f === "ipv6")) {
+    throw new Error("--families must be ipv4, ipv6 or ipv4,ipv6");
+  }
   return {
     help: false as const,
     node,
@@ -171,6 +188,7 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     driftIntervalSeconds: num("drift-interval", 1),
     namespacePattern,
     createNamespaces: bool("create-namespaces"),
+    families: families as Family[],
     backend,
     probe: !bool("no-probe") && backend === "iptables",
     waitSeconds: num("wait-seconds", 0),
@@ -231,6 +249,7 @@ async function main(): Promise<void> {
     stateDir: options.stateDir,
     namespacePattern: options.namespacePattern,
     createNamespaces: options.createNamespaces,
+    families: options.families,
     probe: options.probe,
     driftIntervalSeconds: options.driftIntervalSeconds,
     metricsPort: options.metricsPort,

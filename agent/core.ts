@@ -56,6 +56,8 @@ export interface AgentCoreOptions {
   /** `{router_id}` is replaced by the router's (schema-validated) UUID. */
   readonly namespacePattern: string;
   readonly createNamespaces?: boolean;
+  /** Address families this node manages (default both); a host without IPv6 netfilter runs with ipv4 only. */
+  readonly families?: readonly Family[];
   /** Helpers the kernel lacks, per family (start-up probe); grows when a restore error names one. */
   readonly unavailable?: Record<Family, Set<string>>;
 }
@@ -86,6 +88,7 @@ export function coalesce<T>(
 
 export class AgentCore {
   readonly unavailable: Record<Family, Set<string>>;
+  private readonly families: readonly Family[];
   private lock: Promise<unknown> = Promise.resolve();
   private drifting = false;
   /** Our lines as last read back, per namespace and family (see convergeFamily). */
@@ -93,6 +96,7 @@ export class AgentCore {
 
   constructor(private readonly options: AgentCoreOptions) {
     this.unavailable = options.unavailable ?? { ipv4: new Set(), ipv6: new Set() };
+    this.families = options.families ?? FAMILIES;
   }
 
   namespaceFor(routerId: string): string {
@@ -256,6 +260,7 @@ export class AgentCore {
     family: Family,
     helpers: readonly HelperRule[],
   ): Promise<FamilyResult> {
+    if (!this.families.includes(family)) return { changed: false, rules: 0, errors: [] };
     const { iptables, catalog, logger, metrics } = this.options;
     const unavailable = this.unavailable[family];
     const key = `${ns}\n${family}`;
@@ -317,7 +322,7 @@ export class AgentCore {
   private async report(routerId: string, revision: number, helpers: readonly HelperRule[]): Promise<void> {
     const rules = { ipv4: 0, ipv6: 0 };
     const errors: ApplyError[] = [];
-    for (const family of FAMILIES) {
+    for (const family of this.families) {
       const plan = planFamily(helpers, family, this.options.catalog, {
         unavailable: this.unavailable[family],
       });
@@ -386,7 +391,7 @@ export class AgentCore {
   }
 
   private async inPlace(ns: string, helpers: readonly HelperRule[]): Promise<boolean> {
-    const checks = FAMILIES.map(async (family) => {
+    const checks = this.families.map(async (family) => {
       const plan = planFamily(helpers, family, this.options.catalog, {
         unavailable: this.unavailable[family],
       });

@@ -29,6 +29,8 @@ export interface AgentDeps {
   readonly stateDir: string;
   readonly namespacePattern: string;
   readonly createNamespaces?: boolean;
+  /** Address families to manage (default ipv4 and ipv6). */
+  readonly families?: readonly Family[];
   /** Probe the kernel's helpers in a scratch namespace at start (real backend). */
   readonly probe?: boolean;
   readonly driftIntervalSeconds: number;
@@ -55,7 +57,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
   );
   let unavailable: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
   if (deps.probe) {
-    unavailable = await probeHelpers(deps.iptables, deps.catalog);
+    unavailable = await probeHelpers(deps.iptables, deps.catalog, undefined, deps.families);
     logger.info(
       { lacking: { ipv4: [...unavailable.ipv4], ipv6: [...unavailable.ipv6] } },
       "kernel helper probe done",
@@ -75,6 +77,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
     namespacePattern: deps.namespacePattern,
     createNamespaces: deps.createNamespaces ?? false,
     unavailable,
+    ...(deps.families ? { families: deps.families } : {}),
   });
   const poller = new QueuePoller({
     sqs: deps.sqs,

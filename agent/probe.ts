@@ -36,12 +36,13 @@ export async function probeHelpers(
   iptables: IptablesPort,
   catalog: HelperCatalog,
   scratchNs = `cth-probe-${process.pid}-${randomUUID().slice(0, 8)}`,
+  families: readonly Family[] = FAMILIES,
 ): Promise<Record<Family, Set<string>>> {
   const lacking: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
   await removeStaleProbes(iptables);
   await iptables.createNamespace(scratchNs);
   try {
-    for (const family of FAMILIES) {
+    for (const family of families) {
       const candidates: HelperRule[] = [];
       let port = 1;
       for (const name of catalog.names()) {
@@ -59,7 +60,13 @@ export async function probeHelpers(
           break;
         } catch (error) {
           const hit = error instanceof RestoreError ? helperAtLine(text, error.stderr) : undefined;
-          if (!hit || !(error instanceof RestoreError) || !isMissingHelperError(error.stderr)) throw error;
+          if (!hit || !(error instanceof RestoreError) || !isMissingHelperError(error.stderr)) {
+            throw new Error(
+              `${family} netfilter is not usable here (${error instanceof Error ? error.message : String(error)});` +
+                (family === "ipv6" ? " run the agent with --families ipv4 on hosts without IPv6" : ""),
+              { cause: error },
+            );
+          }
           lacking[family].add(hit.helper);
         }
       }

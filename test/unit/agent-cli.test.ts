@@ -41,6 +41,7 @@ describe("agent CLI options", () => {
       createNamespaces: false,
       backend: "iptables",
       probe: true,
+      families: ["ipv4", "ipv6"],
       waitSeconds: 20,
       visibilitySeconds: 30,
     });
@@ -60,6 +61,7 @@ describe("agent CLI options", () => {
       CTH_AGENT_NAMESPACE_PATTERN: "ns-{router_id}",
       CTH_AGENT_CREATE_NAMESPACES: "true",
       CTH_AGENT_BACKEND: "dry-run",
+      CTH_AGENT_FAMILIES: "ipv4",
     };
     expect(resolveOptions([], env)).toMatchObject({
       node: "env-node",
@@ -74,6 +76,7 @@ describe("agent CLI options", () => {
       namespacePattern: "ns-{router_id}",
       createNamespaces: true,
       backend: "dry-run",
+      families: ["ipv4"],
       // The dry-run backend has no kernel to probe.
       probe: false,
     });
@@ -94,6 +97,7 @@ describe("agent CLI options", () => {
       /unsafe/,
     );
     expect(() => resolveOptions([...required, "--backend", "nft"], {})).toThrow(/backend/);
+    expect(() => resolveOptions([...required, "--families", "ipv4,arp"], {})).toThrow(/families/);
     expect(() => resolveOptions([...required, "--drift-interval", "0"], {})).toThrow(/drift-interval/);
     expect(() => resolveOptions([...required, "--metrics-port", "x"], {})).toThrow(/metrics-port/);
     expect(() => resolveOptions(["--node", "bad name", "--queue-url", "u"], {})).toThrow();

@@ -321,6 +321,38 @@ describe("agent core (in-memory iptables model)", () => {
     expect(await owned(ns, "ipv4")).toEqual(expectedOwnedLines(next));
   });
 
+  it("--families ipv4 on a host without IPv6 netfilter: ip6tables is never touched; the probe says why it fails", async () => {
+    class NoIpv6 extends MemoryIptables {
+      override async save(name: string, family: Family): Promise<string> {
+        if (family === "ipv6") throw new Error("ip6tables-save: can't initialize ip6tables table `raw'");
+        return super.save(name, family);
+      }
+      override async restore(name: string, family: Family, text: string): Promise<void> {
+        if (family === "ipv6")
+          throw new RestoreError(family, "ip6tables-restore: unable to initialize table 'raw'");
+        await super.restore(name, family, text);
+      }
+    }
+    iptables = new NoIpv6();
+    await iptables.createNamespace(ns);
+    const ftp = helper("ftp", "tcp", 21);
+    const everything = makeCore();
+    await expect(everything.apply(snapshot(routerId, 1, [ftp]))).rejects.toBeInstanceOf(ApplyFailedError);
+    const v4only = makeCore({ families: ["ipv4"] });
+    expect(await v4only.apply(snapshot(routerId, 2, [ftp]))).toMatchObject({
+      kind: "applied",
+      rules: { ipv4: 1, ipv6: 0 },
+      errors: [],
+    });
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([ftp.id]);
+    await expect(probeHelpers(iptables, catalog, "cth-probe-unit6")).rejects.toThrow(/--families ipv4/);
+    expect(await iptables.namespaceExists("cth-probe-unit6")).toBe(false);
+    expect(await probeHelpers(iptables, catalog, "cth-probe-unit4", ["ipv4"])).toEqual({
+      ipv4: new Set(),
+      ipv6: new Set(),
+    });
+  });
+
   it("a corrupt state file is reported and replaced by an empty state", async () => {
     await writeFile(join(dir, `agent-${NODE}.json`), "{not json");
     const seen: unknown[] = [];
