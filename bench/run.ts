@@ -5,7 +5,7 @@
  * (CTH_SHARED_DIR or --shared to override).
  */
 
-import { readFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { type ApplyRow, benchAgentApply } from "./agent-apply.ts";
@@ -107,7 +107,7 @@ function handlerGoals(rows: readonly HandlerRow[]): Goal[] {
   return rows.map((row) => {
     const ratio = row.floorPerSecond / row.perSecond;
     return {
-      name: `handler CPU path: ${row.helpers}-helper notification (${row.requests} requests, ${row.bodyBytes} B body)`,
+      name: `handler CPU path (${row.stores === "memory" ? "test/support/memory.ts stores" : "no-copy stores"}): ${row.helpers}-helper notification (${row.requests} requests, ${row.bodyBytes} B body)`,
       measured: `${fmt(row.perSecond, "/s")}, p50 ${fmt(row.p50Ms, " ms")}, p99 ${fmt(row.p99Ms, " ms")}`,
       baseline: `JSON.parse+zod ${fmt(row.floorPerSecond, "/s")}, p50 ${fmt(row.floorP50Ms, " ms")}, p99 ${fmt(row.floorP99Ms, " ms")}`,
       ratio: `${fmt(ratio, "x floor")} (time per request)`,
@@ -217,6 +217,9 @@ async function main(): Promise<void> {
     goals.push(...e2eGoals(e2e));
   }
   result.goals = goals;
+  // The last run is kept for RESULTS.md (bench/out is ignored by git).
+  mkdirSync(resolve(ROOT, "bench/out"), { recursive: true });
+  writeFileSync(resolve(ROOT, "bench/out/last.json"), `${JSON.stringify(result, null, 2)}\n`);
   if (flags.json) console.log(JSON.stringify(result));
   else {
     console.log("");

@@ -65,7 +65,7 @@ export async function startStackChild(
   const output: string[] = [];
   const keep = (line: string) => {
     output.push(line);
-    if (output.length > 2_000) output.shift();
+    if (output.length > 20_000) output.shift();
   };
   createInterface({ input: child.stderr! }).on("line", keep);
   const exited = new Promise<void>((resolveExit) => child.once("exit", () => resolveExit()));
