@@ -45,8 +45,8 @@ export class MemoryIptables implements IptablesPort {
     return this.namespaces.has(ns);
   }
 
-  async listNamespaces(): Promise<string[]> {
-    return [...this.namespaces.keys()];
+  async probeRestore(family: Family, text: string): Promise<void> {
+    this.interpret(emptyTable(), family, text);
   }
 
   async createNamespace(ns: string): Promise<void> {

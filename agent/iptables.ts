@@ -4,13 +4,16 @@
  * iptables-restore on stdin, so nothing from a message is ever parsed by a shell.
  */
 import { execFile } from "node:child_process";
-import { readdir, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import type { Family } from "../lib/catalog.ts";
 
 export interface IptablesPort {
   namespaceExists(ns: string): Promise<boolean>;
-  /** Names of the existing namespaces (`ip netns list`). */
-  listNamespaces(): Promise<string[]>;
+  /**
+   * iptables-restore of `text` in a throwaway network namespace (`unshare --net`): nothing persists, nothing
+   * can leak. Throws RestoreError like restore. The start-up probe uses it.
+   */
+  probeRestore(family: Family, text: string): Promise<void>;
   /** Creates the namespace unless it exists. */
   createNamespace(ns: string): Promise<void>;
   /** Deletes the namespace if it exists. */
@@ -107,11 +110,15 @@ export class ExecIptables implements IptablesPort {
     }
   }
 
-  async listNamespaces(): Promise<string[]> {
+  async probeRestore(family: Family, text: string): Promise<void> {
+    const tool = family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
     try {
-      return (await readdir(this.netnsDir)).filter((name) => NS_RE.test(name));
-    } catch {
-      return [];
+      await run("unshare", ["--net", tool, "--noflush", "--wait"], text, this.timeoutMs);
+    } catch (error) {
+      throw new RestoreError(
+        family,
+        error instanceof ExecError ? error.stderr || error.message : String(error),
+      );
     }
   }
 

@@ -31,7 +31,7 @@ export interface AgentDeps {
   readonly createNamespaces?: boolean;
   /** Address families to manage (default ipv4 and ipv6). */
   readonly families?: readonly Family[];
-  /** Probe the kernel's helpers in a scratch namespace at start (real backend). */
+  /** Probe the kernel's helpers in a throwaway namespace at start (real backend). */
   readonly probe?: boolean;
   readonly driftIntervalSeconds: number;
   /** undefined: no metrics endpoint; 0: any free port. */
@@ -57,7 +57,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
   );
   let unavailable: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
   if (deps.probe) {
-    unavailable = await probeHelpers(deps.iptables, deps.catalog, undefined, deps.families);
+    unavailable = await probeHelpers(deps.iptables, deps.catalog, deps.families);
     logger.info(
       { lacking: { ipv4: [...unavailable.ipv4], ipv6: [...unavailable.ipv6] } },
       "kernel helper probe done",

@@ -8,7 +8,7 @@ import { AgentCore, ApplyFailedError, coalesce } from "../../agent/core.ts";
 import { RestoreError } from "../../agent/iptables.ts";
 import { MemoryIptables } from "../../agent/iptables-memory.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
-import { probeHelpers, removeStaleProbes } from "../../agent/probe.ts";
+import { probeHelpers } from "../../agent/probe.ts";
 import { StateStore } from "../../agent/state.ts";
 import type { Family } from "../../lib/catalog.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
@@ -200,22 +200,15 @@ describe("agent core (in-memory iptables model)", () => {
     expect(sink.sent.at(-1)).toMatchObject({ errors: [expect.objectContaining({ helper_id: snmp.id })] });
   });
 
-  it("the start-up probe finds what the kernel lacks and removes its scratch namespace", async () => {
+  it("the start-up probe finds what the kernel lacks and touches no namespace", async () => {
     iptables.lacking.ipv4.add("pptp");
     iptables.lacking.ipv6.add("sip");
-    const lacking = await probeHelpers(iptables, catalog, "cth-probe-unit");
+    const before = await iptables.save(ns, "ipv4");
+    const lacking = await probeHelpers(iptables, catalog);
     expect([...lacking.ipv4]).toEqual(["pptp"]);
     expect([...lacking.ipv6]).toEqual(["sip"]);
-    expect(await iptables.namespaceExists("cth-probe-unit")).toBe(false);
-  });
-
-  it("removes scratch namespaces of probes whose agent died, and only those", async () => {
-    const dead = "cth-probe-999999999-0123abcd";
-    const live = `cth-probe-${process.pid}-0123abcd`;
-    for (const name of [dead, live, "cth-probe-x"]) await iptables.createNamespace(name);
-    expect(await removeStaleProbes(iptables)).toEqual([dead]);
-    expect(await iptables.listNamespaces()).toEqual(expect.arrayContaining([live, "cth-probe-x", ns]));
-    expect(await iptables.namespaceExists(dead)).toBe(false);
+    expect(ownedLines(await iptables.save(ns, "ipv4"))).toEqual(ownedLines(before));
+    expect(iptables.restores.size).toBe(0);
   });
 
   it("a read-back that differs from the rendered rules fails the apply and records nothing", async () => {
@@ -332,6 +325,11 @@ describe("agent core (in-memory iptables model)", () => {
           throw new RestoreError(family, "ip6tables-restore: unable to initialize table 'raw'");
         await super.restore(name, family, text);
       }
+      override async probeRestore(family: Family, text: string): Promise<void> {
+        if (family === "ipv6")
+          throw new RestoreError(family, "ip6tables-restore: unable to initialize table 'raw'");
+        await super.probeRestore(family, text);
+      }
     }
     iptables = new NoIpv6();
     await iptables.createNamespace(ns);
@@ -345,9 +343,8 @@ describe("agent core (in-memory iptables model)", () => {
       errors: [],
     });
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([ftp.id]);
-    await expect(probeHelpers(iptables, catalog, "cth-probe-unit6")).rejects.toThrow(/--families ipv4/);
-    expect(await iptables.namespaceExists("cth-probe-unit6")).toBe(false);
-    expect(await probeHelpers(iptables, catalog, "cth-probe-unit4", ["ipv4"])).toEqual({
+    await expect(probeHelpers(iptables, catalog)).rejects.toThrow(/--families ipv4/);
+    expect(await probeHelpers(iptables, catalog, ["ipv4"])).toEqual({
       ipv4: new Set(),
       ipv6: new Set(),
     });
