@@ -16,6 +16,7 @@ import { StateStore } from "../agent/state.ts";
 import { HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
 import type { StatusSink } from "../lib/ports.ts";
+import { FAMILIES, planFamily, renderRestore } from "../lib/render.ts";
 import { buildSchemas, type HelperRule } from "../lib/schemas/index.ts";
 import { median, run } from "./stats.ts";
 
@@ -26,6 +27,8 @@ export interface ApplyRow {
   /** Median seconds, ours. */
   readonly oursSeconds: number;
   readonly floorSeconds: number | undefined;
+  /** Our rendered text alone through one restore per family (no read before, no read back): median. */
+  readonly restoreOnlySeconds?: number | undefined;
   readonly neutronSeconds: number | undefined;
   readonly rulesV4: number;
   readonly rulesV6: number;
@@ -144,6 +147,22 @@ export async function benchAgentApply(options: ApplyOptions): Promise<ApplyRow[]
         ours.push(seconds);
         await iptables.deleteNamespace(ns);
       }
+      // The same snapshot's rendered text through one restore per family, nothing else: what the agent's
+      // read-before and read-back cost on top of writing.
+      const restoreOnly: number[] = [];
+      for (let rep = 0; rep < reps; rep++) {
+        const ns = `cthb-${process.pid}-${n}-r${rep}`;
+        await iptables.createNamespace(ns);
+        namespaces.push(ns);
+        const list = helpers(n);
+        const texts = FAMILIES.map(
+          (family) => [family, renderRestore(planFamily(list, family, catalog).rules, "")] as const,
+        );
+        const started = performance.now();
+        for (const [family, text] of texts) if (text) await iptables.restore(ns, family, text);
+        restoreOnly.push((performance.now() - started) / 1000);
+        await iptables.deleteNamespace(ns);
+      }
       const floors: number[] = [];
       for (let rep = 0; rep < reps; rep++) floors.push(await floor(options.sharedDir, n));
       let neutronSeconds: number | undefined;
@@ -162,6 +181,7 @@ export async function benchAgentApply(options: ApplyOptions): Promise<ApplyRow[]
         reps,
         oursSeconds: median(ours),
         floorSeconds: median(floors),
+        restoreOnlySeconds: median(restoreOnly),
         neutronSeconds,
         rulesV4: rules.ipv4,
         rulesV6: rules.ipv6,

@@ -61,8 +61,21 @@ export async function benchColdStart(options: { root: string; reps: number }): P
   mkdirSync(out, { recursive: true });
   const bare = join(out, "bare-handler.ts");
   writeFileSync(bare, "export const handler = async () => ({ statusCode: 200, body: '' });\n");
+  // The SDK clients the functions import, alone: how much of an import is the runtime's SDK, not our code.
+  const sdk = join(out, "sdk-only-handler.ts");
+  writeFileSync(
+    sdk,
+    [
+      'import { DynamoDBClient } from "@aws-sdk/client-dynamodb";',
+      'import { SQSClient } from "@aws-sdk/client-sqs";',
+      'import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";',
+      "export const handler = async () => [DynamoDBClient, SQSClient, DynamoDBDocumentClient].length;",
+      "",
+    ].join("\n"),
+  );
   const entries = [
     { name: "(bare handler)", entry: bare },
+    { name: "(SDK clients only)", entry: sdk },
     ...readdirSync(resolve(options.root, "functions"))
       .filter((file) => file.endsWith(".ts"))
       .sort()
