@@ -18,7 +18,14 @@ function has(command: string, args: string[] = ["--version"]): boolean {
 
 export function kernelMissing(): string | undefined {
   if (process.getuid?.() !== 0) return "needs root";
-  for (const tool of ["ip", "iptables-restore", "ip6tables-restore", "iptables-save", "conntrack"]) {
+  for (const tool of [
+    "ip",
+    "iptables-restore",
+    "ip6tables-restore",
+    "iptables-save",
+    "conntrack",
+    "unshare",
+  ]) {
     if (!has(tool, tool === "ip" ? ["-V"] : ["--version"])) return `needs ${tool}`;
   }
   return undefined;
