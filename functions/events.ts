@@ -9,14 +9,14 @@ import middy, { type MiddlewareObj } from "@middy/core";
 import type { Context } from "aws-lambda";
 import * as z from "zod";
 import { type ParkSink, sqsParkSink } from "../lib/aws/park-sink.ts";
-import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { type Config, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import { type DomainDeps, deleteRouter, submitNotification, upsertRouter } from "../lib/domain/services.ts";
 import { isAppError, NotFoundError } from "../lib/errors.ts";
 import { correlationIdFrom } from "../lib/http/api-event.ts";
-import { type AppLogger, appLogger } from "../lib/http/middlewares.ts";
-import { buildSchemas, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
+import type { AppLogger } from "../lib/http/middlewares.ts";
+import { domainWiring, lazyHandler } from "../lib/production.ts";
+import { parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
 
 export const EVENT_SOURCE = "conntrack.helpers";
 export const DETAIL_TYPES = ["Conntrack Helper Notification", "Router Upserted", "Router Deleted"] as const;
@@ -165,26 +165,12 @@ export function emfMetrics(
 
 /** Production wiring from the environment (lib/config.ts); built on first invocation, never at import. */
 export function defaultDeps(config: Config = loadConfig()): EventsDeps {
-  const { clients, store, queue, clock } = productionPorts(config);
-  const logger = appLogger(functionLogger("cth-events", config));
+  const { clients, ...wiring } = domainWiring("cth-events", config);
   return {
-    domain: {
-      store,
-      queue,
-      clock,
-      limits: config.limits,
-      log: logger,
-    },
-    schemas: buildSchemas(config.limits, config.catalog),
-    logger,
+    ...wiring,
     metrics: emfMetrics(),
     ...(config.eventsParkQueueUrl ? { park: sqsParkSink(clients.sqs, config.eventsParkQueueUrl) } : {}),
   };
 }
 
-let production: ReturnType<typeof makeHandler> | undefined;
-
-export const handler = async (event: unknown, context: Context): Promise<EventOutcome> => {
-  production ??= makeHandler(defaultDeps());
-  return production(event, context);
-};
+export const handler = lazyHandler(() => makeHandler(defaultDeps()));

@@ -12,7 +12,6 @@ import {
 import { DynamoDBPersistenceLayer } from "@aws-lambda-powertools/idempotency/dynamodb";
 import type { BasePersistenceLayer } from "@aws-lambda-powertools/idempotency/persistence";
 import middy from "@middy/core";
-import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { type Config, FIELD_LIMITS, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import {
@@ -34,7 +33,6 @@ import {
 import type { ApiGatewayEvent, ApiGatewayResult } from "../lib/http/api-event.ts";
 import {
   type AppLogger,
-  appLogger,
   bodyLimit,
   errorResponses,
   type HttpContext,
@@ -45,7 +43,8 @@ import {
   securityHeaders,
   stateOf,
 } from "../lib/http/middlewares.ts";
-import { buildSchemas, parseNotificationBody, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
+import { domainWiring, lazyHandler } from "../lib/production.ts";
+import { parseNotificationBody, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
 import { uuid } from "../lib/schemas/primitives.ts";
 
 export interface HttpDeps {
@@ -191,18 +190,9 @@ export function makeHandler(deps: HttpDeps) {
 
 /** Production wiring from the environment (lib/config.ts); called on first invocation, never at import. */
 export function defaultDeps(config: Config = loadConfig()): HttpDeps {
-  const { clients, store, queue, clock } = productionPorts(config);
-  const logger = appLogger(functionLogger("cth-http", config));
+  const { clients, ...wiring } = domainWiring("cth-http", config);
   return {
-    domain: {
-      store,
-      queue,
-      clock,
-      limits: config.limits,
-      log: logger,
-    },
-    schemas: buildSchemas(config.limits, config.catalog),
-    logger,
+    ...wiring,
     idempotency: new DynamoDBPersistenceLayer({
       tableName: config.idempotencyTable,
       awsSdkV3Client: clients.dynamoRaw,
@@ -210,9 +200,4 @@ export function defaultDeps(config: Config = loadConfig()): HttpDeps {
   };
 }
 
-let production: ReturnType<typeof makeHandler> | undefined;
-
-export const handler = async (event: ApiGatewayEvent, context: HttpContext): Promise<ApiGatewayResult> => {
-  production ??= makeHandler(defaultDeps());
-  return production(event, context);
-};
+export const handler = lazyHandler(() => makeHandler(defaultDeps()));

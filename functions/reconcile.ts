@@ -7,10 +7,10 @@
 import type { Logger } from "@aws-lambda-powertools/logger";
 import middy from "@middy/core";
 import type { Context, ScheduledEvent } from "aws-lambda";
-import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { loadConfig } from "../lib/config.ts";
 import { type ReconcileSummary, type ReportDeps, reconcile } from "../lib/domain/reports.ts";
 import { ServiceUnavailableError } from "../lib/errors.ts";
+import { functionLogger, lazyHandler, productionPorts } from "../lib/production.ts";
 
 export interface ReconcileDeps extends ReportDeps {
   readonly staleAfterSeconds: number;
@@ -32,19 +32,14 @@ export function makeHandler(deps: ReconcileDeps) {
   });
 }
 
-let production: ReturnType<typeof makeHandler> | undefined;
-
-export const handler = (event: ScheduledEvent, context: Context): Promise<ReconcileSummary> => {
-  if (!production) {
-    const config = loadConfig();
-    const { store, queue, clock } = productionPorts(config);
-    production = makeHandler({
-      store,
-      queue,
-      clock,
-      staleAfterSeconds: config.reconcileStaleSeconds,
-      logger: functionLogger("cth-reconcile", config),
-    });
-  }
-  return production(event, context);
-};
+export const handler = lazyHandler(() => {
+  const config = loadConfig();
+  const { store, queue, clock } = productionPorts(config);
+  return makeHandler({
+    store,
+    queue,
+    clock,
+    staleAfterSeconds: config.reconcileStaleSeconds,
+    logger: functionLogger("cth-reconcile", config),
+  });
+});

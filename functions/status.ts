@@ -9,9 +9,9 @@ import { BatchProcessor, EventType, processPartialResponse } from "@aws-lambda-p
 import type { Logger } from "@aws-lambda-powertools/logger";
 import middy from "@middy/core";
 import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from "aws-lambda";
-import { functionLogger, productionPorts } from "../lib/aws/production.ts";
 import { loadConfig } from "../lib/config.ts";
 import { type ReportDeps, recordAppliedReport, resyncHost } from "../lib/domain/reports.ts";
+import { functionLogger, lazyHandler, productionPorts } from "../lib/production.ts";
 import { buildSchemas, type Schemas, toFieldIssues } from "../lib/schemas/index.ts";
 
 export interface StatusDeps extends ReportDeps {
@@ -65,20 +65,15 @@ export function makeHandler(deps: StatusDeps) {
   );
 }
 
-let production: ReturnType<typeof makeHandler> | undefined;
-
 /** Production wiring, built on first invocation (nothing reads the environment at import time). */
-export const handler = (event: SQSEvent, context: Context): Promise<SQSBatchResponse> => {
-  if (!production) {
-    const config = loadConfig();
-    const { store, queue, clock } = productionPorts(config);
-    production = makeHandler({
-      store,
-      queue,
-      clock,
-      schemas: buildSchemas(config.limits, config.catalog),
-      logger: functionLogger("cth-status", config),
-    });
-  }
-  return production(event, context);
-};
+export const handler = lazyHandler(() => {
+  const config = loadConfig();
+  const { store, queue, clock } = productionPorts(config);
+  return makeHandler({
+    store,
+    queue,
+    clock,
+    schemas: buildSchemas(config.limits, config.catalog),
+    logger: functionLogger("cth-status", config),
+  });
+});

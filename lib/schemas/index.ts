@@ -58,16 +58,17 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     return { ...value, helper: canonical };
   };
 
-  const helperChange = z
-    .strictObject({
-      id: uuid,
-      router_id: uuid,
-      protocol,
-      port,
-      helper: helperName,
-      project_id: projectId.optional(),
-    })
-    .transform(withCatalog);
+  /** The fields of a helper change, natively and inside Neutron's `versioned_object.data`. */
+  const helperChangeFields = z.strictObject({
+    id: uuid,
+    router_id: uuid,
+    protocol,
+    port,
+    helper: helperName,
+    project_id: projectId.optional(),
+  });
+
+  const helperChange = helperChangeFields.transform(withCatalog);
 
   const helperList = z.array(helperChange).min(1).max(limits.maxHelpersPerNotification);
 
@@ -84,14 +85,7 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
       .string()
       .max(16)
       .regex(/^\d+\.\d+$/),
-    "versioned_object.data": z.strictObject({
-      id: uuid,
-      router_id: uuid,
-      protocol,
-      port,
-      helper: helperName,
-      project_id: projectId.optional(),
-    }),
+    "versioned_object.data": helperChangeFields,
     "versioned_object.changes": z.array(z.string().max(32)).max(16).optional(),
   });
 

@@ -148,16 +148,16 @@ describe("status consumer", () => {
   });
 });
 
-describe("reconciler", () => {
-  const reconcileAt = (iso: string) =>
-    makeReconcileHandler({
-      store: core.store,
-      queue: core.queue,
-      clock: fixedClock(iso),
-      staleAfterSeconds: 900,
-      logger: silentLogger,
-    })({ id: randomUUID() } as never, lambdaContext());
+const reconcileAt = (iso: string) =>
+  makeReconcileHandler({
+    store: core.store,
+    queue: core.queue,
+    clock: fixedClock(iso),
+    staleAfterSeconds: 900,
+    logger: silentLogger,
+  })({ id: randomUUID() } as never, lambdaContext());
 
+describe("reconciler", () => {
   it("re-sends routers that are behind and leaves fresh, in-sync routers alone", async () => {
     await core.queued("node-b");
     const behind = await core.seedRouter({
@@ -201,31 +201,17 @@ describe("reconciler and reports together", () => {
       appliedRevision: 2,
       appliedAt: "2026-11-24T04:00:00.000Z",
     });
-    const sweep = (iso: string) =>
-      makeReconcileHandler({
-        store: core.store,
-        queue: core.queue,
-        clock: fixedClock(iso),
-        staleAfterSeconds: 900,
-        logger: silentLogger,
-      })({ id: randomUUID() } as never, lambdaContext());
-    await sweep("2026-11-24T06:00:00.000Z");
+    await reconcileAt("2026-11-24T06:00:00.000Z");
     expect((await core.queued("node-a")).map((m) => m.router_id)).toContain(router.routerId);
     await runStatus(sqsEvent(applied(router.routerId, 2)));
-    await sweep("2026-11-24T06:00:10.000Z");
+    await reconcileAt("2026-11-24T06:00:10.000Z");
     expect((await core.queued("node-a")).map((m) => m.router_id)).not.toContain(router.routerId);
   });
 
   it("never re-sends a router that was registered but never given a helper", async () => {
     await core.queued("node-b");
     const empty = await core.seedRouter({ host: "node-b", revision: 0 });
-    await makeReconcileHandler({
-      store: core.store,
-      queue: core.queue,
-      clock: fixedClock("2026-11-24T06:00:00.000Z"),
-      staleAfterSeconds: 900,
-      logger: silentLogger,
-    })({ id: randomUUID() } as never, lambdaContext());
+    await reconcileAt("2026-11-24T06:00:00.000Z");
     expect((await core.queued("node-b")).map((m) => m.router_id)).not.toContain(empty.routerId);
   });
 

@@ -1,0 +1,69 @@
+/**
+ * The composition root: production adapters, loggers and domain wiring that every function shares, built
+ * from Config in one place. Functions call these on their first invocation, never at import time.
+ */
+import { Logger } from "@aws-lambda-powertools/logger";
+import { type AwsClients, makeAwsClients } from "./aws/clients.ts";
+import { queueUrlFromTemplate, SqsCommandQueue } from "./aws/command-queue.ts";
+import { DynamoRoutersStore } from "./aws/routers-store.ts";
+import type { Config } from "./config.ts";
+import type { DomainDeps } from "./domain/services.ts";
+import { type AppLogger, appLogger } from "./http/middlewares.ts";
+import { type Clock, systemClock } from "./ports.ts";
+import { buildSchemas, type Schemas } from "./schemas/index.ts";
+
+export interface ProductionPorts {
+  readonly clients: AwsClients;
+  readonly store: DynamoRoutersStore;
+  readonly queue: SqsCommandQueue;
+  readonly clock: Clock;
+}
+
+export function productionPorts(config: Config): ProductionPorts {
+  const clients = makeAwsClients(config);
+  return {
+    clients,
+    store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
+    queue: new SqsCommandQueue(clients.sqs, (host) =>
+      queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+    ),
+    clock: systemClock,
+  };
+}
+
+/** Powertools logger for one function, at the configured level. */
+export function functionLogger(serviceName: string, config: Config): Logger {
+  const level = config.logLevel.toUpperCase() as "DEBUG" | "INFO" | "WARN" | "ERROR";
+  return new Logger({ serviceName, logLevel: level });
+}
+
+export interface DomainWiring {
+  readonly clients: AwsClients;
+  readonly domain: DomainDeps;
+  readonly schemas: Schemas;
+  readonly logger: AppLogger;
+}
+
+/** What the notification-handling functions (HTTP, EventBridge) share. */
+export function domainWiring(serviceName: string, config: Config): DomainWiring {
+  const { clients, store, queue, clock } = productionPorts(config);
+  const logger = appLogger(functionLogger(serviceName, config));
+  return {
+    clients,
+    domain: { store, queue, clock, limits: config.limits, log: logger },
+    schemas: buildSchemas(config.limits, config.catalog),
+    logger,
+  };
+}
+
+/** A handler built on its first call: cold starts pay for wiring only when invoked, imports stay pure.
+ * A wiring failure (bad configuration) surfaces as the invocation's rejection. */
+export function lazyHandler<A extends unknown[], R>(
+  build: () => (...args: A) => Promise<R>,
+): (...args: A) => Promise<R> {
+  let built: ((...args: A) => Promise<R>) | undefined;
+  return async (...args: A) => {
+    built ??= build();
+    return built(...args);
+  };
+}
