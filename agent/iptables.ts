@@ -77,6 +77,9 @@ function run(file: string, args: readonly string[], input?: string, timeoutMs = 
         } else resolve({ stdout, stderr });
       },
     );
+    // A child that exits before reading its input (missing namespace) closes the pipe: EPIPE on stdin is
+    // then expected and the exit status above carries the real error.
+    child.stdin?.on("error", () => undefined);
     if (input !== undefined) child.stdin?.end(input);
   });
 }

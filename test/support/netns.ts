@@ -22,6 +22,7 @@ export function sh(file: string, args: readonly string[], input?: string): Promi
         else resolve({ stdout, stderr });
       },
     );
+    child.stdin?.on("error", () => undefined); // EPIPE when the child exits first; its status tells why
     if (input !== undefined) child.stdin?.end(input);
   });
 }
