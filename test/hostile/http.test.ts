@@ -51,6 +51,13 @@ const EXISTING = {
   helper: "ftp",
 };
 
+const NEAR_CAP = Array.from({ length: limits.maxHelpersPerRouter - 2 }, (_, i) => ({
+  id: `c0000000-0000-4000-8000-${i.toString(16).padStart(12, "0")}`,
+  protocol: "udp" as const,
+  port: 40_000 + i,
+  helper: "tftp",
+}));
+
 async function seedStore(): Promise<MemoryRoutersStore> {
   const store = new MemoryRoutersStore();
   const rows: RouterRecord[] = [
@@ -77,7 +84,8 @@ async function seedStore(): Promise<MemoryRoutersStore> {
       projectId: PROJECT_A,
       host: "node-b",
       revision: 7,
-      helpers: [],
+      // Two below the per-router cap: creates of one or two fit, three or more must be refused whole.
+      helpers: NEAR_CAP,
       appliedRevision: 5,
       updatedAt: "2026-11-24T00:00:00.000Z",
     },
