@@ -18,6 +18,9 @@ export interface EndToEndResult {
   /** How long one iptables-save poll takes (the measurement's resolution). */
   readonly pollP50Ms: number;
   readonly throughputPerSecond: number;
+  /** The same path with one client alone (20 notifications), measured first in the same stack. */
+  readonly aloneP50Ms: number;
+  readonly aloneP99Ms: number;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -38,6 +41,8 @@ export async function benchEndToEnd(options: {
     postP50Ms: Number.NaN,
     pollP50Ms: Number.NaN,
     throughputPerSecond: Number.NaN,
+    aloneP50Ms: Number.NaN,
+    aloneP99Ms: Number.NaN,
   };
   const missing = stackMissing(options.root);
   if (missing) return { skipped: missing, ...empty };
@@ -61,52 +66,63 @@ export async function benchEndToEnd(options: {
       });
       if (put.status >= 300) throw new Error(`PUT router: ${put.status} ${JSON.stringify(put.json)}`);
     }
-    const perClient = Math.ceil(options.notifications / options.clients);
-    const latencies: number[] = [];
-    const posts: number[] = [];
-    const polls: number[] = [];
-    const started = performance.now();
-    await Promise.all(
-      routers.map(async (routerId, client) => {
-        for (let i = 0; i < perClient; i++) {
-          const helperId = randomUUID();
-          const body = {
-            event: "created",
-            conntrack_helpers: [
-              {
-                id: helperId,
-                router_id: routerId,
-                protocol: "tcp",
-                port: 2000 + client * 1000 + i,
-                helper: "ftp",
-              },
-            ],
-          };
-          const t0 = performance.now();
-          const response = await api(stack, stack.token, "POST", "/v1/notifications", body);
-          const accepted = performance.now();
-          posts.push(accepted - t0);
-          if (response.status !== 202)
-            throw new Error(`POST: ${response.status} ${JSON.stringify(response.json)}`);
-          for (;;) {
-            const p0 = performance.now();
-            const save = await run("ip", [
-              "netns",
-              "exec",
-              `qrouter-${routerId}`,
-              "iptables-save",
-              "-t",
-              "raw",
-            ]).catch(() => ({ stdout: "" }));
-            polls.push(performance.now() - p0);
-            if (save.stdout.includes(`cth:${helperId}`)) break;
-            if (performance.now() - accepted > 30_000)
-              throw new Error(`helper ${helperId} not visible after 30 s`);
-            await sleep(5);
+    /** `clients` concurrent clients, one router each, `perClient` notifications each; latency samples. */
+    const drive = async (clients: number, perClient: number, portBase: number) => {
+      const latencies: number[] = [];
+      const posts: number[] = [];
+      const polls: number[] = [];
+      await Promise.all(
+        routers.slice(0, clients).map(async (routerId, client) => {
+          for (let i = 0; i < perClient; i++) {
+            const helperId = randomUUID();
+            const body = {
+              event: "created",
+              conntrack_helpers: [
+                {
+                  id: helperId,
+                  router_id: routerId,
+                  protocol: "tcp",
+                  port: portBase + client * 100 + i,
+                  helper: "ftp",
+                },
+              ],
+            };
+            const t0 = performance.now();
+            const response = await api(stack, stack.token, "POST", "/v1/notifications", body);
+            const accepted = performance.now();
+            posts.push(accepted - t0);
+            if (response.status !== 202)
+              throw new Error(`POST: ${response.status} ${JSON.stringify(response.json)}`);
+            for (;;) {
+              const p0 = performance.now();
+              const save = await run("ip", [
+                "netns",
+                "exec",
+                `qrouter-${routerId}`,
+                "iptables-save",
+                "-t",
+                "raw",
+              ]).catch(() => ({ stdout: "" }));
+              polls.push(performance.now() - p0);
+              if (save.stdout.includes(`cth:${helperId}`)) break;
+              if (performance.now() - accepted > 30_000)
+                throw new Error(`helper ${helperId} not visible after 30 s`);
+              await sleep(5);
+            }
+            latencies.push(performance.now() - accepted);
           }
-          latencies.push(performance.now() - accepted);
-        }
-      }),
+        }),
+      );
+      return { latencies, posts, polls };
+    };
+    // Baseline in the same stack: one client alone, so nothing queues behind other routers' applies.
+    const alone = await drive(1, 20, 2000);
+    options.log(`  1 client: p50 ${summarize(alone.latencies).p50.toFixed(0)} ms`);
+    const started = performance.now();
+    const { latencies, posts, polls } = await drive(
+      options.clients,
+      Math.ceil(options.notifications / options.clients),
+      5000,
     );
     const seconds = (performance.now() - started) / 1000;
     const stats = summarize(latencies);
@@ -120,6 +136,8 @@ export async function benchEndToEnd(options: {
       postP50Ms: summarize(posts).p50,
       pollP50Ms: summarize(polls).p50,
       throughputPerSecond: latencies.length / seconds,
+      aloneP50Ms: summarize(alone.latencies).p50,
+      aloneP99Ms: summarize(alone.latencies).p99,
     };
   } finally {
     await stack.stop();
