@@ -169,9 +169,11 @@ export class AgentCore {
       }
       // The families are independent tables: converge them concurrently (each step is a process spawn).
       // Both settle before anything is decided, so no family is still being written once the lock is released.
+      // What this agent last wrote here (state file), the guess for a namespace it has not read yet.
+      const assumed = previous?.namespace === ns ? previous.helpers : [];
       const [ipv4, ipv6] = await Promise.allSettled([
-        this.convergeFamily(ns, "ipv4", helpers),
-        this.convergeFamily(ns, "ipv6", helpers),
+        this.convergeFamily(ns, "ipv4", helpers, assumed),
+        this.convergeFamily(ns, "ipv6", helpers, assumed),
       ]);
       if (ipv4.status === "rejected") throw ipv4.reason;
       if (ipv6.status === "rejected") throw ipv6.reason;
@@ -259,14 +261,17 @@ export class AgentCore {
     ns: string,
     family: Family,
     helpers: readonly HelperRule[],
+    assumed: readonly HelperRule[],
   ): Promise<FamilyResult> {
     if (!this.families.includes(family)) return { changed: false, rules: 0, errors: [] };
     const { iptables, catalog, logger, metrics } = this.options;
     const unavailable = this.unavailable[family];
     const key = `${ns}\n${family}`;
-    const cached = this.lastSeen.get(key);
-    let current = cached ?? (await iptables.save(ns, family));
-    let fresh = cached === undefined;
+    // Not read yet in this process: assume the table holds what this agent last wrote (nothing, for a new
+    // router) instead of spending a process spawn on a save. The read-back below proves the guess; a wrong
+    // one (state lost, hand edits) costs one more restore against a fresh save, and converges the same.
+    let current = this.lastSeen.get(key) ?? this.assumedSave(family, assumed);
+    let fresh = false;
     let changed = false;
     // Each failed attempt removes one helper or refreshes a stale view once, so this ends.
     for (let attempt = 0; attempt < helpers.length + 3; attempt++) {
@@ -308,6 +313,11 @@ export class AgentCore {
       throw new ApplyFailedError(`${family}: rules read back differ from the rendered rules`, "verify");
     }
     throw new ApplyFailedError(`${family}: gave up leaving out helpers`, "restore");
+  }
+
+  private assumedSave(family: Family, assumed: readonly HelperRule[]): string {
+    const plan = planFamily(assumed, family, this.options.catalog, { unavailable: this.unavailable[family] });
+    return ["*raw", ...expectedOwnedLines(plan.rules), "COMMIT", ""].join("\n");
   }
 
   private forget(ns: string): void {

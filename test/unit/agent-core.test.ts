@@ -314,6 +314,22 @@ describe("agent core (in-memory iptables model)", () => {
     expect(await owned(ns, "ipv4")).toEqual(expectedOwnedLines(next));
   });
 
+  it("a restarted agent whose state was lost still ends with exactly one jump (first apply guesses, read-back decides)", async () => {
+    const before = [helper("ftp", "tcp", 21)];
+    await makeCore().apply(snapshot(routerId, 1, before));
+    const amnesiac = makeCore({
+      state: await StateStore.load(await mkdtemp(join(tmpdir(), "cth-lost-")), NODE),
+    });
+    const after = [helper("tftp", "udp", 69)];
+    expect(await amnesiac.apply(snapshot(routerId, 2, after))).toMatchObject({
+      kind: "applied",
+      changed: true,
+    });
+    for (const family of ["ipv4", "ipv6"] as const) {
+      expect(await owned(ns, family)).toEqual(expectedOwnedLines(after));
+    }
+  });
+
   it("--families ipv4 on a host without IPv6 netfilter: ip6tables is never touched; the probe says why it fails", async () => {
     class NoIpv6 extends MemoryIptables {
       override async save(name: string, family: Family): Promise<string> {
