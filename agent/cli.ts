@@ -105,6 +105,12 @@ const FLAGS = {
     default: "5",
     help: "seconds before retrying a snapshot that could not be applied (doubles per receive, max 300)",
   },
+  "apply-concurrency": {
+    env: "CTH_AGENT_APPLY_CONCURRENCY",
+    type: "string",
+    default: "4",
+    help: "routers applied at once (each router's own snapshots are always applied one at a time)",
+  },
   "log-level": { env: "LOG_LEVEL", type: "string", default: "info", help: "pino log level" },
   help: { env: "", type: "boolean", help: "this text" },
 } as const satisfies Record<string, FlagSpec>;
@@ -194,6 +200,7 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     waitSeconds: num("wait-seconds", 0),
     visibilitySeconds: num("visibility-timeout", 2),
     retryBaseSeconds: num("retry-base", 1),
+    applyConcurrency: num("apply-concurrency", 1),
     logLevel: str("log-level")!,
   };
 }
@@ -256,6 +263,7 @@ async function main(): Promise<void> {
     waitSeconds: options.waitSeconds,
     visibilitySeconds: options.visibilitySeconds,
     backoffBaseSeconds: options.retryBaseSeconds,
+    applyConcurrency: options.applyConcurrency,
   });
   if (stopping) {
     await agent.stop();

@@ -1,6 +1,7 @@
 /**
  * The agent's decisions, free of SQS: guard revisions, render, apply one transaction per family, read back
- * and compare, record, report. One apply at a time (poll loop and drift timer share the lock).
+ * and compare, record, report. One transaction at a time per router (poll loop and drift timer share its
+ * lock); different routers proceed in parallel.
  */
 import type { Logger } from "pino";
 import type { Family, HelperCatalog } from "../lib/catalog.ts";
@@ -89,7 +90,8 @@ export function coalesce<T>(
 export class AgentCore {
   readonly unavailable: Record<Family, Set<string>>;
   private readonly families: readonly Family[];
-  private lock: Promise<unknown> = Promise.resolve();
+  /** Tail of each router's queue of transactions (see exclusive). */
+  private readonly locks = new Map<string, Promise<unknown>>();
   private drifting = false;
   /** Our lines as last read back, per namespace and family (see convergeFamily). */
   private readonly lastSeen = new Map<string, string>();
@@ -103,21 +105,31 @@ export class AgentCore {
     return this.options.namespacePattern.replaceAll("{router_id}", routerId);
   }
 
-  /** Serialises every iptables transaction of this agent. */
-  private exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const run = this.lock.then(work, work);
-    this.lock = run.catch(() => undefined);
+  /**
+   * Serialises the transactions of one router (queue and drift timer alike). Routers live in separate
+   * namespaces, so different routers proceed in parallel: one slow namespace does not hold up the node.
+   */
+  private exclusive<T>(routerId: string, work: () => Promise<T>): Promise<T> {
+    const run = (this.locks.get(routerId) ?? Promise.resolve()).then(work, work);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.locks.set(routerId, settled);
+    void settled.then(() => {
+      if (this.locks.get(routerId) === settled) this.locks.delete(routerId);
+    });
     return run;
   }
 
-  /** Resolves once the transaction in flight (if any) has finished. */
-  idle(): Promise<void> {
-    return this.exclusive(async () => undefined);
+  /** Resolves once every transaction in flight has finished. */
+  async idle(): Promise<void> {
+    while (this.locks.size > 0) await Promise.all([...this.locks.values()]);
   }
 
   /** Applies a validated snapshot unless a revision at least as new has been applied already. */
   apply(snapshot: RouterSyncMessage): Promise<ApplyOutcome> {
-    return this.exclusive(async () => {
+    return this.exclusive(snapshot.router_id, async () => {
       const last = this.options.state.get(snapshot.router_id);
       if (last && snapshot.revision < last.revision) {
         this.options.metrics.messages.inc({ outcome: "stale" });
@@ -376,7 +388,7 @@ export class AgentCore {
     try {
       for (const [routerId] of this.options.state.entries()) {
         // The lock is taken per router, so snapshots from the queue are not held up by a whole pass.
-        await this.exclusive(async () => {
+        await this.exclusive(routerId, async () => {
           const last = this.options.state.get(routerId);
           if (!last) return;
           try {

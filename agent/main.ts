@@ -39,6 +39,7 @@ export interface AgentDeps {
   readonly waitSeconds?: number;
   readonly visibilitySeconds?: number;
   readonly backoffBaseSeconds?: number;
+  readonly applyConcurrency?: number;
 }
 
 export interface RunningAgent {
@@ -90,6 +91,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
     waitSeconds: deps.waitSeconds ?? 20,
     visibilitySeconds: deps.visibilitySeconds ?? 30,
     backoffBaseSeconds: deps.backoffBaseSeconds ?? 5,
+    applyConcurrency: deps.applyConcurrency ?? 4,
   });
   const served = deps.metricsPort === undefined ? undefined : await metrics.serve(deps.metricsPort);
   if (served) logger.info({ port: served.port }, "metrics listening on 127.0.0.1");

@@ -35,6 +35,8 @@ export interface PollerOptions {
   /** Retry delay for snapshots that could not be applied yet: base * 2^(receives-1), capped. */
   readonly backoffBaseSeconds?: number;
   readonly backoffMaxSeconds?: number;
+  /** Routers of one batch applied at once (default 4); one router's snapshots never overlap. */
+  readonly applyConcurrency?: number;
 }
 
 interface Valid {
@@ -168,33 +170,38 @@ export class QueuePoller {
     const inHand = new Set(valid.map((item) => item.message));
     const heartbeat = this.keepInvisible(inHand);
     try {
-      for (const { newest, superseded } of coalesce(valid, (item) => item.snapshot)) {
-        if (superseded.length > 0) {
-          metrics.messages.inc({ outcome: "superseded" }, superseded.length);
-          for (const item of superseded) inHand.delete(item.message);
-          await this.delete(superseded.map((item) => item.message));
-        }
-        let outcome: ApplyOutcome | undefined;
-        try {
-          outcome = await core.apply(newest.snapshot);
-        } catch (error) {
-          if (!(error instanceof ApplyFailedError)) logger.error({ err: error }, "unexpected apply error");
-        }
-        inHand.delete(newest.message);
-        if (outcome && outcome.kind !== "namespace-missing") {
-          if (outcome.kind === "applied") {
-            logger.info(
-              {
-                router_id: newest.snapshot.router_id,
-                revision: newest.snapshot.revision,
-                received_to_verified_seconds: (performance.now() - receivedAt) / 1000,
-              },
-              "message done",
-            );
+      const groups = coalesce(valid, (item) => item.snapshot);
+      await forEachConcurrently(
+        groups,
+        this.options.applyConcurrency ?? 4,
+        async ({ newest, superseded }) => {
+          if (superseded.length > 0) {
+            metrics.messages.inc({ outcome: "superseded" }, superseded.length);
+            for (const item of superseded) inHand.delete(item.message);
+            await this.delete(superseded.map((item) => item.message));
           }
-          await this.delete([newest.message]);
-        } else await this.backOff(newest.message);
-      }
+          let outcome: ApplyOutcome | undefined;
+          try {
+            outcome = await core.apply(newest.snapshot);
+          } catch (error) {
+            if (!(error instanceof ApplyFailedError)) logger.error({ err: error }, "unexpected apply error");
+          }
+          inHand.delete(newest.message);
+          if (outcome && outcome.kind !== "namespace-missing") {
+            if (outcome.kind === "applied") {
+              logger.info(
+                {
+                  router_id: newest.snapshot.router_id,
+                  revision: newest.snapshot.revision,
+                  received_to_verified_seconds: (performance.now() - receivedAt) / 1000,
+                },
+                "message done",
+              );
+            }
+            await this.delete([newest.message]);
+          } else await this.backOff(newest.message);
+        },
+      );
     } finally {
       clearInterval(heartbeat);
     }
@@ -282,4 +289,25 @@ export class QueuePoller {
       this.options.logger.warn({ failed: result.Failed }, "some deletes failed");
     }
   }
+}
+
+/** Runs `work` over `items` with at most `limit` in flight; resolves when all have settled. */
+async function forEachConcurrently<T>(
+  items: readonly T[],
+  limit: number,
+  work: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await work(item);
+    }
+  };
+  // Every lane settles before this returns (a failure must not leave applies running unobserved).
+  const lanes = await Promise.allSettled(
+    Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane),
+  );
+  const failed = lanes.find((result) => result.status === "rejected");
+  if (failed) throw failed.reason;
 }

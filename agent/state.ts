@@ -40,6 +40,7 @@ const stateFile = z.strictObject({
 });
 
 export class StateStore {
+  private writing: Promise<void> = Promise.resolve();
   private constructor(
     private readonly path: string,
     private readonly node: string,
@@ -71,7 +72,11 @@ export class StateStore {
 
   async set(routerId: string, state: RouterState): Promise<void> {
     this.routers.set(routerId, state);
-    await this.flush();
+    // Routers are applied concurrently: writes are chained so each rename publishes a newer whole map and
+    // no two writers share the temp file.
+    const write = this.writing.then(() => this.flush());
+    this.writing = write.catch(() => undefined);
+    await write;
   }
 
   private async flush(): Promise<void> {

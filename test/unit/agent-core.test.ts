@@ -330,6 +330,43 @@ describe("agent core (in-memory iptables model)", () => {
     }
   });
 
+  it("applies different routers in parallel but never overlaps two transactions of one router", async () => {
+    const other = randomUUID();
+    await iptables.createNamespace(ns);
+    await iptables.createNamespace(`qrouter-${other}`);
+    let gate: () => void = () => undefined;
+    const opened = new Promise<void>((resolve) => {
+      gate = resolve;
+    });
+    const inFlight = new Map<string, number>();
+    let overlapped = false;
+    const real = iptables.restore.bind(iptables);
+    iptables.restore = async (name, family, text) => {
+      const count = (inFlight.get(`${name}/${family}`) ?? 0) + 1;
+      inFlight.set(`${name}/${family}`, count);
+      if (count > 1) overlapped = true;
+      if (name === ns) await opened; // this router's namespace is slow until the gate opens
+      await real(name, family, text);
+      inFlight.set(`${name}/${family}`, (inFlight.get(`${name}/${family}`) ?? 1) - 1);
+    };
+    const core = makeCore();
+    const slowFirst = core.apply(snapshot(routerId, 1, [helper("ftp", "tcp", 21)]));
+    const slowSecond = core.apply(snapshot(routerId, 2, [helper("ftp", "tcp", 2121)]));
+    // The other router completes while the slow one is still held at the gate.
+    expect(await core.apply(snapshot(other, 1, [helper("tftp", "udp", 69)]))).toMatchObject({
+      kind: "applied",
+    });
+    gate();
+    await Promise.all([slowFirst, slowSecond]);
+    expect(overlapped).toBe(false);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toHaveLength(1);
+    expect(await owned(ns, "ipv4")).toContain(
+      '-A CTH-HELPERS -p tcp -m tcp --dport 2121 -m comment --comment "cth:' +
+        ownedHelperIds(await iptables.save(ns, "ipv4"))[0] +
+        '" -j CT --helper ftp',
+    );
+  });
+
   it("--families ipv4 on a host without IPv6 netfilter: ip6tables is never touched; the probe says why it fails", async () => {
     class NoIpv6 extends MemoryIptables {
       override async save(name: string, family: Family): Promise<string> {
