@@ -4,7 +4,7 @@
  */
 import { mkdir, open, readFile, rename } from "node:fs/promises";
 import { join } from "node:path";
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { HelperRule } from "../lib/schemas/index.ts";
 import { primitives } from "../lib/schemas/index.ts";
 
@@ -32,9 +32,9 @@ const stateFile = z.strictObject({
           helper: primitives.helperName,
         }),
       ),
-      namespace: z.string().max(64),
-      appliedAt: z.string().max(40),
-      createdNamespace: z.boolean().optional(),
+      namespace: z.string().check(z.maxLength(64)),
+      appliedAt: z.string().check(z.maxLength(40)),
+      createdNamespace: z.optional(z.boolean()),
     }),
   ),
 });

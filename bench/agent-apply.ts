@@ -209,7 +209,7 @@ export async function benchAgentApply(options: ApplyOptions): Promise<ApplyRow[]
         neutronSeconds,
         rulesV4: rules.ipv4,
         rulesV6: rules.ipv6,
-        note: "agent had applied an empty snapshot to this namespace first (untimed)",
+        note: "agent had applied an empty snapshot to this namespace first (not timed)",
       });
       options.log(
         `  apply N=${n}: cold ${median(ours).toFixed(4)} s, warm ${median(warm).toFixed(4)} s, floor ${median(floors).toFixed(4)} s`,

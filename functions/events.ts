@@ -7,7 +7,7 @@
 
 import middy, { type MiddlewareObj } from "@middy/core";
 import type { Context } from "aws-lambda";
-import * as z from "zod";
+import * as z from "zod/mini";
 import { type ParkSink, sqsParkSink } from "../lib/aws/park-sink.ts";
 import { type Config, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
@@ -46,7 +46,7 @@ export type EventOutcome =
 
 /** The envelope is AWS's (not strict); everything the dispatcher acts on is in `detail`, checked strictly. */
 const envelope = z.object({
-  id: z.string().min(1).max(128),
+  id: z.string().check(z.minLength(1), z.maxLength(128)),
   source: z.literal(EVENT_SOURCE),
   "detail-type": z.enum(DETAIL_TYPES),
   detail: z.unknown(),

@@ -2,7 +2,7 @@
  * All wire schemas, built once per (limits, catalog) pair. Every object is strict: unknown keys are errors.
  * The functions and the agent share these; nothing else may define a second copy.
  */
-import * as z from "zod";
+import * as z from "zod/mini";
 import type { HelperCatalog } from "../catalog.ts";
 import type { Limits } from "../config.ts";
 import { type FieldIssue, ValidationError } from "../errors.ts";
@@ -10,17 +10,21 @@ import {
   correlationId,
   helperName,
   host,
+  list,
   notificationEvent,
   port,
   projectId,
   protocol,
   revision,
+  text,
   uuid,
 } from "./primitives.ts";
 
 export * as primitives from "./primitives.ts";
 
 export type NotificationEvent = z.infer<typeof notificationEvent>;
+
+type Ctx = z.core.ParsePayload;
 
 /** A helper as the dispatcher stores and ships it: canonical kernel helper name. */
 export interface HelperRule {
@@ -42,14 +46,12 @@ export interface Notification {
 
 export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
   /** Resolves aliases (h323) and rejects helpers the catalog lacks or that do not speak the protocol. */
-  const withCatalog = <T extends { protocol: "tcp" | "udp"; helper: string }>(
-    value: T,
-    ctx: z.RefinementCtx,
-  ) => {
+  const withCatalog = <T extends { protocol: "tcp" | "udp"; helper: string }>(value: T, ctx: Ctx) => {
     const canonical = catalog.resolve(value.helper, value.protocol);
     if (canonical === undefined) {
-      ctx.addIssue({
+      ctx.issues.push({
         code: "custom",
+        input: value.helper,
         path: ["helper"],
         message: `helper "${value.helper}" is not available for ${value.protocol} (allowed: ${catalog.names().join(", ")})`,
       });
@@ -65,12 +67,12 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     protocol,
     port,
     helper: helperName,
-    project_id: projectId.optional(),
+    project_id: z.optional(projectId),
   });
 
-  const helperChange = helperChangeFields.transform(withCatalog);
+  const helperChange = z.pipe(helperChangeFields, z.transform(withCatalog));
 
-  const helperList = z.array(helperChange).min(1).max(limits.maxHelpersPerNotification);
+  const helperList = list(helperChange, 1, limits.maxHelpersPerNotification);
 
   const notification = z.strictObject({
     event: notificationEvent,
@@ -81,27 +83,25 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
   const neutronObject = z.strictObject({
     "versioned_object.name": z.literal("ConntrackHelper"),
     "versioned_object.namespace": z.literal("versionedobjects"),
-    "versioned_object.version": z
-      .string()
-      .max(16)
-      .regex(/^\d+\.\d+$/),
+    "versioned_object.version": z.string().check(z.maxLength(16), z.regex(/^\d+\.\d+$/)),
     "versioned_object.data": helperChangeFields,
-    "versioned_object.changes": z.array(z.string().max(32)).max(16).optional(),
+    "versioned_object.changes": z.optional(list(text(0, 32), 0, 16)),
   });
 
-  const neutronPush = z
-    .strictObject({
+  const neutronPush = z.pipe(
+    z.strictObject({
       event_type: notificationEvent,
-      resource_list: z.array(neutronObject).min(1).max(limits.maxHelpersPerNotification),
-    })
-    .transform((push, ctx) => {
+      resource_list: list(neutronObject, 1, limits.maxHelpersPerNotification),
+    }),
+    z.transform((push, ctx) => {
       const helpers: HelperChange[] = [];
       for (const [index, item] of push.resource_list.entries()) {
         const data = item["versioned_object.data"];
         const canonical = catalog.resolve(data.helper, data.protocol);
         if (canonical === undefined) {
-          ctx.addIssue({
+          ctx.issues.push({
             code: "custom",
+            input: data.helper,
             path: ["resource_list", index, "versioned_object.data", "helper"],
             message: `helper "${data.helper}" is not available for ${data.protocol}`,
           });
@@ -110,7 +110,8 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
         helpers.push({ ...data, helper: canonical });
       }
       return { event: push.event_type, conntrack_helpers: helpers } satisfies Notification;
-    });
+    }),
+  );
 
   const routerUpsert = z.strictObject({ project_id: projectId, host });
 
@@ -124,35 +125,37 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     "Router Deleted": z.strictObject({ router_id: uuid }),
   } as const;
 
-  const queuedHelper = z
-    .strictObject({ id: uuid, protocol, port, helper: helperName })
-    .transform((value, ctx) => {
+  const queuedHelper = z.pipe(
+    z.strictObject({ id: uuid, protocol, port, helper: helperName }),
+    z.transform((value, ctx) => {
       // The queue is a trust boundary: only names the catalog already holds in canonical form pass.
       if (catalog.resolve(value.helper, value.protocol) !== value.helper) {
-        ctx.addIssue({
+        ctx.issues.push({
           code: "custom",
+          input: value.helper,
           path: ["helper"],
           message: `helper "${value.helper}" is not allowed`,
         });
         return z.NEVER;
       }
       return value;
-    });
+    }),
+  );
 
   const routerSync = z.strictObject({
     v: z.literal(1),
     kind: z.literal("router-sync"),
     router_id: uuid,
     revision,
-    helpers: z.array(queuedHelper).max(limits.maxHelpersPerRouter),
+    helpers: list(queuedHelper, 0, limits.maxHelpersPerRouter),
     correlation_id: correlationId,
     issued_at: z.iso.datetime(),
   });
 
   const applyError = z.strictObject({
-    helper_id: uuid.optional(),
-    code: z.string().min(1).max(64),
-    message: z.string().max(512),
+    helper_id: z.optional(uuid),
+    code: text(1, 64),
+    message: text(0, 512),
   });
 
   const appliedReport = z.strictObject({
@@ -161,8 +164,8 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     router_id: uuid,
     revision,
     host,
-    rules: z.strictObject({ ipv4: z.int().min(0), ipv6: z.int().min(0) }),
-    errors: z.array(applyError).max(limits.maxHelpersPerRouter + 8),
+    rules: z.strictObject({ ipv4: z.int().check(z.gte(0)), ipv6: z.int().check(z.gte(0)) }),
+    errors: list(applyError, 0, limits.maxHelpersPerRouter + 8),
   });
 
   const resyncRequest = z.strictObject({ v: z.literal(1), kind: z.literal("resync-request"), host });
@@ -191,7 +194,7 @@ export type RouterUpsert = z.infer<Schemas["routerUpsert"]>;
 export type ApplyError = z.infer<Schemas["appliedReport"]>["errors"][number];
 
 /** Converts zod issues into field paths the caller can act on. */
-export function toFieldIssues(error: z.ZodError): FieldIssue[] {
+export function toFieldIssues(error: z.core.$ZodError): FieldIssue[] {
   return error.issues.slice(0, 50).map((issue) => ({
     path: issue.path.map(String).join("."),
     message: issue.message,
@@ -199,7 +202,7 @@ export function toFieldIssues(error: z.ZodError): FieldIssue[] {
 }
 
 /** Parses or throws a ValidationError that keeps field paths. */
-export function parseOrThrow<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+export function parseOrThrow<S extends z.ZodMiniType>(schema: S, input: unknown, what: string): z.output<S> {
   const result = schema.safeParse(input);
   if (!result.success) throw new ValidationError(`invalid ${what}`, toFieldIssues(result.error));
   return result.data;
