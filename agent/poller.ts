@@ -13,6 +13,7 @@ import {
   SendMessageCommand,
   type SQSClient,
 } from "@aws-sdk/client-sqs";
+import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import type { RouterSyncMessage, Schemas } from "../lib/schemas/index.ts";
 import { toFieldIssues } from "../lib/schemas/index.ts";
@@ -35,7 +36,7 @@ export interface PollerOptions {
   /** Retry delay for snapshots that could not be applied yet: base * 2^(receives-1), capped. */
   readonly backoffBaseSeconds?: number;
   readonly backoffMaxSeconds?: number;
-  /** Routers of one batch applied at once (default 4); one router's snapshots never overlap. */
+  /** Routers applied at once, across batches (default 4); one router's snapshots never overlap. */
   readonly applyConcurrency?: number;
 }
 
@@ -60,12 +61,19 @@ export class QueuePoller {
   private readonly wait: number;
   private readonly batch: number;
   private readonly visibility: number;
+  /** Apply slots shared by every batch in hand. */
+  private readonly slots: LimitFunction;
+  /** Messages received and not yet deleted, parked or backed off; the loop receives only below `batch`. */
+  private inHand = 0;
+  private readonly handling = new Set<Promise<void>>();
+  private capacityFreed: (() => void) | undefined;
 
   constructor(private readonly options: PollerOptions) {
     this.dlqUrl = options.dlqUrl;
     this.wait = options.waitSeconds ?? 20;
     this.batch = options.batchSize ?? 10;
     this.visibility = options.visibilitySeconds ?? 30;
+    this.slots = pLimit(Math.max(1, options.applyConcurrency ?? 4));
   }
 
   /** Resolves the DLQ from the queue's RedrivePolicy unless one was given. */
@@ -97,46 +105,89 @@ export class QueuePoller {
     this.loop ??= this.run();
   }
 
-  /** Stops polling; resolves once the batch in hand (and its apply) has finished. */
+  /** Stops polling; resolves once every batch in hand (and its applies) has finished. */
   async stop(): Promise<void> {
     this.abort.abort();
+    this.capacityFreed?.();
     await this.loop;
   }
 
+  /**
+   * Pipelined: the next receive goes out as soon as fewer than `batch` messages are in hand, not when the
+   * whole previous batch is done, so a snapshot that arrives during an apply waits for a free slot only.
+   * Per-router order still holds: FIFO delivers no message of a group while an earlier one is in flight.
+   */
   private async run(): Promise<void> {
     const { logger } = this.options;
     let failures = 0;
     while (!this.abort.signal.aborted) {
+      if (this.inHand >= this.batch) {
+        await new Promise<void>((resolve) => {
+          this.capacityFreed = resolve;
+        });
+        continue;
+      }
+      let messages: Message[];
       try {
-        await this.pollOnce();
+        messages = await this.receive(this.batch - this.inHand);
         failures = 0;
       } catch (error) {
         if (this.abort.signal.aborted) break;
         failures++;
         logger.error({ err: error }, "poll failed");
         await sleep(Math.min(30_000, 500 * 2 ** Math.min(failures, 6)), this.abort.signal);
+        continue;
       }
+      if (messages.length === 0) continue;
+      this.inHand += messages.length;
+      const handled = this.handleBatch(messages, performance.now(), (count) => this.release(count))
+        .catch((error: unknown) => {
+          // What was not deleted becomes visible again after its timeout: redelivery is harmless.
+          logger.error({ err: error }, "batch handling failed");
+        })
+        .finally(() => this.handling.delete(handled));
+      this.handling.add(handled);
     }
+    await Promise.allSettled([...this.handling]);
   }
 
-  /** One receive and the handling of its batch. */
-  async pollOnce(): Promise<void> {
+  private release(count: number): void {
+    this.inHand -= count;
+    const wake = this.capacityFreed;
+    this.capacityFreed = undefined;
+    wake?.();
+  }
+
+  private async receive(max: number): Promise<Message[]> {
     const { sqs, queueUrl } = this.options;
     const received = await sqs.send(
       new ReceiveMessageCommand({
         QueueUrl: queueUrl,
-        MaxNumberOfMessages: this.batch,
+        MaxNumberOfMessages: Math.min(10, Math.max(1, max)),
         WaitTimeSeconds: this.wait,
         VisibilityTimeout: this.visibility,
         MessageSystemAttributeNames: ["ApproximateReceiveCount", "MessageGroupId"],
       }),
       { abortSignal: this.abort.signal },
     );
-    const messages = received.Messages ?? [];
+    return received.Messages ?? [];
+  }
+
+  /** One receive and the whole handling of its batch (tests and tools; the loop pipelines instead). */
+  async pollOnce(): Promise<void> {
+    const messages = await this.receive(this.batch);
     if (messages.length > 0) await this.handleBatch(messages, performance.now());
   }
 
-  async handleBatch(messages: readonly Message[], receivedAt: number): Promise<void> {
+  /**
+   * Validates, parks the invalid, coalesces per router and applies in the shared slots. `done(n)` is told as
+   * each message leaves our hands (deleted, parked or backed off), so the loop can receive more.
+   */
+  async handleBatch(
+    messages: readonly Message[],
+    receivedAt: number,
+    done: (count: number) => void = () => {},
+  ): Promise<void> {
     const { schema, metrics, logger, core } = this.options;
     const valid: Valid[] = [];
     for (const message of messages) {
@@ -164,6 +215,7 @@ export class QueuePoller {
           logger.error({ err: error, message_id: message.MessageId }, "could not park invalid message");
           await this.backOff(message);
         }
+        done(1);
       }
     }
     // Messages still in hand: the heartbeat renews only these (not deleted or backed-off ones).
@@ -171,37 +223,45 @@ export class QueuePoller {
     const heartbeat = this.keepInvisible(inHand);
     try {
       const groups = coalesce(valid, (item) => item.snapshot);
-      await forEachConcurrently(
-        groups,
-        this.options.applyConcurrency ?? 4,
-        async ({ newest, superseded }) => {
-          if (superseded.length > 0) {
-            metrics.messages.inc({ outcome: "superseded" }, superseded.length);
-            for (const item of superseded) inHand.delete(item.message);
-            await this.delete(superseded.map((item) => item.message));
-          }
-          let outcome: ApplyOutcome | undefined;
-          try {
-            outcome = await core.apply(newest.snapshot);
-          } catch (error) {
-            if (!(error instanceof ApplyFailedError)) logger.error({ err: error }, "unexpected apply error");
-          }
-          inHand.delete(newest.message);
-          if (outcome && outcome.kind !== "namespace-missing") {
-            if (outcome.kind === "applied") {
-              logger.info(
-                {
-                  router_id: newest.snapshot.router_id,
-                  revision: newest.snapshot.revision,
-                  received_to_verified_seconds: (performance.now() - receivedAt) / 1000,
-                },
-                "message done",
-              );
+      const settled = await Promise.allSettled(
+        groups.map(({ newest, superseded }) =>
+          this.slots(async () => {
+            try {
+              if (superseded.length > 0) {
+                metrics.messages.inc({ outcome: "superseded" }, superseded.length);
+                for (const item of superseded) inHand.delete(item.message);
+                await this.delete(superseded.map((item) => item.message));
+              }
+              let outcome: ApplyOutcome | undefined;
+              try {
+                outcome = await core.apply(newest.snapshot);
+              } catch (error) {
+                if (!(error instanceof ApplyFailedError))
+                  logger.error({ err: error }, "unexpected apply error");
+              }
+              inHand.delete(newest.message);
+              if (outcome && outcome.kind !== "namespace-missing") {
+                if (outcome.kind === "applied") {
+                  logger.info(
+                    {
+                      router_id: newest.snapshot.router_id,
+                      revision: newest.snapshot.revision,
+                      received_to_verified_seconds: (performance.now() - receivedAt) / 1000,
+                    },
+                    "message done",
+                  );
+                }
+                await this.delete([newest.message]);
+              } else await this.backOff(newest.message);
+            } finally {
+              done(1 + superseded.length);
             }
-            await this.delete([newest.message]);
-          } else await this.backOff(newest.message);
-        },
+          }),
+        ),
       );
+      // Every group settles first: a failure must not leave applies running unobserved.
+      const failed = settled.find((result) => result.status === "rejected");
+      if (failed) throw failed.reason;
     } finally {
       clearInterval(heartbeat);
     }
@@ -289,25 +349,4 @@ export class QueuePoller {
       this.options.logger.warn({ failed: result.Failed }, "some deletes failed");
     }
   }
-}
-
-/** Runs `work` over `items` with at most `limit` in flight; resolves when all have settled. */
-async function forEachConcurrently<T>(
-  items: readonly T[],
-  limit: number,
-  work: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const lane = async (): Promise<void> => {
-    while (next < items.length) {
-      const item = items[next++] as T;
-      await work(item);
-    }
-  };
-  // Every lane settles before this returns (a failure must not leave applies running unobserved).
-  const lanes = await Promise.allSettled(
-    Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane),
-  );
-  const failed = lanes.find((result) => result.status === "rejected");
-  if (failed) throw failed.reason;
 }

@@ -176,10 +176,13 @@ describe("agent poll loop on fauxqs: slow applies", () => {
   /** restore() takes a while, like a large table on a busy host. */
   class SlowIptables extends MemoryIptables {
     delayMs = 0;
+    /** When set, only this namespace is slow. */
+    slowNamespace: string | undefined;
     started = 0;
     override async restore(ns: string, family: "ipv4" | "ipv6", text: string): Promise<void> {
       this.started++;
-      await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+      if (this.slowNamespace === undefined || this.slowNamespace === ns)
+        await new Promise((resolve) => setTimeout(resolve, this.delayMs));
       await super.restore(ns, family, text);
     }
   }
@@ -245,6 +248,28 @@ describe("agent poll loop on fauxqs: slow applies", () => {
     expect(await agent!.metrics.registry.getSingleMetricAsString("cth_agent_applies_total")).toContain(
       'result="changed"} 1',
     );
+  }, 30_000);
+
+  it("a snapshot that arrives while another router's apply runs is applied without waiting for it", async () => {
+    const slow = randomUUID();
+    const quick = randomUUID();
+    await iptables.createNamespace(`qrouter-${slow}`);
+    await iptables.createNamespace(`qrouter-${quick}`);
+    iptables.delayMs = 4_000;
+    iptables.slowNamespace = `qrouter-${slow}`;
+    const before = iptables.started;
+    await sendSnapshot(slow, 1, [helper("ftp", "tcp", 21)]);
+    await eventually(async () => iptables.started > before);
+    await sendSnapshot(quick, 1, [helper("tftp", "udp", 69)]);
+    // The quick router converges while the slow router's restore is still sleeping.
+    await eventually(
+      async () => ownedHelperIds(await iptables.save(`qrouter-${quick}`, "ipv4")).length === 1,
+      3_000,
+    );
+    expect(ownedHelperIds(await iptables.save(`qrouter-${slow}`, "ipv4"))).toEqual([]);
+    await eventually(async () => (await emu.depth(queue.url)) === 0, 20_000);
+    expect(ownedHelperIds(await iptables.save(`qrouter-${slow}`, "ipv4"))).toHaveLength(1);
+    iptables.slowNamespace = undefined;
   }, 30_000);
 
   it("stop() lets the apply in flight finish, deletes its message and records it", async () => {
