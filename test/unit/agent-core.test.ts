@@ -419,4 +419,23 @@ describe("agent core (in-memory iptables model)", () => {
       JSON.parse(await readFile(join(dir, `agent-${NODE}.json`), "utf8")).routers[routerId].revision,
     ).toBe(3);
   });
+
+  it("routers recorded at once share whole-file writes (group commit), and every one is on disk", async () => {
+    const loaded = await StateStore.load(dir, NODE);
+    const routers = Array.from({ length: 10 }, () => randomUUID());
+    await Promise.all(
+      routers.map((id, index) =>
+        loaded.set(id, {
+          revision: index + 1,
+          helpers: [],
+          namespace: `qrouter-${id}`,
+          appliedAt: "2026-12-01T00:00:00Z",
+        }),
+      ),
+    );
+    // All ten arrive before the first write starts: they share it (one fsync, not ten in a row).
+    expect(loaded.writes).toBe(1);
+    const onDisk = JSON.parse(await readFile(join(dir, `agent-${NODE}.json`), "utf8")).routers;
+    expect(routers.map((id) => onDisk[id].revision)).toEqual(routers.map((_, index) => index + 1));
+  });
 });
