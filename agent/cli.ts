@@ -11,6 +11,7 @@ import { SqsStatusSink } from "../lib/aws/sqs-status-sink.ts";
 import type { Family } from "../lib/catalog.ts";
 import { loadCatalog, loadLimits } from "../lib/config.ts";
 import { primitives } from "../lib/schemas/index.ts";
+import { DirectRunner, HelperRunner } from "./exec-helper.ts";
 import { assertNamespaceName, ExecIptables, type IptablesPort } from "./iptables.ts";
 import { DryRunIptables } from "./iptables-memory.ts";
 import { type RunningAgent, startAgent } from "./main.ts";
@@ -86,6 +87,12 @@ const FLAGS = {
     type: "string",
     default: "iptables",
     help: "iptables (real) or dry-run (writes rendered input under the state dir)",
+  },
+  spawner: {
+    env: "CTH_AGENT_SPAWNER",
+    type: "string",
+    default: "helper",
+    help: "who spawns iptables: helper (a small node process, cheaper forks) or direct (the agent itself)",
   },
   "no-probe": {
     env: "CTH_AGENT_NO_PROBE",
@@ -168,6 +175,8 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
   const backend = str("backend");
   if (backend !== "iptables" && backend !== "dry-run")
     throw new Error("--backend must be iptables or dry-run");
+  const spawner = str("spawner");
+  if (spawner !== "helper" && spawner !== "direct") throw new Error("--spawner must be helper or direct");
   const metricsRaw = str("metrics-port");
   const families = [
     ...new Set(
@@ -196,6 +205,7 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     createNamespaces: bool("create-namespaces"),
     families: families as Family[],
     backend,
+    spawner,
     probe: !bool("no-probe") && backend === "iptables",
     waitSeconds: num("wait-seconds", 0),
     visibilitySeconds: num("visibility-timeout", 2),
@@ -224,7 +234,9 @@ async function main(): Promise<void> {
     ...(options.endpoint ? { endpoint: options.endpoint, useQueueUrlAsEndpoint: false } : {}),
   });
   const iptables: IptablesPort =
-    options.backend === "dry-run" ? new DryRunIptables(`${options.stateDir}/dry-run`) : new ExecIptables();
+    options.backend === "dry-run"
+      ? new DryRunIptables(`${options.stateDir}/dry-run`)
+      : new ExecIptables({ runner: options.spawner === "direct" ? new DirectRunner() : new HelperRunner() });
   // Handlers go in before start-up (probe, resync, first drift pass), so an early signal is a clean stop too.
   let agent: RunningAgent | undefined;
   let stopping = false;

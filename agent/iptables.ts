@@ -3,9 +3,9 @@
  * The real adapter runs argv arrays through execFile (never a shell) and hands rule text to
  * iptables-restore on stdin, so nothing from a message is ever parsed by a shell.
  */
-import { execFile } from "node:child_process";
 import { stat } from "node:fs/promises";
 import type { Family } from "../lib/catalog.ts";
+import { type CommandRunner, ExecError, HelperRunner } from "./exec-helper.ts";
 
 export interface IptablesPort {
   namespaceExists(ns: string): Promise<boolean>;
@@ -49,46 +49,13 @@ export function assertNamespaceName(ns: string): void {
   if (!NS_RE.test(ns) || ns === "." || ns === "..") throw new Error(`unsafe namespace name "${ns}"`);
 }
 
-interface ExecResult {
-  stdout: string;
-  stderr: string;
-}
-
-class ExecError extends Error {
-  constructor(
-    message: string,
-    readonly code: number | string | undefined,
-    readonly stderr: string,
-  ) {
-    super(message);
-  }
-}
-
-function run(file: string, args: readonly string[], input?: string, timeoutMs = 60_000): Promise<ExecResult> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(
-      file,
-      args,
-      { encoding: "utf8", maxBuffer: 64 * 1024 * 1024, timeout: timeoutMs, killSignal: "SIGKILL" },
-      (error, stdout, stderr) => {
-        if (error) {
-          const code = (error as NodeJS.ErrnoException).code;
-          reject(new ExecError(`${file} ${args.join(" ")}: ${stderr || error.message}`, code, stderr));
-        } else resolve({ stdout, stderr });
-      },
-    );
-    // A child that exits before reading its input (missing namespace) closes the pipe: EPIPE on stdin is
-    // then expected and the exit status above carries the real error.
-    child.stdin?.on("error", () => undefined);
-    if (input !== undefined) child.stdin?.end(input);
-  });
-}
-
 export interface ExecIptablesOptions {
   /** Where `ip netns` keeps its namespace handles. */
   readonly netnsDir?: string;
   readonly ipBinary?: string;
   readonly timeoutMs?: number;
+  /** Who spawns the commands; default: a small helper process (see exec-helper.ts). */
+  readonly runner?: CommandRunner;
 }
 
 /** The real adapter: `ip netns exec NS iptables-restore --noflush --wait` and friends. */
@@ -96,11 +63,18 @@ export class ExecIptables implements IptablesPort {
   private readonly netnsDir: string;
   private readonly ip: string;
   private readonly timeoutMs: number;
+  private readonly runner: CommandRunner;
 
   constructor(options: ExecIptablesOptions = {}) {
     this.netnsDir = options.netnsDir ?? "/run/netns";
     this.ip = options.ipBinary ?? "ip";
     this.timeoutMs = options.timeoutMs ?? 60_000;
+    this.runner = options.runner ?? new HelperRunner();
+  }
+
+  /** Lets the command helper exit once the commands in flight are done. */
+  close(): void {
+    this.runner.close();
   }
 
   async namespaceExists(ns: string): Promise<boolean> {
@@ -116,7 +90,7 @@ export class ExecIptables implements IptablesPort {
   async probeRestore(family: Family, text: string): Promise<void> {
     const tool = family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
     try {
-      await run("unshare", ["--net", tool, "--noflush", "--wait"], text, this.timeoutMs);
+      await this.runner.run("unshare", ["--net", tool, "--noflush", "--wait"], text, this.timeoutMs);
     } catch (error) {
       throw new RestoreError(
         family,
@@ -128,7 +102,7 @@ export class ExecIptables implements IptablesPort {
   async createNamespace(ns: string): Promise<void> {
     if (await this.namespaceExists(ns)) return;
     try {
-      await run(this.ip, ["netns", "add", ns], undefined, this.timeoutMs);
+      await this.runner.run(this.ip, ["netns", "add", ns], undefined, this.timeoutMs);
     } catch (error) {
       // Lost a race with another creator: fine, the verb is idempotent.
       if (!(await this.namespaceExists(ns))) throw error;
@@ -138,7 +112,7 @@ export class ExecIptables implements IptablesPort {
   async deleteNamespace(ns: string): Promise<void> {
     if (!(await this.namespaceExists(ns))) return;
     try {
-      await run(this.ip, ["netns", "delete", ns], undefined, this.timeoutMs);
+      await this.runner.run(this.ip, ["netns", "delete", ns], undefined, this.timeoutMs);
     } catch (error) {
       if (await this.namespaceExists(ns)) throw error;
     }
@@ -148,7 +122,7 @@ export class ExecIptables implements IptablesPort {
     assertNamespaceName(ns);
     const tool = family === "ipv4" ? "iptables-save" : "ip6tables-save";
     try {
-      const { stdout } = await run(
+      const { stdout } = await this.runner.run(
         this.ip,
         ["netns", "exec", ns, tool, "-t", "raw"],
         undefined,
@@ -165,7 +139,12 @@ export class ExecIptables implements IptablesPort {
     assertNamespaceName(ns);
     const tool = family === "ipv4" ? "iptables-restore" : "ip6tables-restore";
     try {
-      await run(this.ip, ["netns", "exec", ns, tool, "--noflush", "--wait"], text, this.timeoutMs);
+      await this.runner.run(
+        this.ip,
+        ["netns", "exec", ns, tool, "--noflush", "--wait"],
+        text,
+        this.timeoutMs,
+      );
     } catch (error) {
       if (!(await this.namespaceExists(ns))) throw new NamespaceMissingError(ns);
       throw new RestoreError(

@@ -242,7 +242,8 @@ export class QueuePoller {
               inHand.delete(newest.message);
               if (outcome && outcome.kind !== "namespace-missing") {
                 if (outcome.kind === "applied") {
-                  logger.info(
+                  // The apply itself is logged at info by the core; this per-message line is for debugging.
+                  logger.debug(
                     {
                       router_id: newest.snapshot.router_id,
                       revision: newest.snapshot.revision,

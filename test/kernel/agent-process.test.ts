@@ -12,7 +12,7 @@ import { HelperCatalog } from "../../lib/catalog.ts";
 import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
-import { childPids, eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
+import { descendantPids, eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { AgentProcess } from "./agent-support.ts";
 
@@ -289,10 +289,10 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
   it("SIGKILL in the middle of an apply, then a restart, converges to the newest snapshot", async () => {
     const big = Array.from({ length: 2000 }, (_, i) => helper("ftp", "tcp", 10_000 + i));
     await send(snapshot(routerA, 13, big), routerA);
-    // Kill the agent while its iptables-restore child runs.
+    // Kill the agent while its iptables-restore runs (under its command helper).
     const caught = await eventually(
       async () => {
-        for (const pid of childPids(agent.pid)) {
+        for (const pid of descendantPids(agent.pid)) {
           const cmd = await import("node:fs/promises").then((fs) =>
             fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => ""),
           );

@@ -72,6 +72,13 @@ export function childPids(pid: number): number[] {
   }
 }
 
+/** Children, grandchildren and so on (the agent's iptables commands run under its command helper). */
+export function descendantPids(pid: number): number[] {
+  const found: number[] = [];
+  for (const child of childPids(pid)) found.push(child, ...descendantPids(child));
+  return found;
+}
+
 export class Sandbox {
   private readonly namespaces = new Set<string>();
   private readonly processes = new Set<ChildProcess>();

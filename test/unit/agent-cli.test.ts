@@ -40,6 +40,7 @@ describe("agent CLI options", () => {
       namespacePattern: "qrouter-{router_id}",
       createNamespaces: false,
       backend: "iptables",
+      spawner: "helper",
       probe: true,
       families: ["ipv4", "ipv6"],
       waitSeconds: 20,
@@ -97,6 +98,9 @@ describe("agent CLI options", () => {
       /unsafe/,
     );
     expect(() => resolveOptions([...required, "--backend", "nft"], {})).toThrow(/backend/);
+    expect(() => resolveOptions([...required, "--spawner", "sh"], {})).toThrow(
+      /--spawner must be helper or direct/,
+    );
     expect(() => resolveOptions([...required, "--families", "ipv4,arp"], {})).toThrow(/families/);
     expect(() => resolveOptions([...required, "--drift-interval", "0"], {})).toThrow(/drift-interval/);
     expect(() => resolveOptions([...required, "--metrics-port", "x"], {})).toThrow(/metrics-port/);
