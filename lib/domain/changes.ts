@@ -6,6 +6,7 @@
 import { ConflictError, NotFoundError } from "../errors.ts";
 import type { StoredHelper } from "../ports.ts";
 import type { HelperChange, NotificationEvent } from "../schemas/index.ts";
+import { insertSorted } from "./snapshot.ts";
 
 export type HelperOp =
   | { readonly kind: "insert"; readonly helper: StoredHelper }
@@ -86,11 +87,13 @@ export function applyChanges(
         ],
       );
     }
+    // Kept in snapshot order, so building a snapshot needs no sort.
     if (existing) {
-      helpers[at] = wanted;
+      helpers.splice(at, 1);
+      insertSorted(helpers, wanted);
       ops.push({ kind: "replace", before: existing, after: wanted });
     } else {
-      helpers.push(wanted);
+      insertSorted(helpers, wanted);
       ops.push({ kind: "insert", helper: wanted });
     }
   }
@@ -122,13 +125,14 @@ export function revertOps(
       }
     } else if (op.kind === "remove") {
       if (!helpers.some((h) => h.id === op.helper.id) && !portTaken(helpers, op.helper)) {
-        helpers.push(op.helper);
+        insertSorted(helpers, op.helper);
         changed = true;
       }
     } else {
       const at = helpers.findIndex((h) => h.id === op.after.id && sameRule(h, op.after));
       if (at >= 0 && !portTaken(helpers, op.before)) {
-        helpers[at] = op.before;
+        helpers.splice(at, 1);
+        insertSorted(helpers, op.before);
         changed = true;
       }
     }

@@ -190,9 +190,12 @@ export async function submitNotification(
 ): Promise<SubmitResult> {
   const groups = groupByRouter(notification);
   const records = await deps.store.getMany([...groups.keys()]);
-  // Everything is validated against the current state before the first write.
-  for (const [routerId, changes] of groups) {
-    plan(deps, identity, notification, routerId, changes, records.get(routerId));
+  // Everything is validated against the current state before the first write. With one router the commit
+  // below plans (and so validates) before its only write, so that pass would only repeat it.
+  if (groups.size > 1) {
+    for (const [routerId, changes] of groups) {
+      plan(deps, identity, notification, routerId, changes, records.get(routerId));
+    }
   }
   const committed: Committed[] = [];
   for (const [routerId, changes] of groups) {

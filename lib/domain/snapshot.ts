@@ -1,12 +1,28 @@
 import type { Clock, RouterRecord, StoredHelper } from "../ports.ts";
 import type { RouterSyncMessage } from "../schemas/index.ts";
 
-/** Stable order: agents render rules in this order, so equal sets always render equal text. */
+const byCodePoint = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+
+/**
+ * Stable order: agents render rules in this order, so equal sets always render equal text. Code-point
+ * comparison, not localeCompare: the order must not depend on the runtime's locale (and ICU is slow).
+ */
+export const compareHelpers = (a: StoredHelper, b: StoredHelper): number =>
+  byCodePoint(a.protocol, b.protocol) || a.port - b.port || byCodePoint(a.id, b.id);
+
+/** A sorted copy. Stored sets are kept in this order (see changes.ts), so this is usually one linear check. */
 export function sortHelpers(helpers: readonly StoredHelper[]): StoredHelper[] {
-  return [...helpers].sort(
-    (a, b) =>
-      a.protocol.localeCompare(b.protocol) || a.port - b.port || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
-  );
+  for (let i = 1; i < helpers.length; i++) {
+    if (compareHelpers(helpers[i - 1]!, helpers[i]!) > 0) return [...helpers].sort(compareHelpers);
+  }
+  return [...helpers];
+}
+
+/** Inserts `helper` where the order puts it (in place). */
+export function insertSorted(helpers: StoredHelper[], helper: StoredHelper): void {
+  const at = helpers.findIndex((other) => compareHelpers(helper, other) < 0);
+  if (at < 0) helpers.push(helper);
+  else helpers.splice(at, 0, helper);
 }
 
 /** The router's complete desired helper set at its revision (level-triggered, never a delta). */

@@ -173,3 +173,36 @@ describe("revertOps", () => {
     expect(revertOps([laterVersion], ops)).toEqual({ helpers: [laterVersion], changed: false });
   });
 });
+
+describe("stored order", () => {
+  const byOrder = (helpers: readonly StoredHelper[]) =>
+    helpers.map((h) => `${h.protocol}/${String(h.port).padStart(5, "0")}/${h.id}`);
+  const isSnapshotOrder = (helpers: readonly StoredHelper[]) => {
+    const keys = byOrder(helpers);
+    return keys.every((key, i) => i === 0 || keys[i - 1]! < key);
+  };
+
+  it("keeps a router's helpers in snapshot order whatever order they arrive in", () => {
+    const arriving = [
+      helperChange(routerId, { protocol: "udp", port: 69, helper: "tftp" }),
+      helperChange(routerId, { port: 6000 }),
+      helperChange(routerId, { port: 21 }),
+      helperChange(routerId, { protocol: "udp", port: 5060, helper: "sip" }),
+      helperChange(routerId, { port: 2121 }),
+    ];
+    let helpers: StoredHelper[] = [];
+    for (const change of arriving)
+      helpers = applyChanges(routerId, helpers, "created", indexed(change), CAP).helpers;
+    expect(isSnapshotOrder(helpers)).toBe(true);
+    expect(helpers.map((h) => h.port)).toEqual([21, 2121, 6000, 69, 5060]);
+  });
+
+  it("re-places an updated helper whose port moved, and a reverted one", () => {
+    const low = storedHelper({ port: 100 });
+    const high = storedHelper({ port: 200 });
+    const moved = applyChanges(routerId, [low, high], "updated", indexed(asChange(low, { port: 300 })), CAP);
+    expect(moved.helpers.map((h) => h.port)).toEqual([200, 300]);
+    const reverted = revertOps(moved.helpers, moved.ops);
+    expect(reverted.helpers.map((h) => h.port)).toEqual([100, 200]);
+  });
+});
