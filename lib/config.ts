@@ -33,6 +33,8 @@ export interface Config {
   /** Override for emulators (dynalite, fauxqs, moto_server); undefined in AWS. */
   readonly awsEndpoint: string | undefined;
   readonly routersTable: string;
+  /** Multi-router notifications commit in one DynamoDB transaction; off only for dynalite (it has none). */
+  readonly routerTransactions: boolean;
   readonly idempotencyTable: string;
   /** Queue URL per node: the template's `{node}` is replaced by the host name. */
   readonly nodeQueueUrlTemplate: string;
@@ -54,6 +56,14 @@ export function positiveInt(env: Env, name: string, fallback: number): number {
     throw new Error(`${name} must be a positive integer, got "${raw}"`);
   }
   return value;
+}
+
+export function flag(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name]?.trim().toLowerCase();
+  if (raw === undefined || raw === "") return fallback;
+  if (["1", "true", "on", "yes"].includes(raw)) return true;
+  if (["0", "false", "off", "no"].includes(raw)) return false;
+  throw new Error(`${name} must be true or false, got "${env[name]}"`);
 }
 
 export function loadLimits(env: Env = process.env): Limits {
@@ -83,6 +93,7 @@ export function loadConfig(env: Env = process.env): Config {
     region: env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? "us-east-1",
     awsEndpoint: env.CTH_AWS_ENDPOINT || undefined,
     routersTable: env.CTH_ROUTERS_TABLE ?? "cth-routers",
+    routerTransactions: flag(env, "CTH_ROUTERS_TRANSACTIONS", true),
     idempotencyTable: env.CTH_IDEMPOTENCY_TABLE ?? "cth-idempotency",
     nodeQueueUrlTemplate:
       env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",

@@ -7,7 +7,10 @@ import type { ApplyError, HelperRule, RouterSyncMessage, StatusMessage } from ".
 /** A helper as stored on its router; `project_id` is the owner's project, kept for audit. */
 export type StoredHelper = HelperRule;
 
-/** One item per router: the unit of consistency (dynalite has no transactions; DynamoDB needs none here). */
+/**
+ * One item per router: the unit of consistency. A notification that names several routers commits them in
+ * one transaction where the backend has them (RoutersStore.putAll), with compensation where it has not.
+ */
 export interface RouterRecord {
   readonly routerId: string;
   readonly projectId: string;
@@ -23,6 +26,13 @@ export interface RouterRecord {
   readonly updatedAt: string;
 }
 
+/** One conditional write of a multi-router commit. */
+export interface RouterWrite {
+  readonly next: RouterRecord;
+  /** As in put: the revision the writer read, undefined for a create. */
+  readonly expectedRevision: number | undefined;
+}
+
 export interface RoutersStore {
   /** Strongly consistent read. */
   get(routerId: string): Promise<RouterRecord | undefined>;
@@ -33,6 +43,11 @@ export interface RoutersStore {
    * Throws RevisionConflictError when someone else wrote first.
    */
   put(next: RouterRecord, expectedRevision: number | undefined): Promise<void>;
+  /**
+   * Every write or none, in one transaction, each conditional like put; RevisionConflictError when any
+   * condition fails (nothing is written then). Undefined where the backend has no transactions (dynalite).
+   */
+  readonly putAll?: ((writes: readonly RouterWrite[]) => Promise<void>) | undefined;
   /** Deletes only if the stored revision equals `expectedRevision`; RevisionConflictError otherwise. */
   delete(routerId: string, expectedRevision: number): Promise<void>;
   /**

@@ -23,7 +23,9 @@ export function productionPorts(config: Config): ProductionPorts {
   const clients = makeAwsClients(config);
   return {
     clients,
-    store: new DynamoRoutersStore(clients.dynamo, config.routersTable),
+    store: new DynamoRoutersStore(clients.dynamo, config.routersTable, {
+      transactions: config.routerTransactions,
+    }),
     queue: new SqsCommandQueue(clients.sqs, (host) =>
       queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
     ),

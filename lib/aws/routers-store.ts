@@ -1,6 +1,7 @@
 /**
  * RoutersStore on DynamoDB: one item per router, every desired-state write conditional on the revision the
- * writer read (optimistic concurrency; dynalite has no transactions and none are needed).
+ * writer read (optimistic concurrency). Multi-router commits use TransactWriteItems unless the backend has
+ * no transactions (dynalite: `transactions: false`, and the domain compensates instead).
  */
 import { ConditionalCheckFailedException } from "@aws-sdk/client-dynamodb";
 import {
@@ -9,12 +10,15 @@ import {
   type DynamoDBDocumentClient,
   GetCommand,
   PutCommand,
+  type PutCommandInput,
   QueryCommand,
   ScanCommand,
+  TransactWriteCommand,
   UpdateCommand,
+  type UpdateCommandInput,
 } from "@aws-sdk/lib-dynamodb";
 import { RevisionConflictError, ServiceUnavailableError } from "../errors.ts";
-import type { RouterRecord, RoutersStore } from "../ports.ts";
+import type { RouterRecord, RoutersStore, RouterWrite } from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
 import { ROUTERS_BY_HOST_INDEX } from "./tables.ts";
 
@@ -115,11 +119,59 @@ function guard<T>(pending: Promise<T>): Promise<T> {
 /** DynamoDB's BatchGetItem limit. */
 const BATCH_GET_LIMIT = 100;
 
+type WriteInput =
+  | { Put: PutCommandInput & { ConditionExpression: string } }
+  | { Update: UpdateCommandInput & { UpdateExpression: string; ConditionExpression: string } };
+
+/** DynamoDB's TransactWriteItems limit (a notification names at most 64 routers). */
+const TRANSACTION_LIMIT = 100;
+
+export interface DynamoRoutersStoreOptions {
+  /** TransactWriteItems for multi-router commits (DynamoDB, moto_server); false for dynalite. */
+  readonly transactions: boolean;
+}
+
 export class DynamoRoutersStore implements RoutersStore {
+  readonly putAll: RoutersStore["putAll"];
+
   constructor(
     private readonly client: DynamoDBDocumentClient,
     private readonly tableName: string,
-  ) {}
+    options: DynamoRoutersStoreOptions,
+  ) {
+    this.putAll = options.transactions ? (writes) => this.transact(writes) : undefined;
+  }
+
+  private async transact(writes: readonly RouterWrite[]): Promise<void> {
+    if (writes.length === 0) return;
+    if (writes.length > TRANSACTION_LIMIT) throw new Error(`at most ${TRANSACTION_LIMIT} routers per commit`);
+    try {
+      await guard(
+        this.client.send(
+          new TransactWriteCommand({
+            TransactItems: writes.map(({ next, expectedRevision }) =>
+              this.writeInput(next, expectedRevision),
+            ),
+          }),
+        ),
+      );
+    } catch (error) {
+      // A failed condition, or another transaction on the same item: either way someone else wrote first.
+      const reasons = (error as { CancellationReasons?: { Code?: string }[] }).CancellationReasons ?? [];
+      const lostRace = reasons.some(
+        (r) => r.Code === "ConditionalCheckFailed" || r.Code === "TransactionConflict",
+      );
+      if (
+        (error instanceof Error && error.name === "TransactionCanceledException" && lostRace) ||
+        isConditionFailure(error)
+      ) {
+        throw new RevisionConflictError("a router of this notification changed concurrently", undefined, {
+          cause: error,
+        });
+      }
+      throw error;
+    }
+  }
 
   async get(routerId: string): Promise<RouterRecord | undefined> {
     const result = await guard(
@@ -158,17 +210,49 @@ export class DynamoRoutersStore implements RoutersStore {
     return found;
   }
 
+  /**
+   * A create puts the whole item. A change of an existing router sets only the desired state: the applied
+   * status belongs to recordApplied, and a report that lands between this writer's read and its write must
+   * not be put back to what the writer read.
+   */
+  private writeInput(next: RouterRecord, expectedRevision: number | undefined): WriteInput {
+    if (expectedRevision === undefined) {
+      return {
+        Put: {
+          TableName: this.tableName,
+          Item: toItem(next),
+          ConditionExpression: "attribute_not_exists(router_id)",
+        },
+      };
+    }
+    const item = toItem(next);
+    return {
+      Update: {
+        TableName: this.tableName,
+        Key: { router_id: next.routerId },
+        ConditionExpression: "revision = :expected",
+        UpdateExpression:
+          "SET project_id = :project, #host = :host, revision = :revision, helpers = :helpers, updated_at = :updated",
+        ExpressionAttributeNames: { "#host": "host" },
+        ExpressionAttributeValues: {
+          ":expected": expectedRevision,
+          ":project": item.project_id,
+          ":host": item.host,
+          ":revision": item.revision,
+          ":helpers": item.helpers,
+          ":updated": item.updated_at,
+        },
+      },
+    };
+  }
+
   async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
-    const condition =
-      expectedRevision === undefined
-        ? { ConditionExpression: "attribute_not_exists(router_id)" }
-        : {
-            ConditionExpression: "revision = :expected",
-            ExpressionAttributeValues: { ":expected": expectedRevision },
-          };
     try {
+      const input = this.writeInput(next, expectedRevision);
       await guard(
-        this.client.send(new PutCommand({ TableName: this.tableName, Item: toItem(next), ...condition })),
+        "Put" in input
+          ? this.client.send(new PutCommand(input.Put))
+          : this.client.send(new UpdateCommand(input.Update)),
       );
     } catch (error) {
       if (isConditionFailure(error)) {

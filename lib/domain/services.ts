@@ -6,7 +6,7 @@
  */
 import type { Limits } from "../config.ts";
 import { RevisionConflictError, routerNotFound, ServiceUnavailableError } from "../errors.ts";
-import type { Clock, CommandQueue, RouterRecord, RoutersStore } from "../ports.ts";
+import type { Clock, CommandQueue, RouterRecord, RoutersStore, RouterWrite } from "../ports.ts";
 import type { Notification, RouterSyncMessage, RouterUpsert } from "../schemas/index.ts";
 import { authorizeHelperProject, authorizeRouter, requireAdmin } from "./authorize.ts";
 import { applyChanges, type HelperOp, type IndexedChange, revertOps } from "./changes.ts";
@@ -178,6 +178,72 @@ async function enqueueByHost(deps: DomainDeps, byHost: Map<string, RouterSyncMes
   }
 }
 
+/** Where the store has transactions: every touched router in one conditional commit, re-planned on a race. */
+async function commitAtomically(
+  deps: DomainDeps,
+  putAll: NonNullable<RoutersStore["putAll"]>,
+  identity: Identity,
+  notification: Notification,
+  groups: Map<string, IndexedChange[]>,
+  first: Map<string, RouterRecord>,
+): Promise<Committed[]> {
+  const policy = deps.retry ?? DEFAULT_RETRY;
+  let records = first;
+  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
+    if (attempt > 0) {
+      await backoff(policy, attempt);
+      records = await deps.store.getMany([...groups.keys()]);
+    }
+    const committed: Committed[] = [];
+    const writes: RouterWrite[] = [];
+    for (const [routerId, changes] of groups) {
+      const planned = plan(deps, identity, notification, routerId, changes, records.get(routerId));
+      if (planned.ops.length === 0) {
+        committed.push({ record: planned.record, ops: [] });
+        continue;
+      }
+      const next: RouterRecord = {
+        ...planned.record,
+        helpers: planned.helpers,
+        revision: planned.record.revision + 1,
+        updatedAt: deps.clock.now().toISOString(),
+      };
+      writes.push({ next, expectedRevision: planned.record.revision });
+      committed.push({ record: next, ops: planned.ops });
+    }
+    try {
+      await putAll(writes);
+      return committed;
+    } catch (error) {
+      if (!(error instanceof RevisionConflictError)) throw error;
+    }
+  }
+  throw busy([...groups.keys()].join(", "));
+}
+
+/** Without transactions: router by router, undoing what this request wrote when a later router fails. */
+async function commitInTurn(
+  deps: DomainDeps,
+  identity: Identity,
+  notification: Notification,
+  groups: Map<string, IndexedChange[]>,
+  records: Map<string, RouterRecord>,
+  correlationId: string,
+): Promise<Committed[]> {
+  const committed: Committed[] = [];
+  for (const [routerId, changes] of groups) {
+    try {
+      committed.push(
+        await commitRouter(deps, identity, notification, routerId, changes, records.get(routerId)),
+      );
+    } catch (error) {
+      await compensate(deps, committed, correlationId);
+      throw error;
+    }
+  }
+  return committed;
+}
+
 /**
  * Applies a notification whole or not at all across every router it names, then queues one snapshot per
  * touched router (grouped per node).
@@ -197,17 +263,10 @@ export async function submitNotification(
       plan(deps, identity, notification, routerId, changes, records.get(routerId));
     }
   }
-  const committed: Committed[] = [];
-  for (const [routerId, changes] of groups) {
-    try {
-      committed.push(
-        await commitRouter(deps, identity, notification, routerId, changes, records.get(routerId)),
-      );
-    } catch (error) {
-      await compensate(deps, committed, correlationId);
-      throw error;
-    }
-  }
+  const committed =
+    groups.size > 1 && deps.store.putAll
+      ? await commitAtomically(deps, deps.store.putAll, identity, notification, groups, records)
+      : await commitInTurn(deps, identity, notification, groups, records, correlationId);
   const byHost = new Map<string, RouterSyncMessage[]>();
   for (const { record } of committed) {
     const list = byHost.get(record.host) ?? [];

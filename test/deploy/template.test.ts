@@ -211,7 +211,7 @@ describe("least privilege", () => {
       "dynamodb:BatchGetItem": [routers],
       "dynamodb:PutItem": [idem, routers].sort(),
       "dynamodb:DeleteItem": [idem, routers].sort(),
-      "dynamodb:UpdateItem": [idem],
+      "dynamodb:UpdateItem": [idem, routers].sort(),
       "sqs:SendMessage": nodeQueues,
     });
   });
@@ -222,6 +222,7 @@ describe("least privilege", () => {
       "dynamodb:GetItem": [routers],
       "dynamodb:BatchGetItem": [routers],
       "dynamodb:PutItem": [routers],
+      "dynamodb:UpdateItem": [routers],
       "dynamodb:DeleteItem": [routers],
       "sqs:SendMessage": [...nodeQueues, JSON.stringify(getAtt("EventsDlq"))].sort(),
     });

@@ -15,10 +15,13 @@ import type { Config } from "../../lib/config.ts";
 import { systemClock } from "../../lib/ports.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import {
+  createTables,
   EMULATOR_CREDENTIALS,
   type Emulators,
+  motoMissing,
   type QueuePair,
   startEmulators,
+  startMotoServer,
 } from "../support/emulators.ts";
 import {
   eventBridgeEvent,
@@ -56,7 +59,7 @@ beforeAll(async () => {
     { credentials: EMULATOR_CREDENTIALS },
   );
   direct = emu.clients(config);
-  store = new DynamoRoutersStore(viaProxy.dynamo, config.routersTable);
+  store = new DynamoRoutersStore(viaProxy.dynamo, config.routersTable, { transactions: false });
   const sqsQueue = new SqsCommandQueue(
     direct.sqs,
     (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
@@ -192,7 +195,7 @@ describe("DynamoDB unreachable (refused connections to the real emulator)", () =
     expect(await queued()).toEqual([]);
   });
 
-  it("an outage between two routers' writes: 503, and the retry after recovery leaves each router changed exactly once", async () => {
+  it("without transactions (dynalite), an outage between two routers' writes: 503, and the retry after recovery leaves each router changed exactly once", async () => {
     const first = routerRecord({ host: "node-a" });
     const second = routerRecord({ host: "node-a" });
     await store.put(first, undefined);
@@ -201,8 +204,8 @@ describe("DynamoDB unreachable (refused connections to the real emulator)", () =
       { id: newId(), router_id: first.routerId, protocol: "tcp", port: 21, helper: "ftp" },
       { id: newId(), router_id: second.routerId, protocol: "udp", port: 69, helper: "tftp" },
     ];
-    // The first PutItem (router one) goes through; the connection dies before the second.
-    proxy.cutBefore("DynamoDB_20120810.PutItem", 2);
+    // The first write (router one) goes through; the connection dies before the second.
+    proxy.cutBefore("DynamoDB_20120810.UpdateItem", 2);
     expectClean503(await post(helpers));
     expect(await queued()).toEqual([]);
     await proxy.up();
@@ -235,3 +238,114 @@ describe("DynamoDB unreachable (refused connections to the real emulator)", () =
     );
   });
 });
+
+/** moto_server has TransactWriteItems, as DynamoDB does: there a multi-router notification is one write. */
+const noMoto = motoMissing();
+describe.skipIf(noMoto !== undefined && process.env.CI !== "true")(
+  "DynamoDB unreachable with transactions (moto_server)",
+  () => {
+    let moto: Awaited<ReturnType<typeof startMotoServer>>;
+    let motoProxy: CutProxy;
+    let motoStore: DynamoRoutersStore;
+    let motoDirect: ReturnType<typeof makeAwsClients>;
+    let motoHandler: ReturnType<typeof makeHandler>;
+    const motoConfig = () => ({ ...config, routersTable: "cth-routers-tx" });
+
+    beforeAll(async () => {
+      if (noMoto) throw new Error(`CI=true but ${noMoto}`);
+      moto = await startMotoServer();
+      motoDirect = makeAwsClients(
+        { region: config.region, awsEndpoint: moto.endpoint },
+        { credentials: EMULATOR_CREDENTIALS },
+      );
+      await createTables(motoDirect.dynamoRaw, motoConfig());
+      motoProxy = await startCutProxy(moto.endpoint);
+      const viaProxy = makeAwsClients(
+        { region: config.region, awsEndpoint: motoProxy.url },
+        { credentials: EMULATOR_CREDENTIALS },
+      );
+      motoStore = new DynamoRoutersStore(viaProxy.dynamo, motoConfig().routersTable, { transactions: true });
+      const domain = {
+        store: motoStore,
+        queue: new SqsCommandQueue(
+          direct.sqs,
+          (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+          {
+            maxAttempts: 2,
+            baseDelayMs: 1,
+          },
+        ),
+        clock: systemClock,
+        limits: config.limits,
+        log: logger,
+        retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 5 },
+      };
+      motoHandler = makeHandler({
+        domain,
+        schemas: buildSchemas(config.limits, config.catalog),
+        logger,
+        idempotency: undefined,
+      });
+    }, 60_000);
+
+    afterAll(async () => {
+      await motoProxy?.stop();
+      await moto?.stop();
+    });
+
+    const motoTable = async () =>
+      (
+        (
+          await motoDirect.dynamo.send(
+            new ScanCommand({ TableName: motoConfig().routersTable, ConsistentRead: true }),
+          )
+        ).Items ?? []
+      ).sort((a, b) => String(a.router_id).localeCompare(String(b.router_id)));
+
+    it("a multi-router notification cut at its commit: 503, no router changed, nothing queued; the retry changes each once", async () => {
+      await motoProxy.up();
+      const first = routerRecord({ host: "node-a" });
+      const second = routerRecord({ host: "node-a" });
+      await motoStore.put(first, undefined);
+      await motoStore.put(second, undefined);
+      const before = await motoTable();
+      const helpers = [
+        { id: newId(), router_id: first.routerId, protocol: "tcp", port: 21, helper: "ftp" },
+        { id: newId(), router_id: second.routerId, protocol: "udp", port: 69, helper: "tftp" },
+      ];
+      const call = () =>
+        motoHandler(
+          httpApiEvent({
+            method: "POST",
+            path: "/v1/notifications",
+            body: { event: "created", conntrack_helpers: helpers },
+            claims,
+          }),
+          lambdaContext(),
+        );
+      motoProxy.cutBefore("DynamoDB_20120810.TransactWriteItems", 1);
+      expectClean503(await call());
+      await motoProxy.up();
+      expect(await motoTable()).toEqual(before);
+      expect(await queued()).toEqual([]);
+      const retry = await call();
+      expect(retry.statusCode, retry.body).toBe(202);
+      const rows = (await motoTable()) as {
+        router_id: string;
+        revision: number;
+        helpers: { id: string }[];
+      }[];
+      const byId = new Map(rows.map((row) => [row.router_id, row]));
+      expect(byId.get(first.routerId)).toMatchObject({ revision: 1, helpers: [{ id: helpers[0]!.id }] });
+      expect(byId.get(second.routerId)).toMatchObject({ revision: 1, helpers: [{ id: helpers[1]!.id }] });
+      const sent = await queued();
+      expect(sent.map((m) => [m.router_id, m.revision, m.helpers.length]).sort()).toEqual(
+        [
+          [first.routerId, 1, 1],
+          [second.routerId, 1, 1],
+        ].sort(),
+      );
+      expect(motoProxy.seen.get("DynamoDB_20120810.TransactWriteItems")).toBe(1);
+    });
+  },
+);

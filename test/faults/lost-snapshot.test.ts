@@ -82,7 +82,7 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
     statusQueue = await emu.createStatusQueue(`cth-status-${randomUUID().slice(0, 8)}`);
     const clients = emu.clients(config);
     sqs = clients.sqs;
-    const store = new DynamoRoutersStore(clients.dynamo, config.routersTable);
+    const store = new DynamoRoutersStore(clients.dynamo, config.routersTable, { transactions: false });
     const queue = new SqsCommandQueue(sqs, (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host));
     lossy = new LossyQueue(queue);
     const schemas = buildSchemas(config.limits, config.catalog);

@@ -5,7 +5,7 @@
  */
 import { DynamoDBPersistenceLayer } from "@aws-lambda-powertools/idempotency/dynamodb";
 import { SendMessageBatchCommand, type SendMessageBatchCommandInput } from "@aws-sdk/client-sqs";
-import { BatchGetCommand, GetCommand, PutCommand } from "@aws-sdk/lib-dynamodb";
+import { BatchGetCommand, GetCommand, PutCommand, UpdateCommand } from "@aws-sdk/lib-dynamodb";
 import { mockClient } from "aws-sdk-client-mock";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { queueUrlFromTemplate, SqsCommandQueue } from "../../lib/aws/command-queue.ts";
@@ -123,8 +123,15 @@ describe("DynamoDB faults", () => {
         failPutFor(String(input.Item?.router_id))
           ? Promise.reject(throttle)
           : real.send(new PutCommand(input)),
+      )
+      // Desired-state changes of existing routers are updates (see DynamoRoutersStore.put).
+      .on(UpdateCommand)
+      .callsFake((input) =>
+        failPutFor(String(input.Key?.router_id))
+          ? Promise.reject(throttle)
+          : real.send(new UpdateCommand(input)),
       );
-    return new DynamoRoutersStore(faulty, core.config.routersTable);
+    return new DynamoRoutersStore(faulty, core.config.routersTable, { transactions: false });
   }
 
   it("answers a clean 503 and writes nothing when the table throttles the write", async () => {

@@ -58,7 +58,7 @@ export async function startCore(configOverrides: Partial<Config> = {}): Promise<
     "node-a": await emu.createNodeQueue("node-a"),
     "node-b": await emu.createNodeQueue("node-b"),
   };
-  const store = new DynamoRoutersStore(clients.dynamo, config.routersTable);
+  const store = new DynamoRoutersStore(clients.dynamo, config.routersTable, { transactions: false });
   const queue = new SqsCommandQueue(
     clients.sqs,
     (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),

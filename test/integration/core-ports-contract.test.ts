@@ -53,15 +53,22 @@ afterAll(async () => {
 const motoClients = () =>
   makeAwsClients({ region: "us-east-1", awsEndpoint: moto!.endpoint }, { credentials: EMULATOR_CREDENTIALS });
 
-const stores: [string, () => Promise<RoutersStore>][] = [
-  ["MemoryRoutersStore", async () => new MemoryRoutersStore()],
+/** [name, factory, whether the backend has transactions (putAll)] */
+const stores: [string, () => Promise<RoutersStore>, boolean][] = [
+  ["MemoryRoutersStore", async () => new MemoryRoutersStore(), true],
+  [
+    "MemoryRoutersStore without transactions",
+    async () => new MemoryRoutersStore({ transactions: false }),
+    false,
+  ],
   [
     "DynamoRoutersStore on dynalite",
     async () => {
       const config = emu.makeConfig();
       await emu.createTables(config);
-      return new DynamoRoutersStore(emu.clients(config).dynamo, config.routersTable);
+      return new DynamoRoutersStore(emu.clients(config).dynamo, config.routersTable, { transactions: false });
     },
+    false,
   ],
   ...(noMoto
     ? []
@@ -72,13 +79,14 @@ const stores: [string, () => Promise<RoutersStore>][] = [
             const config = emu.makeConfig();
             const clients = motoClients();
             await createTables(clients.dynamoRaw, config);
-            return new DynamoRoutersStore(clients.dynamo, config.routersTable);
+            return new DynamoRoutersStore(clients.dynamo, config.routersTable, { transactions: true });
           },
+          true,
         ],
-      ] as [string, () => Promise<RoutersStore>][])),
+      ] as [string, () => Promise<RoutersStore>, boolean][])),
 ];
 
-describe.each(stores)("RoutersStore contract: %s", (_name, make) => {
+describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) => {
   let store: RoutersStore;
   beforeAll(async () => {
     store = await make();
@@ -119,6 +127,65 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make) => {
     expect(stored?.revision).toBe(1);
     expect(stored?.helpers).toHaveLength(1);
   });
+
+  it("a change of desired state never puts back the applied status its writer read", async () => {
+    const record = routerRecord({ host: "node-a" });
+    await store.put(record, undefined);
+    await store.put({ ...record, revision: 1, helpers: [storedHelper()] }, 0);
+    const read = await store.get(record.routerId);
+    // An agent's report lands between this writer's read and its write.
+    const at = "2026-12-01T10:00:00.000Z";
+    expect(
+      await store.recordApplied({ routerId: record.routerId, revision: 1, host: "node-a", errors: [], at }),
+    ).toBe(true);
+    await store.put({ ...read!, revision: 2, helpers: [...read!.helpers, storedHelper()] }, 1);
+    const stored = await store.get(record.routerId);
+    expect(stored?.revision).toBe(2);
+    expect(stored?.helpers).toHaveLength(2);
+    expect(stored?.appliedRevision).toBe(1);
+    expect(stored?.appliedAt).toBe(at);
+    expect(stored?.appliedHost).toBe("node-a");
+  });
+
+  it(`${transactional ? "has" : "has no"} transactions`, () => {
+    expect(store.putAll !== undefined).toBe(transactional);
+  });
+
+  // Backends without transactions get compensation in the domain instead (core-faults, core-services).
+  if (transactional)
+    it("commits several routers in one transaction, or none when any condition fails", async () => {
+      if (!store.putAll) throw new Error("no putAll");
+      const a = routerRecord({ host: "node-a" });
+      const b = routerRecord({ host: "node-b" });
+      await store.put(a, undefined);
+      await store.put(b, undefined);
+      const fresh = routerRecord();
+      await store.putAll([
+        { next: { ...a, revision: 1, helpers: [storedHelper()] }, expectedRevision: 0 },
+        { next: { ...b, revision: 1, helpers: [storedHelper()] }, expectedRevision: 0 },
+        { next: fresh, expectedRevision: undefined },
+      ]);
+      expect((await store.get(a.routerId))?.revision).toBe(1);
+      expect((await store.get(b.routerId))?.revision).toBe(1);
+      expect(await store.get(fresh.routerId)).toBeDefined();
+      // b's expected revision is stale: a's write must not land either.
+      await expect(
+        store.putAll([
+          { next: { ...a, revision: 2, helpers: [] }, expectedRevision: 1 },
+          { next: { ...b, revision: 2, helpers: [] }, expectedRevision: 0 },
+        ]),
+      ).rejects.toBeInstanceOf(RevisionConflictError);
+      expect(await store.get(a.routerId)).toMatchObject({ revision: 1, helpers: [expect.anything()] });
+      expect(await store.get(b.routerId)).toMatchObject({ revision: 1, helpers: [expect.anything()] });
+      // A create of a router that exists fails the whole commit too.
+      await expect(
+        store.putAll([
+          { next: { ...a, revision: 2, helpers: [] }, expectedRevision: 1 },
+          { next: fresh, expectedRevision: undefined },
+        ]),
+      ).rejects.toBeInstanceOf(RevisionConflictError);
+      expect((await store.get(a.routerId))?.revision).toBe(1);
+    });
 
   it("reads several routers at once and leaves unknown ids out", async () => {
     const a = routerRecord();

@@ -133,7 +133,9 @@ export class Harness {
     h.statusQueueUrl = statusQ.url;
     h.statusDlqUrl = statusQ.dlq;
     const template = nodeQ.url.replace(`cth-${node}.fifo`, "cth-{node}.fifo");
-    const store = new DynamoRoutersStore(dynamo, config.routersTable);
+    const store = new DynamoRoutersStore(dynamo, config.routersTable, {
+      transactions: config.routerTransactions,
+    });
     const queue = new SqsCommandQueue(sqs, (host) => queueUrlFromTemplate(template, host), {
       maxAttempts: 6,
       baseDelayMs: 100,

@@ -261,6 +261,8 @@ export async function startEmulators(): Promise<Emulators> {
         region: EMULATOR_REGION,
         awsEndpoint: endpoint,
         routersTable: `cth-routers-${unique}`,
+        // dynalite has no TransactWriteItems: multi-router commits take the compensating path here.
+        routerTransactions: false,
         idempotencyTable: `cth-idempotency-${unique}`,
         nodeQueueUrlTemplate: `${queueUrlBase}/cth-{node}.fifo`,
         statusQueueUrl: `${queueUrlBase}/cth-status`,
@@ -296,6 +298,7 @@ export async function startEmulators(): Promise<Emulators> {
         AWS_SECRET_ACCESS_KEY: EMULATOR_CREDENTIALS.secretAccessKey,
         CTH_AWS_ENDPOINT: config.awsEndpoint ?? "",
         CTH_ROUTERS_TABLE: config.routersTable,
+        CTH_ROUTERS_TRANSACTIONS: String(config.routerTransactions),
         CTH_IDEMPOTENCY_TABLE: config.idempotencyTable,
         CTH_NODE_QUEUE_URL_TEMPLATE: config.nodeQueueUrlTemplate,
         CTH_STATUS_QUEUE_URL: config.statusQueueUrl,

@@ -13,6 +13,25 @@ export class MemoryRoutersStore implements RoutersStore {
   private readonly rows = new Map<string, RouterRecord>();
   /** Counts successful writes (puts, deletes, applied updates): "nothing was written" assertions use it. */
   writes = 0;
+  readonly putAll: RoutersStore["putAll"];
+
+  /** `transactions: false` acts like dynalite (no putAll), so the domain's compensating path runs. */
+  constructor(options: { transactions?: boolean } = {}) {
+    this.putAll =
+      options.transactions === false
+        ? undefined
+        : async (writes) => {
+            // Check every condition first, then write: all or nothing, like TransactWriteItems.
+            for (const { next, expectedRevision } of writes) this.check(next.routerId, expectedRevision);
+            for (const { next } of writes) this.store(next);
+          };
+  }
+
+  private check(routerId: string, expectedRevision: number | undefined): void {
+    const row = this.rows.get(routerId);
+    const ok = expectedRevision === undefined ? row === undefined : row?.revision === expectedRevision;
+    if (!ok) throw new RevisionConflictError(`router ${routerId} changed concurrently`);
+  }
 
   async get(routerId: string): Promise<RouterRecord | undefined> {
     const row = this.rows.get(routerId);
@@ -29,10 +48,22 @@ export class MemoryRoutersStore implements RoutersStore {
   }
 
   async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
+    this.check(next.routerId, expectedRevision);
+    this.store(next);
+  }
+
+  private store(next: RouterRecord): void {
     const row = this.rows.get(next.routerId);
-    const ok = expectedRevision === undefined ? row === undefined : row?.revision === expectedRevision;
-    if (!ok) throw new RevisionConflictError(`router ${next.routerId} changed concurrently`);
-    this.rows.set(next.routerId, clone(next));
+    // Like DynamoDB's adapter: a change of an existing router keeps the stored applied status.
+    const applied = row
+      ? {
+          appliedRevision: row.appliedRevision,
+          appliedAt: row.appliedAt,
+          appliedHost: row.appliedHost,
+          appliedErrors: row.appliedErrors,
+        }
+      : {};
+    this.rows.set(next.routerId, clone({ ...next, ...applied }));
     this.writes++;
   }
 

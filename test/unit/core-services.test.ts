@@ -192,6 +192,85 @@ describe("submitNotification", () => {
   });
 });
 
+describe("submitNotification across routers, on a store with transactions", () => {
+  const twoRouters = async () => {
+    const { deps, store, queue, seed } = setup();
+    const first = await seed({ host: "node-a" });
+    const second = await seed({ host: "node-b" });
+    const body = notification("created", [helperChange(first.routerId), helperChange(second.routerId)]);
+    return { deps, store, queue, first, second, body };
+  };
+
+  it("commits every router in one write", async () => {
+    const { deps, store, queue, first, second, body } = await twoRouters();
+    let commits = 0;
+    const putAll = store.putAll!;
+    const counted: DomainDeps = {
+      ...deps,
+      store: Object.assign(Object.create(store), {
+        putAll: async (writes: Parameters<typeof putAll>[0]) => {
+          commits++;
+          await putAll(writes);
+        },
+      }),
+    };
+    const result = await submitNotification(counted, member(), body, "c");
+    expect(commits).toBe(1);
+    expect(result.routers.map((r) => r.revision)).toEqual([1, 1]);
+    expect((await store.get(first.routerId))?.helpers).toHaveLength(1);
+    expect((await store.get(second.routerId))?.helpers).toHaveLength(1);
+    expect(queue.messages("node-a")).toHaveLength(1);
+    expect(queue.messages("node-b")).toHaveLength(1);
+  });
+
+  it("writes nothing to any router and queues nothing when the commit fails", async () => {
+    const { deps, store, queue, first, second, body } = await twoRouters();
+    const writes = store.writes;
+    const down: DomainDeps = {
+      ...deps,
+      store: Object.assign(Object.create(store), {
+        putAll: async () => {
+          throw new ServiceUnavailableError("the routers table is busy; retry later");
+        },
+      }),
+    };
+    await expect(submitNotification(down, member(), body, "c")).rejects.toBeInstanceOf(
+      ServiceUnavailableError,
+    );
+    expect(store.writes).toBe(writes);
+    expect(await store.get(first.routerId)).toMatchObject({ revision: 0, helpers: [] });
+    expect(await store.get(second.routerId)).toMatchObject({ revision: 0, helpers: [] });
+    expect(queue.messages("node-a")).toEqual([]);
+    expect(queue.messages("node-b")).toEqual([]);
+  });
+
+  it("re-reads and re-plans every router when another writer won the race", async () => {
+    const { deps, store, first, second, body } = await twoRouters();
+    const rival = storedHelper({ port: 4000 });
+    let raced = false;
+    const putAll = store.putAll!;
+    const racing: DomainDeps = {
+      ...deps,
+      store: Object.assign(Object.create(store), {
+        putAll: async (writes: Parameters<typeof putAll>[0]) => {
+          if (!raced) {
+            raced = true;
+            await store.put({ ...second, revision: 1, helpers: [rival] }, 0);
+          }
+          await putAll(writes);
+        },
+      }),
+    };
+    const result = await submitNotification(racing, member(), body, "c");
+    expect(result.routers).toEqual([
+      { router_id: first.routerId, revision: 1 },
+      { router_id: second.routerId, revision: 2 },
+    ]);
+    expect((await store.get(second.routerId))?.helpers.map((h) => h.id)).toContain(rival.id);
+    expect((await store.get(second.routerId))?.helpers).toHaveLength(2);
+  });
+});
+
 describe("upsertRouter", () => {
   it("refuses a non-admin with 403", async () => {
     const { deps } = setup();
