@@ -42,6 +42,9 @@ class LeanStore implements RoutersStore {
   async delete(id: string) {
     this.rows.delete(id);
   }
+  async lastRevision(id: string) {
+    return this.rows.get(id)?.revision ?? 0;
+  }
   async recordApplied() {
     return false;
   }

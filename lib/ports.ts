@@ -39,7 +39,8 @@ export interface RoutersStore {
   /** Strongly consistent reads of several routers; missing ids are absent from the map. */
   getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>>;
   /**
-   * Writes `next` only if the stored revision still equals `expectedRevision` (undefined: must not exist).
+   * Writes `next` only if the stored revision still equals `expectedRevision` (undefined: a create, which needs
+   * no live router of that id and, over a tombstone, a revision at least the tombstone's).
    * Throws RevisionConflictError when someone else wrote first.
    */
   put(next: RouterRecord, expectedRevision: number | undefined): Promise<void>;
@@ -48,8 +49,15 @@ export interface RoutersStore {
    * condition fails (nothing is written then). Undefined where the backend has no transactions (dynalite).
    */
   readonly putAll?: ((writes: readonly RouterWrite[]) => Promise<void>) | undefined;
-  /** Deletes only if the stored revision equals `expectedRevision`; RevisionConflictError otherwise. */
-  delete(routerId: string, expectedRevision: number): Promise<void>;
+  /**
+   * Deletes only if the stored revision equals `expectedRevision` (RevisionConflictError otherwise), leaving a
+   * tombstone at `expectedRevision + 1`, the revision of the empty snapshot that removed the router's rules.
+   * A tombstone reads as absent everywhere; it only makes a re-created router continue above it (agents
+   * drop any revision not newer than the last they applied).
+   */
+  delete(routerId: string, expectedRevision: number, deletedAt: string): Promise<void>;
+  /** The highest revision this id was ever given, live or deleted; 0 for an id never seen. */
+  lastRevision(routerId: string): Promise<number>;
   /**
    * Raises the applied revision monotonically (never lowers it, never touches desired state); a report at
    * the current applied revision refreshes `appliedAt`. Returns false when the router is unknown, carried by

@@ -6,7 +6,6 @@
 import { ConditionalCheckFailedException } from "@aws-sdk/client-dynamodb";
 import {
   BatchGetCommand,
-  DeleteCommand,
   type DynamoDBDocumentClient,
   GetCommand,
   PutCommand,
@@ -49,6 +48,9 @@ function toItem(record: RouterRecord): RouterItem {
     updated_at: record.updatedAt,
   };
 }
+
+/** What a deleted router leaves: its id and the last revision it was given (see RoutersStore.delete). */
+const isTombstone = (item: Record<string, unknown>): boolean => item.deleted_at !== undefined;
 
 function fromItem(item: Record<string, unknown>): RouterRecord {
   const row = item as unknown as RouterItem;
@@ -179,7 +181,21 @@ export class DynamoRoutersStore implements RoutersStore {
         new GetCommand({ TableName: this.tableName, Key: { router_id: routerId }, ConsistentRead: true }),
       ),
     );
-    return result.Item ? fromItem(result.Item) : undefined;
+    return result.Item && !isTombstone(result.Item) ? fromItem(result.Item) : undefined;
+  }
+
+  async lastRevision(routerId: string): Promise<number> {
+    const result = await guard(
+      this.client.send(
+        new GetCommand({
+          TableName: this.tableName,
+          Key: { router_id: routerId },
+          ConsistentRead: true,
+          ProjectionExpression: "revision",
+        }),
+      ),
+    );
+    return Number(result.Item?.revision ?? 0);
   }
 
   async getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>> {
@@ -201,6 +217,7 @@ export class DynamoRoutersStore implements RoutersStore {
           ),
         );
         for (const item of result.Responses?.[this.tableName] ?? []) {
+          if (isTombstone(item)) continue;
           const record = fromItem(item);
           found.set(record.routerId, record);
         }
@@ -217,11 +234,14 @@ export class DynamoRoutersStore implements RoutersStore {
    */
   private writeInput(next: RouterRecord, expectedRevision: number | undefined): WriteInput {
     if (expectedRevision === undefined) {
+      // A new id, or one whose tombstone the new router continues from (never below what agents saw).
       return {
         Put: {
           TableName: this.tableName,
           Item: toItem(next),
-          ConditionExpression: "attribute_not_exists(router_id)",
+          ConditionExpression:
+            "attribute_not_exists(router_id) OR (attribute_exists(deleted_at) AND revision <= :revision)",
+          ExpressionAttributeValues: { ":revision": next.revision },
         },
       };
     }
@@ -230,7 +250,7 @@ export class DynamoRoutersStore implements RoutersStore {
       Update: {
         TableName: this.tableName,
         Key: { router_id: next.routerId },
-        ConditionExpression: "revision = :expected",
+        ConditionExpression: "revision = :expected AND attribute_not_exists(deleted_at)",
         UpdateExpression:
           "SET project_id = :project, #host = :host, revision = :revision, helpers = :helpers, updated_at = :updated",
         ExpressionAttributeNames: { "#host": "host" },
@@ -264,14 +284,15 @@ export class DynamoRoutersStore implements RoutersStore {
     }
   }
 
-  async delete(routerId: string, expectedRevision: number): Promise<void> {
+  async delete(routerId: string, expectedRevision: number, deletedAt: string): Promise<void> {
     try {
       await guard(
         this.client.send(
-          new DeleteCommand({
+          new PutCommand({
             TableName: this.tableName,
-            Key: { router_id: routerId },
-            ConditionExpression: "revision = :expected",
+            // No host: the tombstone is in no node's index and no applied report can match it.
+            Item: { router_id: routerId, revision: expectedRevision + 1, deleted_at: deletedAt },
+            ConditionExpression: "revision = :expected AND attribute_not_exists(deleted_at)",
             ExpressionAttributeValues: { ":expected": expectedRevision },
           }),
         ),
@@ -339,7 +360,7 @@ export class DynamoRoutersStore implements RoutersStore {
           }),
         ),
       );
-      for (const item of page.Items ?? []) records.push(fromItem(item));
+      for (const item of page.Items ?? []) if (!isTombstone(item)) records.push(fromItem(item));
       startKey = page.LastEvaluatedKey;
     } while (startKey);
     return records;
@@ -353,7 +374,7 @@ export class DynamoRoutersStore implements RoutersStore {
           new ScanCommand({ TableName: this.tableName, ExclusiveStartKey: startKey, ConsistentRead: true }),
         ),
       );
-      for (const item of page.Items ?? []) yield fromItem(item);
+      for (const item of page.Items ?? []) if (!isTombstone(item)) yield fromItem(item);
       startKey = page.LastEvaluatedKey;
     } while (startKey);
   }

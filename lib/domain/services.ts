@@ -169,9 +169,17 @@ async function compensate(
   }
 }
 
-async function enqueueByHost(deps: DomainDeps, byHost: Map<string, RouterSyncMessage[]>): Promise<void> {
+async function enqueueByHost(
+  deps: DomainDeps,
+  byHost: Map<string, RouterSyncMessage[]>,
+  resendScope?: string,
+): Promise<void> {
   try {
-    await Promise.all([...byHost].map(([host, commands]) => deps.queue.send(host, commands)));
+    await Promise.all(
+      [...byHost].map(([host, commands]) =>
+        deps.queue.send(host, commands, resendScope ? { resendScope } : {}),
+      ),
+    );
   } catch (error) {
     deps.log?.error("snapshots not queued after retries", { error: String(error) });
     throw new ServiceUnavailableError(COMMITTED_BUT_NOT_QUEUED, undefined, { cause: error });
@@ -331,17 +339,27 @@ export async function upsertRouter(
     const now = deps.clock.now().toISOString();
     try {
       if (!current) {
-        // Revision 0 with no helpers: nothing for an agent to apply yet.
+        // A new id starts at revision 0 with no helpers: nothing for an agent to apply yet. An id that was
+        // deleted continues from its tombstone: agents drop revisions not newer than the last they applied,
+        // and the deleted router's empty snapshot already went out at that revision.
         const created: RouterRecord = {
           routerId,
           projectId: body.project_id,
           host: body.host,
-          revision: 0,
+          revision: await deps.store.lastRevision(routerId),
           helpers: [],
           appliedRevision: 0,
           updatedAt: now,
         };
         await deps.store.put(created, undefined);
+        // Tell the (maybe new) node the empty state at that revision, so its report brings the router in sync.
+        // Its own deduplication scope: the deletion's empty snapshot carried the same router and revision.
+        if (created.revision > 0)
+          await enqueueByHost(
+            deps,
+            new Map([[created.host, [buildSnapshot(created, correlationId, deps.clock)]]]),
+            correlationId,
+          );
         return { created: true, router: view(created) };
       }
       const unchanged = current.projectId === body.project_id && current.host === body.host;
@@ -393,7 +411,7 @@ export async function deleteRouter(
       );
     }
     try {
-      await deps.store.delete(routerId, current.revision);
+      await deps.store.delete(routerId, current.revision, deps.clock.now().toISOString());
       return;
     } catch (error) {
       if (!(error instanceof RevisionConflictError)) throw error;

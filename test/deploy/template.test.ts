@@ -210,7 +210,7 @@ describe("least privilege", () => {
       "dynamodb:GetItem": [idem, routers].sort(),
       "dynamodb:BatchGetItem": [routers],
       "dynamodb:PutItem": [idem, routers].sort(),
-      "dynamodb:DeleteItem": [idem, routers].sort(),
+      "dynamodb:DeleteItem": [idem],
       "dynamodb:UpdateItem": [idem, routers].sort(),
       "sqs:SendMessage": nodeQueues,
     });
@@ -223,7 +223,6 @@ describe("least privilege", () => {
       "dynamodb:BatchGetItem": [routers],
       "dynamodb:PutItem": [routers],
       "dynamodb:UpdateItem": [routers],
-      "dynamodb:DeleteItem": [routers],
       "sqs:SendMessage": [...nodeQueues, JSON.stringify(getAtt("EventsDlq"))].sort(),
     });
   });

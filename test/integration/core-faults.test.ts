@@ -172,7 +172,8 @@ describe("races", () => {
     return {
       get: (id) => inner.get(id),
       getMany: (ids) => inner.getMany(ids),
-      delete: (id, rev) => inner.delete(id, rev),
+      delete: (id, rev, at) => inner.delete(id, rev, at),
+      lastRevision: (id) => inner.lastRevision(id),
       recordApplied: (report) => inner.recordApplied(report),
       listByHost: (host) => inner.listByHost(host),
       listAll: () => inner.listAll(),

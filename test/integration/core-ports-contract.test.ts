@@ -197,13 +197,60 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     expect([...found.keys()].sort()).toEqual([a.routerId, b.routerId].sort());
   });
 
+  const deletedAt = "2026-12-01T12:00:00.000Z";
+
   it("deletes only at the expected revision", async () => {
     const record = routerRecord({ revision: 3 });
     await store.put(record, undefined);
-    await expect(store.delete(record.routerId, 2)).rejects.toBeInstanceOf(RevisionConflictError);
+    await expect(store.delete(record.routerId, 2, deletedAt)).rejects.toBeInstanceOf(RevisionConflictError);
     expect(await store.get(record.routerId)).toBeDefined();
-    await store.delete(record.routerId, 3);
+    await store.delete(record.routerId, 3, deletedAt);
     expect(await store.get(record.routerId)).toBeUndefined();
+  });
+
+  it("a deleted router reads as absent everywhere but keeps its last revision", async () => {
+    const record = routerRecord({ revision: 3, host: "node-tomb" });
+    await store.put(record, undefined);
+    expect(await store.lastRevision(record.routerId)).toBe(3);
+    await store.delete(record.routerId, 3, deletedAt);
+    expect(await store.get(record.routerId)).toBeUndefined();
+    expect((await store.getMany([record.routerId])).size).toBe(0);
+    expect((await store.listByHost("node-tomb")).map((r) => r.routerId)).not.toContain(record.routerId);
+    const all: string[] = [];
+    for await (const row of store.listAll()) all.push(row.routerId);
+    expect(all).not.toContain(record.routerId);
+    // The tombstone keeps the revision of the empty snapshot that removed the router's rules.
+    expect(await store.lastRevision(record.routerId)).toBe(4);
+    expect(await store.lastRevision(newId())).toBe(0);
+    // Nothing but a create touches it: no update, no second delete, no applied report.
+    await expect(store.put({ ...record, revision: 5 }, 4)).rejects.toBeInstanceOf(RevisionConflictError);
+    await expect(store.delete(record.routerId, 4, deletedAt)).rejects.toBeInstanceOf(RevisionConflictError);
+    expect(
+      await store.recordApplied({
+        routerId: record.routerId,
+        revision: 4,
+        host: "node-tomb",
+        errors: [],
+        at: deletedAt,
+      }),
+    ).toBe(false);
+    expect(await store.get(record.routerId)).toBeUndefined();
+  });
+
+  it("a router created again over its tombstone continues from the tombstone's revision, never below", async () => {
+    const record = routerRecord({ revision: 6 });
+    await store.put(record, undefined);
+    await store.delete(record.routerId, 6, deletedAt);
+    await expect(store.put({ ...record, revision: 0, helpers: [] }, undefined)).rejects.toBeInstanceOf(
+      RevisionConflictError,
+    );
+    await store.put({ ...record, revision: 7, helpers: [], appliedRevision: 0 }, undefined);
+    expect(await store.get(record.routerId)).toMatchObject({ revision: 7, helpers: [] });
+    expect(await store.lastRevision(record.routerId)).toBe(7);
+    // Live again: an ordinary create of the same id is refused as before.
+    await expect(store.put({ ...record, revision: 7 }, undefined)).rejects.toBeInstanceOf(
+      RevisionConflictError,
+    );
   });
 
   it("raises the applied revision monotonically without touching desired state", async () => {

@@ -3,6 +3,7 @@
  * suite creates: what the kernel holds after each snapshot, not what the agent believes.
  */
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -287,29 +288,42 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
   });
 
   it("SIGKILL in the middle of an apply, then a restart, converges to the newest snapshot", async () => {
-    const big = Array.from({ length: 2000 }, (_, i) => helper("ftp", "tcp", 10_000 + i));
-    await send(snapshot(routerA, 13, big), routerA);
-    // Kill the agent while its iptables-restore runs (under its command helper).
-    const caught = await eventually(
-      async () => {
-        for (const pid of descendantPids(agent.pid)) {
-          const cmd = await import("node:fs/promises").then((fs) =>
-            fs.readFile(`/proc/${pid}/cmdline`, "utf8").catch(() => ""),
-          );
-          if (cmd.includes("restore")) return cmd.replaceAll("\0", " ");
+    // Kill the agent while its iptables-restore runs (under its command helper). A restore of 2000 rules
+    // takes tens of milliseconds, so watch /proc in a tight loop, and send another big snapshot if one
+    // apply slipped through unseen.
+    const restoreUnder = (root: number): string | undefined => {
+      for (const pid of descendantPids(root)) {
+        let cmd = "";
+        try {
+          cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+        } catch {
+          continue;
         }
-        return undefined;
-      },
-      20_000,
-      "an iptables-restore child of the agent",
-    );
+        if (cmd.includes("restore")) return cmd.replaceAll("\0", " ");
+      }
+      return undefined;
+    };
+    let revision = 13;
+    let caught: string | undefined;
+    for (let attempt = 0; attempt < 5 && caught === undefined; attempt++) {
+      const big = Array.from({ length: 2000 }, (_, i) => helper("ftp", "tcp", 10_000 + attempt * 2000 + i));
+      revision = 13 + attempt;
+      await send(snapshot(routerA, revision, big), routerA);
+      const deadline = Date.now() + 8_000;
+      while (caught === undefined && Date.now() < deadline) {
+        caught = restoreUnder(agent.pid);
+        if (caught === undefined) await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      if (caught === undefined) await waitReport(routerA, revision);
+    }
+    if (caught === undefined) throw new Error("never caught the agent inside an iptables-restore");
     process.kill(agent.pid, "SIGKILL");
     expect(caught).toContain("--noflush");
     expect((await agent.exited).signal).toBe("SIGKILL");
     const newest = [helper("ftp", "tcp", 21), helper("sip", "udp", 5060), helper("snmp", "udp", 161)];
-    await send(snapshot(routerA, 14, newest), routerA);
+    await send(snapshot(routerA, revision + 1, newest), routerA);
     agent = await AgentProcess.start(sandbox, flags, env);
-    await waitReport(routerA, 14, 40_000);
+    await waitReport(routerA, revision + 1, 40_000);
     expect(ownedLines(await rawSave(nsA, "ipv4"))).toEqual(expected(newest, "ipv4"));
     expect(ownedLines(await rawSave(nsA, "ipv6"))).toEqual(expected(newest, "ipv6"));
     await eventually(async () => (await emu.depth(queue.url)) === 0, 20_000, "queue drained");

@@ -11,6 +11,8 @@ const clone = <T>(value: T): T => structuredClone(value);
 
 export class MemoryRoutersStore implements RoutersStore {
   private readonly rows = new Map<string, RouterRecord>();
+  /** Deleted routers: id -> the revision their tombstone keeps. */
+  private readonly tombstones = new Map<string, number>();
   /** Counts successful writes (puts, deletes, applied updates): "nothing was written" assertions use it. */
   writes = 0;
   readonly putAll: RoutersStore["putAll"];
@@ -22,15 +24,19 @@ export class MemoryRoutersStore implements RoutersStore {
         ? undefined
         : async (writes) => {
             // Check every condition first, then write: all or nothing, like TransactWriteItems.
-            for (const { next, expectedRevision } of writes) this.check(next.routerId, expectedRevision);
+            for (const { next, expectedRevision } of writes) this.check(next, expectedRevision);
             for (const { next } of writes) this.store(next);
           };
   }
 
-  private check(routerId: string, expectedRevision: number | undefined): void {
-    const row = this.rows.get(routerId);
-    const ok = expectedRevision === undefined ? row === undefined : row?.revision === expectedRevision;
-    if (!ok) throw new RevisionConflictError(`router ${routerId} changed concurrently`);
+  private check(next: RouterRecord, expectedRevision: number | undefined): void {
+    const row = this.rows.get(next.routerId);
+    const tombstone = this.tombstones.get(next.routerId);
+    const ok =
+      expectedRevision === undefined
+        ? row === undefined && (tombstone === undefined || next.revision >= tombstone)
+        : row?.revision === expectedRevision;
+    if (!ok) throw new RevisionConflictError(`router ${next.routerId} changed concurrently`);
   }
 
   async get(routerId: string): Promise<RouterRecord | undefined> {
@@ -47,8 +53,12 @@ export class MemoryRoutersStore implements RoutersStore {
     return found;
   }
 
+  async lastRevision(routerId: string): Promise<number> {
+    return this.rows.get(routerId)?.revision ?? this.tombstones.get(routerId) ?? 0;
+  }
+
   async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
-    this.check(next.routerId, expectedRevision);
+    this.check(next, expectedRevision);
     this.store(next);
   }
 
@@ -64,14 +74,16 @@ export class MemoryRoutersStore implements RoutersStore {
         }
       : {};
     this.rows.set(next.routerId, clone({ ...next, ...applied }));
+    this.tombstones.delete(next.routerId);
     this.writes++;
   }
 
-  async delete(routerId: string, expectedRevision: number): Promise<void> {
+  async delete(routerId: string, expectedRevision: number, _deletedAt: string): Promise<void> {
     if (this.rows.get(routerId)?.revision !== expectedRevision) {
       throw new RevisionConflictError(`router ${routerId} changed concurrently`);
     }
     this.rows.delete(routerId);
+    this.tombstones.set(routerId, expectedRevision + 1);
     this.writes++;
   }
 

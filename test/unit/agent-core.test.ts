@@ -12,9 +12,17 @@ import { probeHelpers } from "../../agent/probe.ts";
 import { StateStore } from "../../agent/state.ts";
 import type { Family } from "../../lib/catalog.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
+import { DEFAULT_LIMITS } from "../../lib/config.ts";
+import {
+  type DomainDeps,
+  deleteRouter,
+  submitNotification,
+  upsertRouter,
+} from "../../lib/domain/services.ts";
 import type { StatusSink } from "../../lib/ports.ts";
 import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
+import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
 const catalog = new HelperCatalog();
 const NODE = "node-a";
@@ -437,5 +445,57 @@ describe("agent core (in-memory iptables model)", () => {
     expect(loaded.writes).toBe(1);
     const onDisk = JSON.parse(await readFile(join(dir, `agent-${NODE}.json`), "utf8")).routers;
     expect(routers.map((id) => onDisk[id].revision)).toEqual(routers.map((_, index) => index + 1));
+  });
+
+  it("a router deleted and registered again is applied again: the domain's revisions continue past the deletion", async () => {
+    const store = new MemoryRoutersStore();
+    const queue = new MemoryCommandQueue();
+    const deps: DomainDeps = { store, queue, clock: { now: () => new Date() }, limits: DEFAULT_LIMITS };
+    const operator = { projectId: "ops", roles: new Set(["admin"]) };
+    const place = { project_id: "demo", host: NODE };
+    const core = makeCore();
+    let delivered = 0;
+    const deliver = async () => {
+      const messages = queue.messages(NODE);
+      for (const message of messages.slice(delivered)) await core.apply(message);
+      delivered = messages.length;
+    };
+    await upsertRouter(deps, operator, routerId, place, "c1");
+    const first = helper("ftp", "tcp", 21);
+    await submitNotification(
+      deps,
+      operator,
+      { event: "created", conntrack_helpers: [{ ...first, router_id: routerId }] },
+      "c2",
+    );
+    await deliver();
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([first.id]);
+    await deleteRouter(deps, operator, routerId, "c3");
+    await deliver();
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([]);
+    // Registered again under the same id, then given a helper: the agent must not drop it as stale.
+    await upsertRouter(deps, operator, routerId, place, "c4");
+    const again = helper("tftp", "udp", 69);
+    await submitNotification(
+      deps,
+      operator,
+      { event: "created", conntrack_helpers: [{ ...again, router_id: routerId }] },
+      "c5",
+    );
+    await deliver();
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([again.id]);
+    expect(await metrics.registry.getSingleMetricAsString("cth_agent_messages_total")).not.toMatch(
+      /outcome="stale"\} [1-9]/,
+    );
+    const last = sink.sent.at(-1);
+    expect(last).toMatchObject({ kind: "applied", router_id: routerId });
+    expect((await store.get(routerId))?.revision).toBe((last as { revision: number }).revision);
+    // The empty state at the re-created router's first revision went to its node too (not deduplicated away).
+    expect(queue.messages(NODE).map((m) => [m.revision, m.helpers.length])).toEqual([
+      [1, 1],
+      [2, 0],
+      [2, 0],
+      [3, 1],
+    ]);
   });
 });
