@@ -67,7 +67,8 @@ describeKernel("npm start (local stack) end to end", () => {
   const routerId = randomUUID();
   const eventRouterId = randomUUID();
   const demoRouterId = randomUUID();
-  const ownNamespaces = [routerId, eventRouterId, demoRouterId].map((id) => `qrouter-${id}`);
+  const deletedRouterId = randomUUID();
+  const ownNamespaces = [routerId, eventRouterId, demoRouterId, deletedRouterId].map((id) => `qrouter-${id}`);
   let dir: string;
   let stack: ChildProcess;
   let output = "";
@@ -227,6 +228,36 @@ describeKernel("npm start (local stack) end to end", () => {
     );
   });
 
+  it("Router Deleted through npm run emit removes the router, its rules and the namespace the agent made", async () => {
+    const emit = (type: string, detail: unknown) =>
+      run("npm", ["run", "-s", "emit", "--", type, JSON.stringify(detail)], {
+        cwd: root,
+        env: { ...process.env, CTH_LOCAL_DIR: dir },
+      });
+    await emit("Router Upserted", { router_id: deletedRouterId, project_id: PROJECT, host: "local" });
+    const owner = await signToken(key, { projectId: PROJECT });
+    const post = await api("/v1/notifications", owner, {
+      method: "POST",
+      body: JSON.stringify({
+        event: "created",
+        conntrack_helpers: [
+          { id: randomUUID(), router_id: deletedRouterId, protocol: "tcp", port: 21, helper: "ftp" },
+        ],
+      }),
+    });
+    expect(post.status).toBe(202);
+    const ns = `qrouter-${deletedRouterId}`;
+    await until("the ftp rule", 60_000, async () =>
+      (await rawTable(ns)).includes("--helper ftp") ? true : undefined,
+    );
+    const { stderr } = await emit("Router Deleted", { router_id: deletedRouterId });
+    expect(JSON.parse(stderr.trim().split("\n").at(-1)!)).toMatchObject({ invocation: "succeeded" });
+    await until("the namespace removed", 60_000, async () =>
+      (await namespaces()).includes(ns) ? undefined : true,
+    );
+    expect((await api(`/v1/routers/${deletedRouterId}/conntrack-helpers`, owner)).status).toBe(404);
+  });
+
   it("SIGTERM stops everything: no process of the stack left, its namespaces removed", async () => {
     expect((await namespaces()).filter((n) => ownNamespaces.includes(n)).length).toBeGreaterThanOrEqual(2);
     process.kill(-stack.pid!, "SIGTERM");
@@ -241,6 +272,15 @@ describeKernel("npm start (local stack) end to end", () => {
       return group.trim() === "" ? true : undefined;
     }).catch(() => undefined);
     expect(group.trim()).toBe("");
+    // The agent leads a process group of its own; its command helper lives there and must be gone too.
+    let agentGroup = "";
+    await until("the agent's process group to empty", 15_000, async () => {
+      agentGroup = (
+        await run("ps", ["-o", "pid=,args=", "-g", String(info.agentPid)]).catch(() => ({ stdout: "" }))
+      ).stdout;
+      return agentGroup.trim() === "" ? true : undefined;
+    }).catch(() => undefined);
+    expect(agentGroup.trim()).toBe("");
     expect(output).toContain("local stack stopped");
     const left = (await namespaces()).filter((n) => ownNamespaces.includes(n));
     expect(left).toEqual([]);

@@ -5,16 +5,17 @@
  * and is counted once; an applied event queues snapshots the agent's schema accepts, for the right owner only.
  */
 import * as fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeHandler } from "../../functions/events.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadLimits } from "../../lib/config.ts";
 import type { RouterRecord } from "../../lib/ports.ts";
 import { FAMILIES, planFamily } from "../../lib/render.ts";
-import { buildSchemas } from "../../lib/schemas/index.ts";
+import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
 import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+import { describeKernel } from "../support/requirements.ts";
 import {
   allStrings,
   fcParams,
@@ -25,6 +26,7 @@ import {
   uuidArb,
   validHelperArb,
 } from "./arbitraries.ts";
+import { createNamespace, deleteNamespace, type KernelCase, verifyInKernel } from "./kernel-check.ts";
 
 const limits = loadLimits();
 const catalog = new HelperCatalog();
@@ -182,6 +184,8 @@ const eventArb = fc
     return event;
   });
 
+const acceptedSnapshots: RouterSyncMessage[] = [];
+
 describe("hostile EventBridge events (functions/events.ts, real middy chain, in-memory stores)", () => {
   it(`never throws, parked events change nothing, applied ones queue valid snapshots (${RUNS} events)`, async () => {
     const outcomes = new Map<string, number>();
@@ -236,6 +240,8 @@ describe("hostile EventBridge events (functions/events.ts, real middy chain, in-
         for (const message of queue.all()) {
           const reparsed = schemas.routerSync.parse(JSON.parse(JSON.stringify(message)));
           for (const family of FAMILIES) planFamily(reparsed.helpers, family, catalog);
+          if (reparsed.helpers.length > 0 && acceptedSnapshots.length < 3_000)
+            acceptedSnapshots.push(reparsed);
         }
         if (event["detail-type"] === "Conntrack Helper Notification") {
           // The bus acts as a service for detail.project_id: only that project's routers may change.
@@ -260,4 +266,26 @@ describe("hostile EventBridge events (functions/events.ts, real middy chain, in-
     for (const code of ["parked:validation_failed", "parked:not_found"])
       expect(outcomes.get(code) ?? 0, code).toBeGreaterThan(0);
   }, 180_000);
+});
+
+describeKernel("accepted EventBridge events render to rules the real kernel takes", () => {
+  const ns = `cthp-events-${process.pid}`;
+  beforeAll(() => createNamespace(ns));
+  afterAll(() => deleteNamespace(ns));
+
+  it("iptables-restore (--test, then a real commit) accepts every accepted snapshot, read back exactly", () => {
+    expect(
+      acceptedSnapshots.length,
+      "run the whole file: the property above collects the sample",
+    ).toBeGreaterThan(0);
+    const cases: KernelCase[] = acceptedSnapshots.flatMap((message) =>
+      FAMILIES.map((family) => ({ family, rules: planFamily(message.helpers, family, catalog).rules })),
+    );
+    const verdict = verifyInKernel(ns, cases);
+    console.log(
+      `[hostile] eventbridge kernel sample: ${acceptedSnapshots.length} snapshots, ${verdict.rulesChecked} rules, ${verdict.restoreCalls} restore calls`,
+    );
+    expect(verdict.problems).toEqual([]);
+    expect(verdict.rulesChecked).toBeGreaterThan(100);
+  }, 120_000);
 });

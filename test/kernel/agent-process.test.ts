@@ -187,6 +187,11 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     expect(await rawSave(nsA, "ipv6")).toBe(pristine[`${nsA}/ipv6`]);
   });
 
+  const staleCount = async (): Promise<number> => {
+    const text = await (await fetch(`http://127.0.0.1:${agent.metricsPort()}/metrics`)).text();
+    return Number(/cth_agent_messages_total\{outcome="stale"\} (\d+)/.exec(text)?.[1] ?? 0);
+  };
+
   it("stale, duplicated and out-of-order messages leave the newest state", async () => {
     const newest = [helper("sane", "tcp", 6566), helper("amanda", "udp", 10080)];
     await send(snapshot(routerA, 7, newest), routerA);
@@ -200,6 +205,13 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     expect(reports.some((r) => r.router_id === routerA && (r.revision === 5 || r.revision === 6))).toBe(
       false,
     );
+    // An older revision arriving after the newest one was applied (not in the same batch, so no coalescing):
+    // the state file's guard drops it.
+    const staleBefore = await staleCount();
+    await send(snapshot(routerA, 4, [helper("ftp", "tcp", 2121)]), routerA);
+    await eventually(async () => (await staleCount()) > staleBefore, 20_000, "stale counted");
+    await eventually(async () => (await emu.depth(queue.url)) === 0, 20_000, "queue drained");
+    expect(ownedLines(await rawSave(nsA, "ipv4"))).toEqual(expected(newest, "ipv4"));
   });
 
   it("an invalid message reaches the DLQ and touches no rule", async () => {
