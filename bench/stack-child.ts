@@ -19,6 +19,8 @@ export interface StackChild {
   /** The project the demo token acts for. */
   readonly project: string;
   readonly output: string[];
+  /** The stack's CTH_LOCAL_DIR (stack.json, agent state), removed by stop(). */
+  readonly dir: string;
   stop(): Promise<void>;
 }
 
@@ -115,6 +117,7 @@ export async function startStackChild(
       project: banner.project ?? "demo",
       pid: child.pid!,
       output,
+      dir,
       stop,
     };
   } catch (error) {

@@ -8,6 +8,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { CreateQueueCommand, GetQueueAttributesCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { ScanCommand } from "@aws-sdk/lib-dynamodb";
@@ -34,6 +35,8 @@ export interface StackOptions {
   readonly agent: boolean;
   readonly metricsPort: string;
   readonly demoRouterId: string;
+  /** Keeps the routers table (dynalite on LevelDB) here across restarts; unset: in memory. */
+  readonly dataDir?: string | undefined;
   readonly print: (line: string) => void;
 }
 
@@ -60,6 +63,7 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => 
     agent: env.CTH_LOCAL_AGENT !== "0",
     metricsPort: env.CTH_LOCAL_METRICS_PORT || "9469",
     demoRouterId,
+    dataDir: env.CTH_LOCAL_DATA_DIR ? resolve(env.CTH_LOCAL_DATA_DIR) : undefined,
     print,
   };
 }
@@ -72,6 +76,14 @@ export interface StackInfo {
   readonly agentPid: number | undefined;
   readonly backend: "iptables" | "dry-run" | "none";
   readonly demoRouterId: string;
+  /** The emulators' endpoint and the queues, for operators and soak tests that inspect them (DLQ depth). */
+  readonly awsEndpoint: string;
+  readonly queues: {
+    readonly node: string;
+    readonly nodeDlq: string;
+    readonly status: string;
+    readonly statusDlq: string;
+  };
 }
 
 export interface RunningStack {
@@ -185,7 +197,9 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
   try {
     const key: SigningKey = await loadOrCreateSigningKey(signingKeyFile(options.dir));
 
-    const emu: Emulators = await startEmulators();
+    const emu: Emulators = await startEmulators(
+      options.dataDir ? { dynamoPath: join(options.dataDir, "dynamodb") } : {},
+    );
     cleanups.push(() => emu.stop());
     const node = await emu.createNodeQueue(LOCAL_NODE, { prefix: `${PREFIX}-node-` });
     const status = await emu.createStatusQueue(`${PREFIX}-status`);
@@ -227,6 +241,10 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
         throw new Error(`CTH_LOCAL_BACKEND=iptables but ${missing}`);
       backend = missing ? "dry-run" : "iptables";
       const stateDir = `${options.dir}/agent`;
+      // A fresh agent state every start: the last stop removed the namespaces this stack made, and the table
+      // is new (or, with CTH_LOCAL_DATA_DIR, the agent's resync request re-sends every router it keeps).
+      // Revisions remembered from an earlier table would make the agent drop the new table's snapshots.
+      await rm(stateDir, { recursive: true, force: true });
       await mkdir(stateDir, { recursive: true, mode: 0o700 });
       if (missing) {
         const bar = "!".repeat(78);
@@ -435,6 +453,8 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       agentPid: agent?.pid,
       backend,
       demoRouterId: options.demoRouterId,
+      awsEndpoint: emu.endpoint,
+      queues: { node: node.url, nodeDlq: node.dlqUrl, status: status.url, statusDlq: status.dlqUrl },
     };
     await writeFile(infoFile, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 });
     cleanups.push(() => rm(infoFile, { force: true }));

@@ -1,15 +1,19 @@
 /**
  * Load on the real local stack (`npm start` as a child: JWT-verifying gateway, real functions, emulators, the
  * agent on real iptables): 1,000 notifications over 50 routers from 20 concurrent clients. Then every
- * namespace holds exactly its router's desired helpers, every router is in sync, and the agent parked nothing
- * and failed nothing (its DLQ can only fill through those). Throughput is reported.
+ * namespace holds exactly its router's desired helpers, every router is in sync, the agent parked nothing
+ * and failed nothing, and the node and status DLQs are empty. Throughput is reported.
  */
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { GetQueueAttributesCommand, SQSClient } from "@aws-sdk/client-sqs";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { api, freePort, type StackChild, stackMissing, startStackChild } from "../../bench/stack-child.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { FAMILIES, ownedHelperIds, planFamily } from "../../lib/render.ts";
+import type { StackInfo } from "../../scripts/local/stack.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { ROOT } from "./harness.ts";
 
@@ -150,5 +154,27 @@ describeKernel("soak: 1,000 notifications over 50 routers from 20 clients on the
     expect(total("cth_agent_messages_total", 'outcome="invalid"')).toBe(0);
     expect(total("cth_agent_apply_failures_total")).toBe(0);
     expect(total("cth_agent_applies_total")).toBeGreaterThan(0);
+
+    // And the dead-letter queues themselves, read from the emulator: empty, in flight included.
+    const info = JSON.parse(readFileSync(join(stack.dir, "stack.json"), "utf8")) as StackInfo;
+    const sqs = new SQSClient({
+      region: "us-east-1",
+      endpoint: info.awsEndpoint,
+      credentials: { accessKeyId: "test", secretAccessKey: "test" },
+    });
+    for (const dlq of [info.queues.nodeDlq, info.queues.statusDlq]) {
+      const { Attributes } = await sqs.send(
+        new GetQueueAttributesCommand({
+          QueueUrl: dlq,
+          AttributeNames: ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        }),
+      );
+      expect(
+        Number(Attributes?.ApproximateNumberOfMessages) +
+          Number(Attributes?.ApproximateNumberOfMessagesNotVisible),
+        dlq,
+      ).toBe(0);
+    }
+    sqs.destroy();
   }, 900_000);
 });

@@ -90,9 +90,15 @@ export interface Emulators {
 
 const require = createRequire(import.meta.url);
 
-async function startDynalite(): Promise<{ url: string; stop: () => Promise<void> }> {
+/** dynalite in memory, or on LevelDB under `path` (kept across restarts). */
+async function startDynalite(path?: string): Promise<{ url: string; stop: () => Promise<void> }> {
   const dynalite = require("dynalite") as DynaliteFactory;
-  const server = dynalite({ createTableMs: 0, deleteTableMs: 0, updateTableMs: 0 });
+  const server = dynalite({
+    createTableMs: 0,
+    deleteTableMs: 0,
+    updateTableMs: 0,
+    ...(path ? { path } : {}),
+  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   return {
@@ -214,7 +220,10 @@ export async function createTables(
     routersTableDefinition(config.routersTable),
     idempotencyTableDefinition(config.idempotencyTable),
   ]) {
-    await dynamo.send(new CreateTableCommand(input));
+    // A table kept on disk (local stack with a data directory) exists already: that is fine.
+    await dynamo.send(new CreateTableCommand(input)).catch((error: unknown) => {
+      if (!(error instanceof Error && error.name === "ResourceInUseException")) throw error;
+    });
     await dynamo.send(new DescribeTableCommand({ TableName: input.TableName }));
   }
   // dynalite has no TimeToLive API (moto_server and DynamoDB do); expiry is Powertools' own check too.
@@ -230,8 +239,8 @@ export async function createTables(
     });
 }
 
-export async function startEmulators(): Promise<Emulators> {
-  const dynamo = await startDynalite();
+export async function startEmulators(options: { dynamoPath?: string } = {}): Promise<Emulators> {
+  const dynamo = await startDynalite(options.dynamoPath);
   const fauxqs = await startFauxqs({
     port: 0,
     logger: false,
