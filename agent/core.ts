@@ -288,7 +288,8 @@ export class AgentCore {
     // Each failed attempt removes one helper or refreshes a stale view once, so this ends.
     for (let attempt = 0; attempt < helpers.length + 3; attempt++) {
       const plan = planFamily(helpers, family, catalog, { unavailable });
-      const text = renderRestore(plan.rules, current);
+      // After a surprise (a failed restore or a read-back that differs) the chain is rewritten whole.
+      const text = renderRestore(plan.rules, current, { whole: fresh });
       if (text !== undefined) {
         try {
           await iptables.restore(ns, family, text);

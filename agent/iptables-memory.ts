@@ -120,9 +120,18 @@ export class MemoryIptables implements IptablesPort {
         table.chains.set(name, []);
         continue;
       }
-      const op = /^-([ADXF]) (\S+)(?: (.*))?$/.exec(line);
+      const op = /^-([ADXF]|I) (\S+)(?: (.*))?$/.exec(line);
       if (!op) fail(n, "failed");
-      const [, verb, chain, rest] = op!;
+      const [, verb, chain] = op!;
+      let rest = op![3];
+      // -I CHAIN N RULE: N from 1 to the chain's length + 1, as iptables checks it.
+      let position: number | undefined;
+      if (verb === "I") {
+        const at = /^(\d{1,6}) (.*)$/.exec(rest ?? "");
+        if (!at) fail(n, "failed");
+        position = Number(at![1]);
+        rest = at![2];
+      }
       const rules = table.chains.get(chain!);
       if (!rules) fail(n, `chain ${chain} does not exist (No chain/target/match by that name)`);
       if (verb === "F") {
@@ -151,12 +160,18 @@ export class MemoryIptables implements IptablesPort {
         continue;
       }
       if (helper !== undefined && (!this.knownHelpers.has(helper) || this.lacking[family].has(helper))) {
-        fail(n, `RULE_APPEND failed (No such file or directory): rule in chain ${chain}`);
+        fail(
+          n,
+          `RULE_${verb === "I" ? "INSERT" : "APPEND"} failed (No such file or directory): rule in chain ${chain}`,
+        );
       }
       if (target !== undefined && !table.chains.has(target)) {
         fail(n, `RULE_APPEND failed (No such file or directory): rule in chain ${chain}`);
       }
-      rules!.push(rest!);
+      if (position !== undefined) {
+        if (position < 1 || position > rules!.length + 1) fail(n, "failed: Index of insertion too big.");
+        rules!.splice(position - 1, 0, rest!);
+      } else rules!.push(rest!);
     }
     if (open || !committed)
       throw new RestoreError(family, `${tool}: COMMIT expected at line ${lines.length}\n`);

@@ -3,9 +3,10 @@
  * - iptables-save prints a port match as `-p tcp -m tcp --dport 21` and always double-quotes a comment;
  * - in `--noflush` mode, declaring `:CHAIN - [0:0]` creates the chain or flushes it, inside the transaction;
  * - `-D` and `-X` inside the same transaction remove the jump and the (just flushed) chain.
- * One chain per family is owned by this project and rewritten whole, so helper ids never become chain
- * names (Neutron's 7-character prefix collision) and every rule is written exactly as iptables-save prints
- * it, so reading back and comparing converges and an unchanged snapshot writes nothing.
+ * One chain per family is owned by this project and changed in one transaction (edited in place when a few
+ * rules change, else rewritten whole), so helper ids never become chain names (Neutron's 7-character prefix
+ * collision) and every rule is written exactly as iptables-save prints it, so reading back and comparing
+ * converges and an unchanged snapshot writes nothing.
  */
 import type { Family, HelperCatalog, Protocol } from "./catalog.ts";
 import type { ApplyError, HelperRule } from "./schemas/index.ts";
@@ -164,13 +165,49 @@ export function sameLines(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((line, index) => line === b[index]);
 }
 
+export interface RenderOptions {
+  /** Replace the chain whole even where a few deletes and inserts would do (after a surprise). */
+  readonly whole?: boolean | undefined;
+}
+
+const OWNED_RULE_PREFIX = `-A ${OWNED_CHAIN} `;
+
+/**
+ * The few `-D` and `-I <position>` lines that turn the chain's current rules into the expected ones, when
+ * the rules both keep stand in the same order and the edit is smaller than the chain: one helper changed on
+ * a router of 500 then costs two rule operations instead of 500 deletes and 500 adds. Undefined otherwise.
+ * Deletes go first (by exact rule text), then inserts in ascending final position, so each insert's position
+ * counts only rules already in their final place.
+ */
+function editLines(current: readonly string[], expected: readonly string[]): string[] | undefined {
+  const want = new Set(expected);
+  const have = new Set(current);
+  if (want.size !== expected.length || have.size !== current.length) return undefined;
+  const kept = current.filter((line) => want.has(line));
+  let matched = 0;
+  for (const line of expected) if (line === kept[matched]) matched++;
+  if (matched !== kept.length) return undefined;
+  const edits: string[] = [];
+  for (const line of current)
+    if (!want.has(line)) edits.push(`-D ${OWNED_CHAIN} ${line.slice(OWNED_RULE_PREFIX.length)}`);
+  expected.forEach((line, index) => {
+    if (!have.has(line)) edits.push(`-I ${OWNED_CHAIN} ${index + 1} ${line.slice(OWNED_RULE_PREFIX.length)}`);
+  });
+  return edits.length < expected.length ? edits : undefined;
+}
+
 /**
  * The iptables-restore input (for `--noflush`) that turns `currentSave` into `rules`, or undefined when the
- * save already shows exactly that (nothing to write). Jumps into our chain other than the one canonical
- * PREROUTING jump are removed only when they have that exact form; anything else someone hand-wrote is
- * left for the read-back comparison to report.
+ * save already shows exactly that (nothing to write). Either way one transaction: a small edit of the chain
+ * in place, or the chain declared (which flushes it) and written whole. Jumps into our chain other than the
+ * one canonical PREROUTING jump are removed only when they have that exact form; anything else someone
+ * hand-wrote is left for the read-back comparison to report.
  */
-export function renderRestore(rules: readonly HelperRule[], currentSave: string): string | undefined {
+export function renderRestore(
+  rules: readonly HelperRule[],
+  currentSave: string,
+  options: RenderOptions = {},
+): string | undefined {
   const current = ownedLines(currentSave);
   const expected = expectedOwnedLines(rules);
   if (sameLines(current, expected)) return undefined;
@@ -183,11 +220,21 @@ export function renderRestore(rules: readonly HelperRule[], currentSave: string)
     for (let i = 0; i < jumps; i++) out.push(`-D ${HOOK_CHAIN} -j ${OWNED_CHAIN}`);
     if (chainExists) out.push(CHAIN_LINE, `-X ${OWNED_CHAIN}`);
   } else {
-    // Declaring the chain flushes it (noflush mode), so the rules below replace it whole.
-    out.push(CHAIN_LINE);
-    if (jumps === 0) out.push(JUMP_LINE);
-    for (let i = 1; i < jumps; i++) out.push(`-D ${HOOK_CHAIN} -j ${OWNED_CHAIN}`);
-    out.push(...rules.map(ruleLine));
+    const edits =
+      !options.whole && chainExists && jumps === 1 && strayJumps === 0
+        ? editLines(
+            current.filter((line) => line.startsWith(OWNED_RULE_PREFIX)),
+            rules.map(ruleLine),
+          )
+        : undefined;
+    if (edits) out.push(...edits);
+    else {
+      // Declaring the chain flushes it (noflush mode), so the rules below replace it whole.
+      out.push(CHAIN_LINE);
+      if (jumps === 0) out.push(JUMP_LINE);
+      for (let i = 1; i < jumps; i++) out.push(`-D ${HOOK_CHAIN} -j ${OWNED_CHAIN}`);
+      out.push(...rules.map(ruleLine));
+    }
   }
   out.push("COMMIT", "");
   return out.join("\n");
@@ -205,7 +252,7 @@ export function helperAtLine(
   if (!match) return undefined;
   const line = restoreText.split("\n")[Number(match[1]) - 1];
   if (line === undefined) return undefined;
-  const rule = /^-A \S+ .* --comment "cth:([0-9a-f-]{36})" -j CT --helper ([A-Za-z0-9.-]+)$/.exec(line);
+  const rule = /^-[AI] \S+ .* --comment "cth:([0-9a-f-]{36})" -j CT --helper ([A-Za-z0-9.-]+)$/.exec(line);
   return rule?.[1] && rule[2] ? { id: rule[1], helper: rule[2] } : undefined;
 }
 

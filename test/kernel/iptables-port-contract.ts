@@ -16,6 +16,7 @@ import {
   ownedLines,
   planFamily,
   renderRestore,
+  ruleLine,
 } from "../../lib/render.ts";
 import type { HelperRule } from "../../lib/schemas/index.ts";
 
@@ -103,6 +104,46 @@ export function iptablesPortContract(makePort: () => IptablesPort, prefix: strin
     expect(save.split("\n").filter((line) => line === JUMP_LINE)).toHaveLength(1);
   });
 
+  it("edits a large chain in place (deletes, then inserts at their positions) and reads back exactly", async () => {
+    const many = Array.from({ length: 40 }, (_, i) => rule("ftp", "tcp", 2000 + i * 10));
+    await apply(many);
+    // One removed, one moved to another port, two new ones at the front, the middle and the end.
+    const next = [
+      rule("tftp", "udp", 69),
+      ...many.filter((_, i) => i !== 3 && i !== 20),
+      { ...many[20]!, port: 2205 },
+      rule("sane", "tcp", 9999),
+    ];
+    const plan = planFamily(next, "ipv4", catalog);
+    const text = renderRestore(plan.rules, await port.save(ns, "ipv4"))!;
+    expect(text).not.toContain(":CTH-HELPERS");
+    expect(text.split("\n").filter((line) => line.startsWith("-D ")).length).toBe(2);
+    expect(text.split("\n").filter((line) => line.startsWith("-I ")).length).toBe(3);
+    await port.restore(ns, "ipv4", text);
+    const save = await port.save(ns, "ipv4");
+    expect(ownedLines(save)).toEqual(expectedOwnedLines(plan.rules));
+    expect(renderRestore(plan.rules, save)).toBeUndefined();
+  });
+
+  it("an edit against a stale view fails whole and changes nothing", async () => {
+    const many = Array.from({ length: 10 }, (_, i) => rule("ftp", "tcp", 3000 + i));
+    await apply(many);
+    const view = await port.save(ns, "ipv4");
+    // Someone removes a rule behind the agent's back; the edit computed from the old view deletes it again.
+    await port.restore(ns, "ipv4", `*raw\n${ruleLine(many[4]!).replace(/^-A /, "-D ")}\nCOMMIT\n`);
+    const before = stable(await port.save(ns, "ipv4"));
+    // From the old view: delete rule 4 (already gone) and insert a new one, in one transaction.
+    const edit = renderRestore([...many.slice(0, 4), ...many.slice(5), rule("sip", "tcp", 5060)], view)!;
+    expect(edit).toContain("-D CTH-HELPERS");
+    expect(edit).toContain("-I CTH-HELPERS");
+    const error = await port.restore(ns, "ipv4", edit).then(
+      () => undefined,
+      (caught: unknown) => caught,
+    );
+    expect(error).toBeInstanceOf(RestoreError);
+    expect(stable(await port.save(ns, "ipv4"))).toBe(before);
+  });
+
   it("collapses duplicate jumps someone added by hand", async () => {
     const rules = [rule("ftp", "tcp", 21)];
     await apply(rules);
@@ -127,10 +168,9 @@ export function iptablesPortContract(makePort: () => IptablesPort, prefix: strin
     await apply(good);
     const before = stable(await port.save(ns, "ipv4"));
     const bad = rule("ftp", "tcp", 2121);
-    const text = renderRestore(
-      [...good, bad, rule("ftp", "tcp", 3000)],
-      await port.save(ns, "ipv4"),
-    )!.replace(
+    const text = renderRestore([...good, bad, rule("ftp", "tcp", 3000)], await port.save(ns, "ipv4"), {
+      whole: true,
+    })!.replace(
       "--helper ftp\n-A CTH-HELPERS -p tcp -m tcp --dport 3000",
       "--helper nosuchhelper\n-A CTH-HELPERS -p tcp -m tcp --dport 3000",
     );

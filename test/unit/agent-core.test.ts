@@ -208,6 +208,24 @@ describe("agent core (in-memory iptables model)", () => {
     expect(sink.sent.at(-1)).toMatchObject({ errors: [expect.objectContaining({ helper_id: snmp.id })] });
   });
 
+  it("a helper the kernel lacks, added to a chain edited in place, is left out the same way", async () => {
+    const core = makeCore();
+    const existing = Array.from({ length: 6 }, (_, i) => helper("ftp", "tcp", 2100 + i));
+    await core.apply(snapshot(routerId, 1, existing));
+    iptables.lacking.ipv4.add("snmp");
+    const snmp = helper("snmp", "udp", 161);
+    const tftp = helper("tftp", "udp", 69);
+    const restoresBefore = iptables.restores.get(ns) ?? 0;
+    const outcome = await core.apply(snapshot(routerId, 2, [...existing, snmp, tftp]));
+    expect(outcome).toMatchObject({ kind: "applied", rules: { ipv4: 7, ipv6: 7 } });
+    expect(outcome.kind === "applied" && outcome.errors).toEqual([
+      expect.objectContaining({ helper_id: snmp.id, code: "helper_unavailable" }),
+    ]);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([...existing, tftp].map((h) => h.id));
+    // ipv4: the refused edit, then the edit without snmp; ipv6 (no snmp there): one edit.
+    expect((iptables.restores.get(ns) ?? 0) - restoresBefore).toBe(2);
+  });
+
   it("the start-up probe finds what the kernel lacks and touches no namespace", async () => {
     iptables.lacking.ipv4.add("pptp");
     iptables.lacking.ipv6.add("sip");

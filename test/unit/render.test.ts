@@ -177,3 +177,40 @@ describe("render: transactions against the current save", () => {
     expect(text).not.toContain(a.id);
   });
 });
+
+describe("render: small changes edit the chain in place", () => {
+  const chainOf = (rules: readonly HelperRule[]) => save(...expectedOwnedLines(rules));
+  const five = [1, 2, 3, 4, 5].map((n) => rule(n, "ftp", "tcp", 2000 + n * 10));
+
+  it("adds one helper with a single insert at its position, and declares no chain", () => {
+    const added = rule(9, "ftp", "tcp", 2025);
+    const next = planFamily([...five, added], "ipv4", catalog).rules;
+    const text = renderRestore(next, chainOf(five))!;
+    expect(text).toBe(
+      `*raw\n-I ${OWNED_CHAIN} 3 ${ruleLine(added).slice(`-A ${OWNED_CHAIN} `.length)}\nCOMMIT\n`,
+    );
+  });
+
+  it("removes one helper with a single delete by its exact rule text", () => {
+    const text = renderRestore(five.slice(1), chainOf(five))!;
+    expect(text).toBe(`*raw\n${ruleLine(five[0]!).replace(/^-A /, "-D ")}\nCOMMIT\n`);
+  });
+
+  it("writes the chain whole when asked, when the edit is no smaller, or when jumps need repair", () => {
+    const one = [rule(7, "tftp", "udp", 69)];
+    expect(renderRestore(one, chainOf(five))).toContain(`:${OWNED_CHAIN} - [0:0]`);
+    expect(renderRestore(five.slice(1), chainOf(five), { whole: true })).toContain(`:${OWNED_CHAIN} - [0:0]`);
+    const doubled = save(...expectedOwnedLines(five), JUMP_LINE);
+    expect(renderRestore(five.slice(1), doubled)).toContain(`:${OWNED_CHAIN} - [0:0]`);
+  });
+
+  it("maps an insert's error line back to its helper", () => {
+    const added = rule(9, "snmp", "udp", 161);
+    const text = renderRestore(planFamily([...five, added], "ipv4", catalog).rules, chainOf(five))!;
+    expect(text).toContain("-I ");
+    expect(helperAtLine(text, "line 2: RULE_INSERT failed (No such file or directory)")).toEqual({
+      id: added.id,
+      helper: "snmp",
+    });
+  });
+});
