@@ -194,6 +194,15 @@ describeKernel("npm start (local stack) end to end", () => {
     expect((await api(`/v1/routers/${routerId}/conntrack-helpers`, stranger)).status).toBe(404);
   });
 
+  const addHelper = (token: string, router: string, protocol: string, port: number, helper: string) =>
+    api("/v1/notifications", token, {
+      method: "POST",
+      body: JSON.stringify({
+        event: "created",
+        conntrack_helpers: [{ id: randomUUID(), router_id: router, protocol, port, helper }],
+      }),
+    });
+
   it("npm run emit delivers a real EventBridge envelope to the events function", async () => {
     const { stdout, stderr } = await run(
       "npm",
@@ -213,16 +222,7 @@ describeKernel("npm start (local stack) end to end", () => {
       invocation: "succeeded",
     });
     const owner = await signToken(key, { projectId: PROJECT });
-    const post = await api("/v1/notifications", owner, {
-      method: "POST",
-      body: JSON.stringify({
-        event: "created",
-        conntrack_helpers: [
-          { id: randomUUID(), router_id: eventRouterId, protocol: "udp", port: 69, helper: "tftp" },
-        ],
-      }),
-    });
-    expect(post.status).toBe(202);
+    expect((await addHelper(owner, eventRouterId, "udp", 69, "tftp")).status).toBe(202);
     await until("the tftp rule", 60_000, async () =>
       (await rawTable(`qrouter-${eventRouterId}`)).includes("--helper tftp") ? true : undefined,
     );
@@ -236,16 +236,7 @@ describeKernel("npm start (local stack) end to end", () => {
       });
     await emit("Router Upserted", { router_id: deletedRouterId, project_id: PROJECT, host: "local" });
     const owner = await signToken(key, { projectId: PROJECT });
-    const post = await api("/v1/notifications", owner, {
-      method: "POST",
-      body: JSON.stringify({
-        event: "created",
-        conntrack_helpers: [
-          { id: randomUUID(), router_id: deletedRouterId, protocol: "tcp", port: 21, helper: "ftp" },
-        ],
-      }),
-    });
-    expect(post.status).toBe(202);
+    expect((await addHelper(owner, deletedRouterId, "tcp", 21, "ftp")).status).toBe(202);
     const ns = `qrouter-${deletedRouterId}`;
     await until("the ftp rule", 60_000, async () =>
       (await rawTable(ns)).includes("--helper ftp") ? true : undefined,

@@ -109,8 +109,8 @@ async function queued(): Promise<RouterSyncMessage[]> {
   return (await emu.drain(queue.url)).map((m) => JSON.parse(m.Body ?? "null") as RouterSyncMessage);
 }
 
-const post = (helpers: Record<string, unknown>[]) =>
-  handler(
+const post = (helpers: Record<string, unknown>[], through: ReturnType<typeof makeHandler> = handler) =>
+  through(
     httpApiEvent({
       method: "POST",
       path: "/v1/notifications",
@@ -313,16 +313,7 @@ describe.skipIf(noMoto !== undefined && process.env.CI !== "true")(
         { id: newId(), router_id: first.routerId, protocol: "tcp", port: 21, helper: "ftp" },
         { id: newId(), router_id: second.routerId, protocol: "udp", port: 69, helper: "tftp" },
       ];
-      const call = () =>
-        motoHandler(
-          httpApiEvent({
-            method: "POST",
-            path: "/v1/notifications",
-            body: { event: "created", conntrack_helpers: helpers },
-            claims,
-          }),
-          lambdaContext(),
-        );
+      const call = () => post(helpers, motoHandler);
       motoProxy.cutBefore("DynamoDB_20120810.TransactWriteItems", 1);
       expectClean503(await call());
       await motoProxy.up();

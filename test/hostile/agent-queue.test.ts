@@ -137,8 +137,10 @@ const counter = (metrics: AgentMetrics) => async () => {
 };
 
 /** Canonical rule line grammar: the only shape that may ever reach iptables-restore. */
+/** Every line the renderer may write: table and chain lines, the jump, and rules (appended, deleted by
+ * their exact text, or inserted at a position) in iptables-save's canonical form. */
 const RESTORE_LINE =
-  /^(?:\*raw|COMMIT|:CTH-HELPERS - \[0:0\]|-[AD] PREROUTING -j CTH-HELPERS|-D OUTPUT -j CTH-HELPERS|-X CTH-HELPERS|-A CTH-HELPERS -p (tcp|udp) -m \1 --dport \d{1,5} -m comment --comment "cth:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}" -j CT --helper [A-Za-z0-9.-]{1,32}|)$/;
+  /^(?:\*raw|COMMIT|:CTH-HELPERS - \[0:0\]|-[AD] PREROUTING -j CTH-HELPERS|-D OUTPUT -j CTH-HELPERS|-X CTH-HELPERS|(?:-[AD] CTH-HELPERS|-I CTH-HELPERS [1-9]\d{0,5}) -p (tcp|udp) -m \1 --dport \d{1,5} -m comment --comment "cth:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}" -j CT --helper [A-Za-z0-9.-]{1,32}|)$/;
 
 describe("hostile queue messages at the agent boundary (fauxqs + real poller + agent core)", () => {
   let emu: Emulators;

@@ -5,7 +5,7 @@
  * and is counted once; an applied event queues snapshots the agent's schema accepts, for the right owner only.
  */
 import * as fc from "fast-check";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { makeHandler } from "../../functions/events.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadLimits } from "../../lib/config.ts";
@@ -15,7 +15,6 @@ import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
 import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
-import { describeKernel } from "../support/requirements.ts";
 import {
   allStrings,
   fcParams,
@@ -26,7 +25,7 @@ import {
   uuidArb,
   validHelperArb,
 } from "./arbitraries.ts";
-import { createNamespace, deleteNamespace, type KernelCase, verifyInKernel } from "./kernel-check.ts";
+import { describeAcceptedInKernel } from "./kernel-check.ts";
 
 const limits = loadLimits();
 const catalog = new HelperCatalog();
@@ -268,24 +267,4 @@ describe("hostile EventBridge events (functions/events.ts, real middy chain, in-
   }, 180_000);
 });
 
-describeKernel("accepted EventBridge events render to rules the real kernel takes", () => {
-  const ns = `cthp-events-${process.pid}`;
-  beforeAll(() => createNamespace(ns));
-  afterAll(() => deleteNamespace(ns));
-
-  it("iptables-restore (--test, then a real commit) accepts every accepted snapshot, read back exactly", () => {
-    expect(
-      acceptedSnapshots.length,
-      "run the whole file: the property above collects the sample",
-    ).toBeGreaterThan(0);
-    const cases: KernelCase[] = acceptedSnapshots.flatMap((message) =>
-      FAMILIES.map((family) => ({ family, rules: planFamily(message.helpers, family, catalog).rules })),
-    );
-    const verdict = verifyInKernel(ns, cases);
-    console.log(
-      `[hostile] eventbridge kernel sample: ${acceptedSnapshots.length} snapshots, ${verdict.rulesChecked} rules, ${verdict.restoreCalls} restore calls`,
-    );
-    expect(verdict.problems).toEqual([]);
-    expect(verdict.rulesChecked).toBeGreaterThan(100);
-  }, 120_000);
-});
+describeAcceptedInKernel("EventBridge events", acceptedSnapshots, catalog);

@@ -6,7 +6,7 @@
  * schema accepts and that render to rules the real kernel takes (kernel part below, on a sample).
  */
 import * as fc from "fast-check";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { makeHandler } from "../../functions/http.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadLimits } from "../../lib/config.ts";
@@ -16,7 +16,6 @@ import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts
 import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent } from "../support/events.ts";
 import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
-import { describeKernel } from "../support/requirements.ts";
 import {
   allStrings,
   fcParams,
@@ -29,7 +28,7 @@ import {
   uuidArb,
   validHelperArb,
 } from "./arbitraries.ts";
-import { createNamespace, deleteNamespace, type KernelCase, verifyInKernel } from "./kernel-check.ts";
+import { describeAcceptedInKernel } from "./kernel-check.ts";
 
 const limits = loadLimits();
 const catalog = new HelperCatalog();
@@ -521,24 +520,4 @@ describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory 
   }, 180_000);
 });
 
-describeKernel("accepted HTTP notifications render to rules the real kernel takes", () => {
-  const ns = `cthp-http-${process.pid}`;
-  beforeAll(() => createNamespace(ns));
-  afterAll(() => deleteNamespace(ns));
-
-  it("iptables-restore (--test, then a real commit) accepts every accepted snapshot, read back exactly", () => {
-    expect(
-      acceptedSnapshots.length,
-      "run the whole file: the property above collects the sample",
-    ).toBeGreaterThan(0);
-    const cases: KernelCase[] = acceptedSnapshots.flatMap((message) =>
-      FAMILIES.map((family) => ({ family, rules: planFamily(message.helpers, family, catalog).rules })),
-    );
-    const verdict = verifyInKernel(ns, cases);
-    console.log(
-      `[hostile] http kernel sample: ${acceptedSnapshots.length} snapshots, ${verdict.rulesChecked} rules, ${verdict.restoreCalls} restore calls`,
-    );
-    expect(verdict.problems).toEqual([]);
-    expect(verdict.rulesChecked).toBeGreaterThan(100);
-  }, 120_000);
-});
+describeAcceptedInKernel("HTTP notifications", acceptedSnapshots, catalog);

@@ -6,9 +6,11 @@
  * to its own name, and read back with iptables-save: every rule must be there, exactly as rendered.
  */
 import { execFileSync } from "node:child_process";
-import type { Family } from "../../lib/catalog.ts";
-import { OWNED_CHAIN, renderRestore } from "../../lib/render.ts";
-import type { HelperRule } from "../../lib/schemas/index.ts";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import type { Family, HelperCatalog } from "../../lib/catalog.ts";
+import { FAMILIES, OWNED_CHAIN, planFamily, renderRestore } from "../../lib/render.ts";
+import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { describeKernel } from "../support/requirements.ts";
 
 export interface KernelCase {
   readonly family: Family;
@@ -102,4 +104,35 @@ export function deleteNamespace(name: string): void {
   } catch {
     // already gone
   }
+}
+
+/**
+ * The kernel half of a hostile suite: every snapshot the property above it accepted (collected into
+ * `accepted`) goes through `iptables-restore --test` and a real commit in a namespace of its own.
+ */
+export function describeAcceptedInKernel(
+  what: string,
+  accepted: readonly RouterSyncMessage[],
+  catalog: HelperCatalog,
+): void {
+  describeKernel(`accepted ${what} render to rules the real kernel takes`, () => {
+    const ns = `cthp-${what.split(" ")[0]!.toLowerCase()}-${process.pid}`;
+    beforeAll(() => createNamespace(ns));
+    afterAll(() => deleteNamespace(ns));
+
+    it("iptables-restore (--test, then a real commit) accepts every accepted snapshot, read back exactly", () => {
+      expect(accepted.length, "run the whole file: the property above collects the sample").toBeGreaterThan(
+        0,
+      );
+      const cases: KernelCase[] = accepted.flatMap((message) =>
+        FAMILIES.map((family) => ({ family, rules: planFamily(message.helpers, family, catalog).rules })),
+      );
+      const verdict = verifyInKernel(ns, cases);
+      console.log(
+        `[hostile] ${what} kernel sample: ${accepted.length} snapshots, ${verdict.rulesChecked} rules, ${verdict.restoreCalls} restore calls`,
+      );
+      expect(verdict.problems).toEqual([]);
+      expect(verdict.rulesChecked).toBeGreaterThan(100);
+    }, 120_000);
+  });
 }
