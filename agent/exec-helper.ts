@@ -8,9 +8,10 @@
  *
  * The helper is plain JavaScript passed to `node -e` (no file to install beside the bundle). It reads one JSON
  * request per line ({id, file, args, input, timeoutMs}) and answers one JSON line per request; argv arrays
- * through execFile only, never a shell, exactly as the direct runner. It ignores SIGTERM and SIGINT (a stop
- * signal to the whole group must not cut the apply the agent is finishing) and exits when its stdin closes:
- * after close() once its commands are done, and at once, killing its commands, when the agent died.
+ * through execFile only, never a shell, exactly as the direct runner. It ignores SIGTERM and SIGINT, and runs
+ * each command in a process group of its own (a stop signal to the agent's group must not cut the apply the
+ * agent is finishing). It exits when its stdin closes: after close() once its commands are done and their
+ * replies written, and at once, killing its commands, when the agent died.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -70,33 +71,31 @@ const HELPER_SOURCE = `
 const { execFile } = require("node:child_process");
 const { createInterface } = require("node:readline");
 const running = new Set();
-let pending = 0, closed = false, farewell = false;
-// Signals are the agent's to handle: a SIGTERM to the whole group must not cut the apply it finishes.
+let farewell = false;
+// Signals are the agent's to handle: a stop signal to the whole group must not cut the apply it finishes.
 for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"]) process.on(signal, () => undefined);
-const answer = (reply) => {
-  process.stdout.write(JSON.stringify(reply) + "\\n");
-  if (--pending === 0 && closed) process.exit(0);
-};
+// The agent died with replies still to come: nobody reads them any more.
+process.stdout.on("error", () => process.exit(0));
 createInterface({ input: process.stdin }).on("line", (line) => {
   let request;
   try { request = JSON.parse(line); } catch { return; }
   if (request.bye === true) { farewell = true; return; }
-  pending++;
+  // Its own process group, so a terminal's Ctrl-C to the agent's group does not reach the command either.
   const child = execFile(request.file, request.args, { encoding: "utf8", maxBuffer: ${MAX_BUFFER},
-    timeout: request.timeoutMs, killSignal: "SIGKILL" }, (error, stdout, stderr) => {
+    timeout: request.timeoutMs, killSignal: "SIGKILL", detached: true }, (error, stdout, stderr) => {
     running.delete(child);
-    answer(error
+    process.stdout.write(JSON.stringify(error
       ? { id: request.id, ok: false, code: error.code, message: error.message, stdout, stderr }
-      : { id: request.id, ok: true, stdout, stderr });
+      : { id: request.id, ok: true, stdout, stderr }) + "\\n");
   });
   running.add(child);
   child.stdin.on("error", () => undefined);
   if (typeof request.input === "string") child.stdin.end(request.input);
 }).on("close", () => {
-  closed = true;
   // No farewell: the agent died. Its commands die with it, as they would have as its own children.
   if (!farewell) for (const child of running) child.kill("SIGKILL");
-  if (pending === 0) process.exit(0);
+  // With stdin closed and the last reply written, nothing is left to keep this process: it exits by itself,
+  // after its stdout has drained (an explicit exit could cut a large reply short).
 });
 `;
 
@@ -184,7 +183,8 @@ export class HelperRunner implements CommandRunner {
       }
     };
     child.once("error", (error) => fail(`could not start: ${error.message}`));
-    child.once("exit", (code, signal) => fail(`exited (${signal ?? code})`));
+    // "close", not "exit": the replies still in the pipe are read before the waiters are failed.
+    child.once("close", (code, signal) => fail(`exited (${signal ?? code})`));
     this.hold(child, false);
     return child;
   }

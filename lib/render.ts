@@ -193,7 +193,8 @@ function editLines(current: readonly string[], expected: readonly string[]): str
   expected.forEach((line, index) => {
     if (!have.has(line)) edits.push(`-I ${OWNED_CHAIN} ${index + 1} ${line.slice(OWNED_RULE_PREFIX.length)}`);
   });
-  return edits.length < expected.length ? edits : undefined;
+  // Nothing to edit in the rules (what differs is elsewhere, e.g. a foreign jump): leave it to the rewrite.
+  return edits.length > 0 && edits.length < expected.length ? edits : undefined;
 }
 
 /**
@@ -252,7 +253,10 @@ export function helperAtLine(
   if (!match) return undefined;
   const line = restoreText.split("\n")[Number(match[1]) - 1];
   if (line === undefined) return undefined;
-  const rule = /^-[AI] \S+ .* --comment "cth:([0-9a-f-]{36})" -j CT --helper ([A-Za-z0-9.-]+)$/.exec(line);
+  // Appended rules only: an in-place `-I` also fails with "No chain/target/match" when the chain itself is
+  // gone (a namespace recreated behind the agent's back), which must not brand a working helper as missing.
+  // The caller then re-reads the table and rewrites the chain whole, whose `-A` lines classify correctly.
+  const rule = /^-A \S+ .* --comment "cth:([0-9a-f-]{36})" -j CT --helper ([A-Za-z0-9.-]+)$/.exec(line);
   return rule?.[1] && rule[2] ? { id: rule[1], helper: rule[2] } : undefined;
 }
 

@@ -375,8 +375,14 @@ export async function upsertRouter(
       if (!unchanged) await deps.store.put(next, current.revision);
       // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
       // snapshot lost to a queue outage is not stranded.
+      // An unchanged router's snapshots are re-sends: their own deduplication scope, or SQS could drop them as
+      // copies of what a deletion or an earlier placement sent at the same revision.
       if (next.revision > 0)
-        await enqueueByHost(deps, placementSnapshots(current, next, correlationId, deps));
+        await enqueueByHost(
+          deps,
+          placementSnapshots(current, next, correlationId, deps),
+          unchanged ? correlationId : undefined,
+        );
       return { created: false, router: view(next) };
     } catch (error) {
       if (!(error instanceof RevisionConflictError)) throw error;

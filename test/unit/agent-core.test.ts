@@ -226,6 +226,23 @@ describe("agent core (in-memory iptables model)", () => {
     expect((iptables.restores.get(ns) ?? 0) - restoresBefore).toBe(2);
   });
 
+  it("a namespace recreated empty behind the agent's back: the failed edit brands no helper missing", async () => {
+    const core = makeCore();
+    const ftp = helper("ftp", "tcp", 2121);
+    const tftp = helper("tftp", "udp", 69);
+    await core.apply(snapshot(routerId, 1, [ftp, tftp]));
+    // Neutron's L3 agent recreates the namespace: it exists, but our chain is gone.
+    await iptables.deleteNamespace(ns);
+    await iptables.createNamespace(ns);
+    const more = helper("ftp", "tcp", 21);
+    const outcome = await core.apply(snapshot(routerId, 2, [ftp, tftp, more]));
+    expect(outcome).toMatchObject({ kind: "applied", errors: [] });
+    expect(core.unavailable.ipv4.size).toBe(0);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4")).sort()).toEqual(
+      [ftp, tftp, more].map((h) => h.id).sort(),
+    );
+  });
+
   it("the start-up probe finds what the kernel lacks and touches no namespace", async () => {
     iptables.lacking.ipv4.add("pptp");
     iptables.lacking.ipv6.add("sip");

@@ -95,6 +95,14 @@ describe("command helper process", () => {
     runner.close();
   });
 
+  it("close() while a command with a large output runs still delivers all of it", async () => {
+    const runner = new HelperRunner();
+    const big = runner.run(node, ["-e", "process.stdout.write('x'.repeat(2 * 1024 * 1024))"]);
+    await until(() => runner.pid !== undefined);
+    runner.close();
+    expect((await big).stdout.length).toBe(2 * 1024 * 1024);
+  });
+
   it("exits by itself once closed and its commands are done", async () => {
     const runner = new HelperRunner();
     await runner.run(node, ["-e", "0"]);

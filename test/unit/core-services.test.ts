@@ -368,6 +368,32 @@ describe("buildSnapshot", () => {
 });
 
 describe("moving a router", () => {
+  it("a router registered again after its deletion reaches its node, even when the first try's send failed", async () => {
+    const { deps, queue, seed } = setup();
+    const router = await seed({ host: "node-a", revision: 2, helpers: [storedHelper()] });
+    await deleteRouter(deps, admin(), router.routerId, "c1");
+    expect(queue.messages("node-a").map((m) => [m.revision, m.helpers.length])).toEqual([[3, 0]]);
+    const register = (correlation: string) =>
+      upsertRouter(
+        deps,
+        admin(),
+        router.routerId,
+        { project_id: router.projectId, host: "node-a" },
+        correlation,
+      );
+    queue.failingHosts.add("node-a");
+    await expect(register("c2")).rejects.toThrow(COMMITTED_BUT_NOT_QUEUED);
+    queue.failingHosts.delete("node-a");
+    const retried = await register("c3");
+    // It continues from the deletion's revision, and its empty state at that revision is not lost to
+    // deduplication against the deletion's own snapshot.
+    expect(retried.router.revision).toBe(3);
+    expect(queue.messages("node-a").map((m) => [m.revision, m.helpers.length])).toEqual([
+      [3, 0],
+      [3, 0],
+    ]);
+  });
+
   it("cleans the old node on a retried move whose first empty snapshot was lost", async () => {
     const { deps, queue, seed } = setup();
     const helper = storedHelper();
@@ -386,6 +412,11 @@ describe("moving a router", () => {
     const retried = await move();
     expect(retried.router).toMatchObject({ host: "node-b", revision: 3 });
     expect(queue.messages("node-a").map((m) => [m.revision, m.helpers])).toEqual([[3, []]]);
-    expect(queue.messages("node-b").map((m) => [m.revision, m.helpers])).toEqual([[3, [helper]]]);
+    // The first attempt's send to node-b went through; the retry re-sends it in its own deduplication scope
+    // (a duplicate revision, which the agent answers with a report and no write).
+    expect(queue.messages("node-b").map((m) => [m.revision, m.helpers])).toEqual([
+      [3, [helper]],
+      [3, [helper]],
+    ]);
   });
 });

@@ -204,11 +204,17 @@ describe("render: small changes edit the chain in place", () => {
     expect(renderRestore(five.slice(1), doubled)).toContain(`:${OWNED_CHAIN} - [0:0]`);
   });
 
-  it("maps an insert's error line back to its helper", () => {
+  it("never maps an insert's error line to a helper: the chain itself may be what is missing", () => {
     const added = rule(9, "snmp", "udp", 161);
     const text = renderRestore(planFamily([...five, added], "ipv4", catalog).rules, chainOf(five))!;
     expect(text).toContain("-I ");
-    expect(helperAtLine(text, "line 2: RULE_INSERT failed (No such file or directory)")).toEqual({
+    expect(helperAtLine(text, "line 2: RULE_INSERT failed (No such file or directory)")).toBeUndefined();
+    // The whole rewrite that follows names it by its `-A` line.
+    const whole = renderRestore(planFamily([...five, added], "ipv4", catalog).rules, chainOf(five), {
+      whole: true,
+    })!;
+    const line = whole.split("\n").findIndex((l) => l.includes(added.id)) + 1;
+    expect(helperAtLine(whole, `line ${line}: RULE_APPEND failed (No such file or directory)`)).toEqual({
       id: added.id,
       helper: "snmp",
     });
