@@ -5,6 +5,7 @@
  * holds exactly; identity and ownership are never guessed; what is accepted queues snapshots that the agent's
  * schema accepts and that render to rules the real kernel takes (kernel part below, on a sample).
  */
+import { CachePersistenceLayer } from "@aws-lambda-powertools/idempotency/cache";
 import * as fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { makeHandler } from "../../functions/http.ts";
@@ -15,7 +16,7 @@ import { FAMILIES, planFamily } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent } from "../support/events.ts";
 import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
-import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+import { MemoryCacheClient, MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 import {
   allStrings,
   fcParams,
@@ -449,7 +450,9 @@ describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory 
           },
           schemas,
           logger: log,
-          idempotency: undefined,
+          // Powertools' own idempotency logic on an in-memory cache: hostile Idempotency-Key headers meet the
+          // real layer, and a fresh cache per run keeps runs independent.
+          idempotency: new CachePersistenceLayer({ client: new MemoryCacheClient() }),
         });
         const before = await dump(store);
         const writesBefore = store.writes;

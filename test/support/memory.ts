@@ -150,3 +150,45 @@ export class MemoryCommandQueue implements CommandQueue {
     return [...this.byHost.values()].flat();
   }
 }
+
+/**
+ * The Valkey/Redis subset Powertools' CachePersistenceLayer uses (GET, SET with NX and EX, DEL), in memory,
+ * so its real idempotency logic runs where a table would cost too much (the hostile property, per run).
+ */
+export class MemoryCacheClient {
+  private readonly entries = new Map<string, { value: string; expiresAt: number }>();
+
+  private live(name: string): { value: string; expiresAt: number } | undefined {
+    const entry = this.entries.get(name);
+    if (entry && entry.expiresAt <= Date.now()) {
+      this.entries.delete(name);
+      return undefined;
+    }
+    return entry;
+  }
+
+  async get(name: string): Promise<string | null> {
+    return this.live(name)?.value ?? null;
+  }
+
+  async set(name: string | Uint8Array, value: unknown, options?: unknown): Promise<string | null> {
+    const key = String(name);
+    const { NX, EX } = (options ?? {}) as { NX?: boolean; EX?: number };
+    if (NX && this.live(key)) return null;
+    this.entries.set(key, {
+      value: String(value),
+      expiresAt: EX ? Date.now() + EX * 1000 : Number.POSITIVE_INFINITY,
+    });
+    return "OK";
+  }
+
+  async del(keys: string[]): Promise<number> {
+    let removed = 0;
+    for (const key of keys) if (this.entries.delete(key)) removed++;
+    return removed;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
