@@ -9,6 +9,7 @@ import { CachePersistenceLayer } from "@aws-lambda-powertools/idempotency/cache"
 import { createClient } from "redis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { freePort } from "../../bench/stack-child.ts";
+import { lambdaContext } from "../support/events.ts";
 import { MemoryCacheClient } from "../support/memory.ts";
 
 type Client = Pick<MemoryCacheClient, "get" | "set" | "del">;
@@ -100,6 +101,8 @@ describe.each(clients)("cache client contract: %s", (_name, make) => {
 
   it("carries Powertools' idempotency: the same payload runs once, its result is replayed", async () => {
     let runs = 0;
+    const config = new IdempotencyConfig({ eventKeyJmesPath: "key" });
+    config.registerLambdaContext(lambdaContext());
     const work = makeIdempotent(
       async (event: { key: string; n: number }) => {
         runs++;
@@ -107,7 +110,7 @@ describe.each(clients)("cache client contract: %s", (_name, make) => {
       },
       {
         persistenceStore: new CachePersistenceLayer({ client: make() }),
-        config: new IdempotencyConfig({ eventKeyJmesPath: "key" }),
+        config,
       },
     );
     const k = key("idem");
