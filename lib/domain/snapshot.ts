@@ -1,26 +1,22 @@
 import type { Clock, RouterRecord, StoredHelper } from "../ports.ts";
+// The renderer's order (protocol, port, id by code point, never locale-dependent): snapshots and rules agree.
+import { compareRules } from "../render.ts";
 import type { RouterSyncMessage } from "../schemas/index.ts";
 
-const byCodePoint = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
-
 /**
- * Stable order: agents render rules in this order, so equal sets always render equal text. Code-point
- * comparison, not localeCompare: the order must not depend on the runtime's locale (and ICU is slow).
+ * A sorted copy, in the order agents render rules, so equal sets always render equal text. Stored sets are
+ * kept in this order (see changes.ts), so this is usually one linear check.
  */
-export const compareHelpers = (a: StoredHelper, b: StoredHelper): number =>
-  byCodePoint(a.protocol, b.protocol) || a.port - b.port || byCodePoint(a.id, b.id);
-
-/** A sorted copy. Stored sets are kept in this order (see changes.ts), so this is usually one linear check. */
 export function sortHelpers(helpers: readonly StoredHelper[]): StoredHelper[] {
   for (let i = 1; i < helpers.length; i++) {
-    if (compareHelpers(helpers[i - 1]!, helpers[i]!) > 0) return [...helpers].sort(compareHelpers);
+    if (compareRules(helpers[i - 1]!, helpers[i]!) > 0) return [...helpers].sort(compareRules);
   }
   return [...helpers];
 }
 
 /** Inserts `helper` where the order puts it (in place). */
 export function insertSorted(helpers: StoredHelper[], helper: StoredHelper): void {
-  const at = helpers.findIndex((other) => compareHelpers(helper, other) < 0);
+  const at = helpers.findIndex((other) => compareRules(helper, other) < 0);
   if (at < 0) helpers.push(helper);
   else helpers.splice(at, 0, helper);
 }
