@@ -89,6 +89,15 @@ function plan(
   return { record: owned, ...result };
 }
 
+/** `record` one revision on, with `changes` applied: the next desired state a conditional write proposes. */
+function nextRevision(
+  deps: Pick<DomainDeps, "clock">,
+  record: RouterRecord,
+  changes: Partial<Pick<RouterRecord, "helpers" | "projectId" | "host">>,
+): RouterRecord {
+  return { ...record, ...changes, revision: record.revision + 1, updatedAt: deps.clock.now().toISOString() };
+}
+
 interface Committed {
   readonly record: RouterRecord;
   readonly ops: readonly HelperOp[];
@@ -111,12 +120,7 @@ async function commitRouter(
     }
     const planned = plan(deps, identity, notification, routerId, changes, current);
     if (planned.ops.length === 0) return { record: planned.record, ops: [] };
-    const next: RouterRecord = {
-      ...planned.record,
-      helpers: planned.helpers,
-      revision: planned.record.revision + 1,
-      updatedAt: deps.clock.now().toISOString(),
-    };
+    const next = nextRevision(deps, planned.record, { helpers: planned.helpers });
     try {
       await deps.store.put(next, planned.record.revision);
       return { record: next, ops: planned.ops };
@@ -143,12 +147,7 @@ async function compensate(
         if (!current) break;
         const reverted = revertOps(current.helpers, ops);
         if (!reverted.changed) break;
-        const next: RouterRecord = {
-          ...current,
-          helpers: reverted.helpers,
-          revision: current.revision + 1,
-          updatedAt: deps.clock.now().toISOString(),
-        };
+        const next = nextRevision(deps, current, { helpers: reverted.helpers });
         await deps.store.put(next, current.revision);
         // The agent never saw the undone revision; this snapshot brings it level (the reconciler would too).
         await deps.queue
@@ -210,12 +209,7 @@ async function commitAtomically(
         committed.push({ record: planned.record, ops: [] });
         continue;
       }
-      const next: RouterRecord = {
-        ...planned.record,
-        helpers: planned.helpers,
-        revision: planned.record.revision + 1,
-        updatedAt: deps.clock.now().toISOString(),
-      };
+      const next = nextRevision(deps, planned.record, { helpers: planned.helpers });
       writes.push({ next, expectedRevision: planned.record.revision });
       committed.push({ record: next, ops: planned.ops });
     }
@@ -238,6 +232,13 @@ async function commitInTurn(
   records: Map<string, RouterRecord>,
   correlationId: string,
 ): Promise<Committed[]> {
+  // Every router is validated against the state read before the first write. (A single router's commit
+  // plans before its only write anyway; a transaction plans every router before its one write.)
+  if (groups.size > 1) {
+    for (const [routerId, changes] of groups) {
+      plan(deps, identity, notification, routerId, changes, records.get(routerId));
+    }
+  }
   const committed: Committed[] = [];
   for (const [routerId, changes] of groups) {
     try {
@@ -264,13 +265,6 @@ export async function submitNotification(
 ): Promise<SubmitResult> {
   const groups = groupByRouter(notification);
   const records = await deps.store.getMany([...groups.keys()]);
-  // Everything is validated against the current state before the first write. With one router the commit
-  // below plans (and so validates) before its only write, so that pass would only repeat it.
-  if (groups.size > 1) {
-    for (const [routerId, changes] of groups) {
-      plan(deps, identity, notification, routerId, changes, records.get(routerId));
-    }
-  }
   const committed =
     groups.size > 1 && deps.store.putAll
       ? await commitAtomically(deps, deps.store.putAll, identity, notification, groups, records)
@@ -363,15 +357,9 @@ export async function upsertRouter(
         return { created: true, router: view(created) };
       }
       const unchanged = current.projectId === body.project_id && current.host === body.host;
-      const next: RouterRecord = unchanged
+      const next = unchanged
         ? current
-        : {
-            ...current,
-            projectId: body.project_id,
-            host: body.host,
-            revision: current.revision + 1,
-            updatedAt: now,
-          };
+        : nextRevision(deps, current, { projectId: body.project_id, host: body.host });
       if (!unchanged) await deps.store.put(next, current.revision);
       // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
       // snapshot lost to a queue outage is not stranded.
