@@ -64,7 +64,7 @@ export class QueuePoller {
   /** Apply slots shared by every batch in hand. */
   private readonly slots: LimitFunction;
   /** Messages received and not yet deleted, parked or backed off; the loop receives only below `batch`. */
-  private inHand = 0;
+  private held = 0;
   private readonly handling = new Set<Promise<void>>();
   private capacityFreed: (() => void) | undefined;
 
@@ -121,7 +121,7 @@ export class QueuePoller {
     const { logger } = this.options;
     let failures = 0;
     while (!this.abort.signal.aborted) {
-      if (this.inHand >= this.batch) {
+      if (this.held >= this.batch) {
         await new Promise<void>((resolve) => {
           this.capacityFreed = resolve;
         });
@@ -129,7 +129,7 @@ export class QueuePoller {
       }
       let messages: Message[];
       try {
-        messages = await this.receive(this.batch - this.inHand);
+        messages = await this.receive(this.batch - this.held);
         failures = 0;
       } catch (error) {
         if (this.abort.signal.aborted) break;
@@ -139,7 +139,7 @@ export class QueuePoller {
         continue;
       }
       if (messages.length === 0) continue;
-      this.inHand += messages.length;
+      this.held += messages.length;
       const handled = this.handleBatch(messages, performance.now(), (count) => this.release(count))
         .catch((error: unknown) => {
           // What was not deleted becomes visible again after its timeout: redelivery is harmless.
@@ -152,7 +152,7 @@ export class QueuePoller {
   }
 
   private release(count: number): void {
-    this.inHand -= count;
+    this.held -= count;
     const wake = this.capacityFreed;
     this.capacityFreed = undefined;
     wake?.();

@@ -22,6 +22,7 @@ import {
 import type { StatusSink } from "../../lib/ports.ts";
 import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
+import { admin, notification } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
 const catalog = new HelperCatalog();
@@ -222,7 +223,8 @@ describe("agent core (in-memory iptables model)", () => {
       expect.objectContaining({ helper_id: snmp.id, code: "helper_unavailable" }),
     ]);
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([...existing, tftp].map((h) => h.id));
-    // ipv4: the refused edit, then the edit without snmp; ipv6 (no snmp there): one edit.
+    // Successful restores: ipv4, the whole rewrite without snmp (the refused edit and the refused rewrite that
+    // named snmp commit nothing); ipv6 (no snmp there), one edit.
     expect((iptables.restores.get(ns) ?? 0) - restoresBefore).toBe(2);
   });
 
@@ -486,7 +488,7 @@ describe("agent core (in-memory iptables model)", () => {
     const store = new MemoryRoutersStore();
     const queue = new MemoryCommandQueue();
     const deps: DomainDeps = { store, queue, clock: { now: () => new Date() }, limits: DEFAULT_LIMITS };
-    const operator = { projectId: "ops", roles: new Set(["admin"]) };
+    const operator = admin();
     const place = { project_id: "demo", host: NODE };
     const core = makeCore();
     let delivered = 0;
@@ -495,14 +497,16 @@ describe("agent core (in-memory iptables model)", () => {
       for (const message of messages.slice(delivered)) await core.apply(message);
       delivered = messages.length;
     };
+    const add = (rule: HelperRule, correlation: string) =>
+      submitNotification(
+        deps,
+        operator,
+        notification("created", [{ ...rule, router_id: routerId }]),
+        correlation,
+      );
     await upsertRouter(deps, operator, routerId, place, "c1");
     const first = helper("ftp", "tcp", 21);
-    await submitNotification(
-      deps,
-      operator,
-      { event: "created", conntrack_helpers: [{ ...first, router_id: routerId }] },
-      "c2",
-    );
+    await add(first, "c2");
     await deliver();
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([first.id]);
     await deleteRouter(deps, operator, routerId, "c3");
@@ -511,12 +515,7 @@ describe("agent core (in-memory iptables model)", () => {
     // Registered again under the same id, then given a helper: the agent must not drop it as stale.
     await upsertRouter(deps, operator, routerId, place, "c4");
     const again = helper("tftp", "udp", 69);
-    await submitNotification(
-      deps,
-      operator,
-      { event: "created", conntrack_helpers: [{ ...again, router_id: routerId }] },
-      "c5",
-    );
+    await add(again, "c5");
     await deliver();
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([again.id]);
     expect(await metrics.registry.getSingleMetricAsString("cth_agent_messages_total")).not.toMatch(
