@@ -24,6 +24,10 @@ export * as primitives from "./primitives.ts";
 
 export type NotificationEvent = z.infer<typeof notificationEvent>;
 
+/** The kind of namespace a router lives in on a host: Neutron's `qrouter-` or a DVR router's `snat-`. */
+export const namespaceKind = z.enum(["qrouter", "snat"]);
+export type NamespaceKind = z.infer<typeof namespaceKind>;
+
 type Ctx = z.core.ParsePayload;
 
 /** A helper as the dispatcher stores and ships it: canonical kernel helper name. */
@@ -158,17 +162,26 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     message: text(0, 512),
   });
 
+  // The sending host is never read from a report: it comes from the queue the report arrived on (one
+  // status queue per node, writable only by that node). A `host` in the body must agree with it.
   const appliedReport = z.strictObject({
     v: z.literal(1),
     kind: z.literal("applied"),
     router_id: uuid,
     revision,
-    host,
+    host: z.optional(host),
+    namespace: z.optional(namespaceKind),
+    /** helperSetDigest (lib/digest.ts) of the helper set the agent's read-back found. */
+    digest: z.string().check(z.regex(/^[0-9a-f]{64}$/, "must be 64 lowercase hex digits")),
     rules: z.strictObject({ ipv4: z.int().check(z.gte(0)), ipv6: z.int().check(z.gte(0)) }),
     errors: list(applyError, 0, limits.maxHelpersPerRouter + 8),
   });
 
-  const resyncRequest = z.strictObject({ v: z.literal(1), kind: z.literal("resync-request"), host });
+  const resyncRequest = z.strictObject({
+    v: z.literal(1),
+    kind: z.literal("resync-request"),
+    host: z.optional(host),
+  });
 
   const statusMessage = z.discriminatedUnion("kind", [appliedReport, resyncRequest]);
 
