@@ -10,6 +10,7 @@ import type { Context, ScheduledEvent } from "aws-lambda";
 import { loadConfig } from "../lib/config.ts";
 import { type ReconcileSummary, type ReportDeps, reconcile } from "../lib/domain/reports.ts";
 import { ServiceUnavailableError } from "../lib/errors.ts";
+import { correlationIdFrom } from "../lib/http/api-event.ts";
 import { functionLogger, lazyHandler, productionPorts } from "../lib/production.ts";
 
 export interface ReconcileDeps extends ReportDeps {
@@ -21,7 +22,8 @@ export function makeHandler(deps: ReconcileDeps) {
   return middy(async (event: ScheduledEvent, context: Context): Promise<ReconcileSummary> => {
     const summary = await reconcile(deps, {
       staleAfterSeconds: deps.staleAfterSeconds,
-      correlationId: `reconcile-${event.id ?? context.awsRequestId}`,
+      // A manual invoke may carry any id: the agents accept only schema-valid correlation ids.
+      correlationId: correlationIdFrom(`reconcile-${event?.id ?? context.awsRequestId}`, () => "reconcile"),
     });
     deps.logger.info("reconcile sweep", { ...summary });
     // Failing the invocation makes the failure visible to the function-errors alarm.

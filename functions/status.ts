@@ -1,30 +1,57 @@
 /**
- * SQS consumer of the agents' status queue: `applied` reports raise a router's applied revision,
- * `resync-request` re-sends every snapshot of the reporting host. Partial batch failures: only the
- * records that hit a transient fault are returned for retry; invalid records are logged, counted and
- * dropped here (retrying them can never make them valid).
+ * SQS consumer of the agents' status queues (one per node): `applied` reports record what a host's kernel
+ * holds, `resync-request` re-sends every snapshot of the reporting host. The reporting host is the queue a
+ * record came in on (its eventSourceARN), never a field of the body. Partial batch failures: only the
+ * records that hit a transient fault are returned for retry; invalid or refused records are logged, counted
+ * and dropped here (retrying them can never make them valid).
  */
 
 import { BatchProcessor, EventType, processPartialResponse } from "@aws-lambda-powertools/batch";
 import type { Logger } from "@aws-lambda-powertools/logger";
 import middy from "@middy/core";
 import type { Context, SQSBatchResponse, SQSEvent, SQSRecord } from "aws-lambda";
+import { hostFromQueueArn } from "../lib/aws/status-source.ts";
 import { loadConfig } from "../lib/config.ts";
-import { type ReportDeps, recordAppliedReport, resyncHost } from "../lib/domain/reports.ts";
+import {
+  type ReportDeps,
+  type ReportOutcome,
+  recordAppliedReport,
+  resyncHost,
+} from "../lib/domain/reports.ts";
+import { correlationIdFrom } from "../lib/http/api-event.ts";
+import { emfCounter, type MetricCounter } from "../lib/metrics.ts";
 import { functionLogger, lazyHandler, productionPorts } from "../lib/production.ts";
 import { buildSchemas, type Schemas, toFieldIssues } from "../lib/schemas/index.ts";
 
 export interface StatusDeps extends ReportDeps {
   readonly schemas: Schemas;
   readonly logger: Logger;
-  /** Counts records that could never be valid; injectable so tests can read it. */
-  readonly onInvalid?: (messageId: string) => void;
+  /** Each node's status queue name, `{node}` for the host (lib/config.ts). */
+  readonly statusQueueNameTemplate: string;
+  /** ContentMismatches, UnboundReports, InvalidStatusMessages (CloudWatch EMF in production). */
+  readonly metrics: MetricCounter;
 }
+
+/** Outcomes that mean someone reported what they could not vouch for, or a kernel holds something else. */
+const ALARMING: Partial<Record<ReportOutcome, string>> = {
+  "content-mismatch": "ContentMismatches",
+  "unbound-host": "UnboundReports",
+  "future-revision": "UnboundReports",
+};
 
 export function makeHandler(deps: StatusDeps) {
   const processor = new BatchProcessor(EventType.SQS);
 
   const handleRecord = async (record: SQSRecord): Promise<void> => {
+    const host = hostFromQueueArn(deps.statusQueueNameTemplate, record.eventSourceARN);
+    if (host === undefined) {
+      deps.metrics.count("UnboundReports");
+      deps.logger.warn("status record from a queue that names no node dropped", {
+        messageId: record.messageId,
+        eventSourceARN: record.eventSourceARN,
+      });
+      return;
+    }
     let body: unknown;
     try {
       body = JSON.parse(record.body);
@@ -33,30 +60,43 @@ export function makeHandler(deps: StatusDeps) {
     }
     const parsed = deps.schemas.statusMessage.safeParse(body);
     if (!parsed.success) {
-      deps.onInvalid?.(record.messageId);
+      deps.metrics.count("InvalidStatusMessages");
       deps.logger.warn("invalid status message dropped", {
         messageId: record.messageId,
-        metric: "InvalidStatusMessages",
+        host,
         issues: body === undefined ? [{ path: "", message: "not JSON" }] : toFieldIssues(parsed.error),
       });
       return;
     }
     const message = parsed.data;
     if (message.kind === "applied") {
-      const outcome = await recordAppliedReport(deps, message);
-      const log = outcome === "recorded" || outcome === "older" ? "debug" : "warn";
+      const outcome = await recordAppliedReport(deps, host, message);
+      const metric = ALARMING[outcome];
+      if (metric) deps.metrics.count(metric);
+      const log = metric ? "warn" : "debug";
       deps.logger[log]("applied report", {
         messageId: record.messageId,
         routerId: message.router_id,
         revision: message.revision,
-        host: message.host,
+        host,
+        ...(message.host !== undefined && message.host !== host ? { claimedHost: message.host } : {}),
         outcome,
         errors: message.errors.length,
       });
       return;
     }
-    const sent = await resyncHost(deps, message.host, `resync-${record.messageId}`);
-    deps.logger.info("resync request served", { messageId: record.messageId, host: message.host, sent });
+    if (message.host !== undefined && message.host !== host) {
+      deps.metrics.count("UnboundReports");
+      deps.logger.warn("resync request naming another host dropped", {
+        messageId: record.messageId,
+        host,
+        claimedHost: message.host,
+      });
+      return;
+    }
+    const correlationId = correlationIdFrom(`resync-${record.messageId}`, () => "resync");
+    const sent = await resyncHost(deps, host, correlationId);
+    deps.logger.info("resync request served", { messageId: record.messageId, host, sent });
   };
 
   return middy(
@@ -75,5 +115,7 @@ export const handler = lazyHandler(() => {
     clock,
     schemas: buildSchemas(config.limits, config.catalog),
     logger: functionLogger("cth-status", config),
+    statusQueueNameTemplate: config.statusQueueNameTemplate,
+    metrics: emfCounter("status"),
   });
 });

@@ -1,7 +1,9 @@
 /**
  * The one place configuration is read. Adapters receive values, never read the environment themselves.
  */
+import { basename, extname } from "node:path";
 import { HelperCatalog } from "./catalog.ts";
+import { assertKeyId } from "./signing.ts";
 
 export interface Limits {
   /** Request body cap in bytes, counted after base64 decoding, checked before any JSON parse. */
@@ -44,7 +46,16 @@ export interface Config {
   /** Reconciler: a router whose applied report is older than this is re-sent even when revisions match. */
   readonly reconcileStaleSeconds: number;
   readonly logLevel: string;
+  /** The snapshot signing key; undefined when neither variable is set (wiring refuses to start then). */
+  readonly signingKey?: SigningKeySource | undefined;
 }
+
+/** Where the dispatcher's private signing key lives: an SSM SecureString in AWS, a PEM file locally. */
+export type SigningKeySource =
+  | { readonly kind: "ssm"; readonly parameterName: string }
+  | { readonly kind: "file"; readonly path: string; readonly keyId: string };
+
+export const SIGNING_KEY_VARIABLES = "CTH_SIGNING_KEY_PARAMETER or CTH_SIGNING_KEY_FILE";
 
 type Env = Readonly<Record<string, string | undefined>>;
 
@@ -86,6 +97,23 @@ export function loadCatalog(env: Env = process.env): HelperCatalog {
   return new HelperCatalog(allowed);
 }
 
+export function loadSigningKeySource(env: Env = process.env): SigningKeySource | undefined {
+  const parameterName = env.CTH_SIGNING_KEY_PARAMETER || undefined;
+  const path = env.CTH_SIGNING_KEY_FILE || undefined;
+  if (parameterName && path) {
+    throw new Error("set only one of CTH_SIGNING_KEY_PARAMETER and CTH_SIGNING_KEY_FILE");
+  }
+  if (parameterName) return { kind: "ssm", parameterName };
+  if (!path) return undefined;
+  const keyId = env.CTH_SIGNING_KEY_ID || basename(path, extname(path));
+  try {
+    assertKeyId(keyId);
+  } catch (error) {
+    throw new Error(`CTH_SIGNING_KEY_ID (or the key file's name): ${(error as Error).message}`);
+  }
+  return { kind: "file", path, keyId };
+}
+
 export function loadConfig(env: Env = process.env): Config {
   return {
     limits: loadLimits(env),
@@ -101,5 +129,6 @@ export function loadConfig(env: Env = process.env): Config {
     eventsParkQueueUrl: env.CTH_EVENTS_PARK_QUEUE_URL || undefined,
     reconcileStaleSeconds: positiveInt(env, "CTH_RECONCILE_STALE_SECONDS", 900),
     logLevel: env.LOG_LEVEL ?? "info",
+    signingKey: loadSigningKeySource(env),
   };
 }

@@ -8,6 +8,28 @@ import type { ApplyError, HelperRule, RouterSyncMessage, StatusMessage } from ".
 export type StoredHelper = HelperRule;
 
 /**
+ * What one host last reported applied for a router. The host is the queue the report came in on, never a
+ * field of the report; `content` compares the report's digest of the read-back with the desired set.
+ */
+export interface ReplicaStatus {
+  /** Highest revision this host reported applied. */
+  readonly revision: number;
+  readonly at: string;
+  readonly errors: readonly ApplyError[];
+  /**
+   * At `revision`: "match" (the kernel holds exactly the desired set), "partial" (it holds the desired set less
+   * the helpers the report names as unavailable in that kernel), "mismatch" (anything else: content_mismatch).
+   * "behind" when the report was for an older revision than the desired one at the time.
+   */
+  readonly content: ReplicaContent;
+}
+
+export type ReplicaContent = "match" | "partial" | "mismatch" | "behind";
+
+/** Hosts that may still hold a router's rules, each with the revision of the empty snapshot it must confirm. */
+export type Draining = Readonly<Record<string, number>>;
+
+/**
  * One item per router: the unit of consistency. A notification that names several routers commits them in
  * one transaction where the backend has them (RoutersStore.putAll), with compensation where it has not.
  */
@@ -18,12 +40,21 @@ export interface RouterRecord {
   /** Desired-state revision: +1 on every change, the condition of every write. */
   readonly revision: number;
   readonly helpers: readonly StoredHelper[];
-  /** Highest revision an agent has reported applied (0 = never). */
-  readonly appliedRevision: number;
-  readonly appliedAt?: string | undefined;
-  readonly appliedHost?: string | undefined;
-  readonly appliedErrors?: readonly ApplyError[] | undefined;
+  /** Applied status per reporting host (written only by the status path). */
+  readonly replicas: Readonly<Record<string, ReplicaStatus>>;
+  /** Hosts the router left (moves): re-sent an empty snapshot until each confirms it. */
+  readonly draining: Draining;
   readonly updatedAt: string;
+}
+
+/** What a deleted router leaves (see RoutersStore.delete). */
+export interface Tombstone {
+  readonly deleted: true;
+  readonly routerId: string;
+  /** The revision of the empty snapshot that removed the router's rules. */
+  readonly revision: number;
+  /** Hosts that have not yet confirmed that empty snapshot (or an older move's). */
+  readonly draining: Draining;
 }
 
 /** One conditional write of a multi-router commit. */
@@ -33,6 +64,14 @@ export interface RouterWrite {
   readonly expectedRevision: number | undefined;
 }
 
+export interface ReplicaReport {
+  readonly routerId: string;
+  readonly host: string;
+  /** The desired revision the content was judged against: the write is conditional on it. */
+  readonly desiredRevision: number;
+  readonly status: ReplicaStatus;
+}
+
 export interface RoutersStore {
   /** Strongly consistent read. */
   get(routerId: string): Promise<RouterRecord | undefined>;
@@ -40,7 +79,8 @@ export interface RoutersStore {
   getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>>;
   /**
    * Writes `next` only if the stored revision still equals `expectedRevision` (undefined: a create, which needs
-   * no live router of that id and, over a tombstone, a revision at least the tombstone's).
+   * no live router of that id and, over a tombstone, a revision at least the tombstone's). A change of an
+   * existing router writes its desired state and `draining`, never `replicas`.
    * Throws RevisionConflictError when someone else wrote first.
    */
   put(next: RouterRecord, expectedRevision: number | undefined): Promise<void>;
@@ -51,30 +91,32 @@ export interface RoutersStore {
   readonly putAll?: ((writes: readonly RouterWrite[]) => Promise<void>) | undefined;
   /**
    * Deletes only if the stored revision equals `expectedRevision` (RevisionConflictError otherwise), leaving a
-   * tombstone at `expectedRevision + 1`, the revision of the empty snapshot that removed the router's rules.
-   * A tombstone reads as absent everywhere; it only makes a re-created router continue above it (agents
-   * drop any revision not newer than the last they applied).
+   * tombstone at `expectedRevision + 1` (the revision of the empty snapshot that removes the router's rules,
+   * sent only after this commit) that keeps `draining`. A tombstone reads as absent to get/getMany/listByHost;
+   * a re-created router continues above it (agents drop any revision not newer than the last they applied).
    */
-  delete(routerId: string, expectedRevision: number, deletedAt: string): Promise<void>;
-  /** The highest revision this id was ever given, live or deleted; 0 for an id never seen. */
-  lastRevision(routerId: string): Promise<number>;
+  delete(routerId: string, expectedRevision: number, deletedAt: string, draining: Draining): Promise<void>;
+  /** The tombstone of a deleted router, if this id was deleted and not registered again. */
+  tombstone(routerId: string): Promise<Tombstone | undefined>;
   /**
-   * Raises the applied revision monotonically (never lowers it, never touches desired state); a report at
-   * the current applied revision refreshes `appliedAt`. Returns false when the router is unknown, carried by
-   * another host, already past `revision`, or `revision` is beyond the desired one.
+   * Records a host's report on a live router: only while `host` carries it, its desired revision is still
+   * `desiredRevision`, and the host's stored revision is not above the report's (a report at the same revision
+   * refreshes it). Returns false when any condition fails.
    */
-  recordApplied(report: {
-    routerId: string;
-    revision: number;
-    host: string;
-    errors: readonly ApplyError[];
-    at: string;
-  }): Promise<boolean>;
-  /** Every router a node carries. */
+  recordReplica(report: ReplicaReport): Promise<boolean>;
+  /**
+   * A draining host confirmed an empty snapshot at `revision`: removes its entry if it asked for no more than
+   * that (live router or tombstone). Returns false when there was no such entry.
+   */
+  confirmDrained(routerId: string, host: string, revision: number): Promise<boolean>;
+  /** Every live router a node carries. */
   listByHost(host: string): Promise<RouterRecord[]>;
-  /** Every router (reconciler); adapters page through the table. */
-  listAll(): AsyncIterable<RouterRecord>;
+  /** Every live router and every tombstone still draining (reconciler); adapters page through the table. */
+  listAll(): AsyncIterable<RouterRecord | Tombstone>;
 }
+
+/** Tells a tombstone from a live router in listAll's output. */
+export const isTombstone = (entry: RouterRecord | Tombstone): entry is Tombstone => "deleted" in entry;
 
 export interface CommandQueue {
   /**

@@ -17,9 +17,25 @@ import {
   type UpdateCommandInput,
 } from "@aws-sdk/lib-dynamodb";
 import { RevisionConflictError, ServiceUnavailableError } from "../errors.ts";
-import type { RouterRecord, RoutersStore, RouterWrite } from "../ports.ts";
+import type {
+  Draining,
+  ReplicaContent,
+  ReplicaReport,
+  ReplicaStatus,
+  RouterRecord,
+  RoutersStore,
+  RouterWrite,
+  Tombstone,
+} from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
 import { ROUTERS_BY_HOST_INDEX } from "./tables.ts";
+
+interface ReplicaItem {
+  revision: number;
+  at: string;
+  errors: ApplyError[];
+  content: ReplicaContent;
+}
 
 interface RouterItem {
   router_id: string;
@@ -27,10 +43,8 @@ interface RouterItem {
   host: string;
   revision: number;
   helpers: { id: string; protocol: "tcp" | "udp"; port: number; helper: string }[];
-  applied_revision: number;
-  applied_at?: string;
-  applied_host?: string;
-  applied_errors?: ApplyError[];
+  replicas: Record<string, ReplicaItem>;
+  draining: Record<string, number>;
   updated_at: string;
 }
 
@@ -41,23 +55,35 @@ function toItem(record: RouterRecord): RouterItem {
     host: record.host,
     revision: record.revision,
     helpers: record.helpers.map(({ id, protocol, port, helper }) => ({ id, protocol, port, helper })),
-    applied_revision: record.appliedRevision,
-    ...(record.appliedAt ? { applied_at: record.appliedAt } : {}),
-    ...(record.appliedHost ? { applied_host: record.appliedHost } : {}),
-    ...(record.appliedErrors ? { applied_errors: [...record.appliedErrors] } : {}),
+    replicas: Object.fromEntries(
+      Object.entries(record.replicas).map(([host, replica]) => [host, toReplicaItem(replica)]),
+    ),
+    draining: { ...record.draining },
     updated_at: record.updatedAt,
   };
 }
 
-/** What a deleted router leaves: its id and the last revision it was given (see RoutersStore.delete). */
-const isTombstone = (item: Record<string, unknown>): boolean => item.deleted_at !== undefined;
+const toReplicaItem = (replica: ReplicaStatus): ReplicaItem => ({
+  revision: replica.revision,
+  at: replica.at,
+  errors: [...replica.errors],
+  content: replica.content,
+});
+
+/** What a deleted router leaves: its id, the last revision it was given and its draining hosts. */
+const isTombstoneItem = (item: Record<string, unknown>): boolean => item.deleted_at !== undefined;
+
+function drainingOf(raw: unknown): Draining {
+  if (typeof raw !== "object" || raw === null) return {};
+  return Object.fromEntries(Object.entries(raw).map(([host, revision]) => [host, Number(revision)]));
+}
 
 function fromItem(item: Record<string, unknown>): RouterRecord {
-  const row = item as unknown as RouterItem;
+  const row = item as unknown as Partial<RouterItem> & { router_id: string };
   return {
     routerId: row.router_id,
-    projectId: row.project_id,
-    host: row.host,
+    projectId: String(row.project_id),
+    host: String(row.host),
     revision: Number(row.revision),
     helpers: (row.helpers ?? []).map((h) => ({
       id: h.id,
@@ -65,11 +91,28 @@ function fromItem(item: Record<string, unknown>): RouterRecord {
       port: Number(h.port),
       helper: h.helper,
     })),
-    appliedRevision: Number(row.applied_revision ?? 0),
-    appliedAt: row.applied_at,
-    appliedHost: row.applied_host,
-    appliedErrors: row.applied_errors,
-    updatedAt: row.updated_at,
+    replicas: Object.fromEntries(
+      Object.entries(row.replicas ?? {}).map(([host, replica]) => [
+        host,
+        {
+          revision: Number(replica.revision),
+          at: replica.at,
+          errors: replica.errors ?? [],
+          content: replica.content,
+        },
+      ]),
+    ),
+    draining: drainingOf(row.draining),
+    updatedAt: String(row.updated_at),
+  };
+}
+
+function tombstoneFromItem(item: Record<string, unknown>): Tombstone {
+  return {
+    deleted: true,
+    routerId: String(item.router_id),
+    revision: Number(item.revision),
+    draining: drainingOf(item.draining),
   };
 }
 
@@ -181,21 +224,16 @@ export class DynamoRoutersStore implements RoutersStore {
         new GetCommand({ TableName: this.tableName, Key: { router_id: routerId }, ConsistentRead: true }),
       ),
     );
-    return result.Item && !isTombstone(result.Item) ? fromItem(result.Item) : undefined;
+    return result.Item && !isTombstoneItem(result.Item) ? fromItem(result.Item) : undefined;
   }
 
-  async lastRevision(routerId: string): Promise<number> {
+  async tombstone(routerId: string): Promise<Tombstone | undefined> {
     const result = await guard(
       this.client.send(
-        new GetCommand({
-          TableName: this.tableName,
-          Key: { router_id: routerId },
-          ConsistentRead: true,
-          ProjectionExpression: "revision",
-        }),
+        new GetCommand({ TableName: this.tableName, Key: { router_id: routerId }, ConsistentRead: true }),
       ),
     );
-    return Number(result.Item?.revision ?? 0);
+    return result.Item && isTombstoneItem(result.Item) ? tombstoneFromItem(result.Item) : undefined;
   }
 
   async getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>> {
@@ -217,7 +255,7 @@ export class DynamoRoutersStore implements RoutersStore {
           ),
         );
         for (const item of result.Responses?.[this.tableName] ?? []) {
-          if (isTombstone(item)) continue;
+          if (isTombstoneItem(item)) continue;
           const record = fromItem(item);
           found.set(record.routerId, record);
         }
@@ -229,7 +267,7 @@ export class DynamoRoutersStore implements RoutersStore {
 
   /**
    * A create puts the whole item. A change of an existing router sets only the desired state: the applied
-   * status belongs to recordApplied, and a report that lands between this writer's read and its write must
+   * status belongs to recordReplica, and a report that lands between this writer's read and its write must
    * not be put back to what the writer read.
    */
   private writeInput(next: RouterRecord, expectedRevision: number | undefined): WriteInput {
@@ -252,7 +290,7 @@ export class DynamoRoutersStore implements RoutersStore {
         Key: { router_id: next.routerId },
         ConditionExpression: "revision = :expected AND attribute_not_exists(deleted_at)",
         UpdateExpression:
-          "SET project_id = :project, #host = :host, revision = :revision, helpers = :helpers, updated_at = :updated",
+          "SET project_id = :project, #host = :host, revision = :revision, helpers = :helpers, draining = :draining, updated_at = :updated",
         ExpressionAttributeNames: { "#host": "host" },
         ExpressionAttributeValues: {
           ":expected": expectedRevision,
@@ -260,6 +298,7 @@ export class DynamoRoutersStore implements RoutersStore {
           ":host": item.host,
           ":revision": item.revision,
           ":helpers": item.helpers,
+          ":draining": item.draining,
           ":updated": item.updated_at,
         },
       },
@@ -284,14 +323,24 @@ export class DynamoRoutersStore implements RoutersStore {
     }
   }
 
-  async delete(routerId: string, expectedRevision: number, deletedAt: string): Promise<void> {
+  async delete(
+    routerId: string,
+    expectedRevision: number,
+    deletedAt: string,
+    draining: Draining,
+  ): Promise<void> {
     try {
       await guard(
         this.client.send(
           new PutCommand({
             TableName: this.tableName,
             // No host: the tombstone is in no node's index and no applied report can match it.
-            Item: { router_id: routerId, revision: expectedRevision + 1, deleted_at: deletedAt },
+            Item: {
+              router_id: routerId,
+              revision: expectedRevision + 1,
+              deleted_at: deletedAt,
+              draining: { ...draining },
+            },
             ConditionExpression: "revision = :expected AND attribute_not_exists(deleted_at)",
             ExpressionAttributeValues: { ":expected": expectedRevision },
           }),
@@ -307,33 +356,47 @@ export class DynamoRoutersStore implements RoutersStore {
     }
   }
 
-  async recordApplied(report: {
-    routerId: string;
-    revision: number;
-    host: string;
-    errors: readonly ApplyError[];
-    at: string;
-  }): Promise<boolean> {
+  async recordReplica(report: ReplicaReport): Promise<boolean> {
     try {
-      // Monotonic by condition: a late or replayed report can never lower the applied revision, and a host
-      // that no longer carries the router (it moved) cannot mark the new placement applied. A report at the
-      // same revision refreshes applied_at: it is the agent's proof of life the reconciler's bound relies on.
+      // Monotonic per host by condition: a late or replayed report never lowers what the host reported, and
+      // the content verdict only stands while the desired revision it was judged against is still current.
       await guard(
         this.client.send(
           new UpdateCommand({
             TableName: this.tableName,
             Key: { router_id: report.routerId },
             ConditionExpression:
-              "attribute_exists(router_id) AND #host = :host AND applied_revision <= :rev AND revision >= :rev",
-            UpdateExpression:
-              "SET applied_revision = :rev, applied_at = :at, applied_host = :host, applied_errors = :errors",
-            ExpressionAttributeNames: { "#host": "host" },
+              "attribute_not_exists(deleted_at) AND #host = :host AND revision = :desired AND " +
+              "(attribute_not_exists(replicas.#reporter) OR replicas.#reporter.revision <= :rev)",
+            UpdateExpression: "SET replicas.#reporter = :status",
+            ExpressionAttributeNames: { "#host": "host", "#reporter": report.host },
             ExpressionAttributeValues: {
-              ":rev": report.revision,
-              ":at": report.at,
               ":host": report.host,
-              ":errors": [...report.errors],
+              ":desired": report.desiredRevision,
+              ":rev": report.status.revision,
+              ":status": toReplicaItem(report.status),
             },
+          }),
+        ),
+      );
+      return true;
+    } catch (error) {
+      if (isConditionFailure(error)) return false;
+      throw error;
+    }
+  }
+
+  async confirmDrained(routerId: string, host: string, revision: number): Promise<boolean> {
+    try {
+      await guard(
+        this.client.send(
+          new UpdateCommand({
+            TableName: this.tableName,
+            Key: { router_id: routerId },
+            ConditionExpression: "draining.#drained <= :rev",
+            UpdateExpression: "REMOVE draining.#drained",
+            ExpressionAttributeNames: { "#drained": host },
+            ExpressionAttributeValues: { ":rev": revision },
           }),
         ),
       );
@@ -360,13 +423,13 @@ export class DynamoRoutersStore implements RoutersStore {
           }),
         ),
       );
-      for (const item of page.Items ?? []) if (!isTombstone(item)) records.push(fromItem(item));
+      for (const item of page.Items ?? []) if (!isTombstoneItem(item)) records.push(fromItem(item));
       startKey = page.LastEvaluatedKey;
     } while (startKey);
     return records;
   }
 
-  async *listAll(): AsyncIterable<RouterRecord> {
+  async *listAll(): AsyncIterable<RouterRecord | Tombstone> {
     let startKey: Record<string, unknown> | undefined;
     do {
       const page = await guard(
@@ -374,7 +437,10 @@ export class DynamoRoutersStore implements RoutersStore {
           new ScanCommand({ TableName: this.tableName, ExclusiveStartKey: startKey, ConsistentRead: true }),
         ),
       );
-      for (const item of page.Items ?? []) if (!isTombstone(item)) yield fromItem(item);
+      for (const item of page.Items ?? []) {
+        if (!isTombstoneItem(item)) yield fromItem(item);
+        else if (Object.keys(drainingOf(item.draining)).length > 0) yield tombstoneFromItem(item);
+      }
       startKey = page.LastEvaluatedKey;
     } while (startKey);
   }

@@ -1,10 +1,24 @@
 /**
  * What the cloud side does with the agents' reports, and the reconciler's sweep. Pure orchestration over
  * the ports: no Lambda types, no AWS types.
+ *
+ * A report is believed only as far as its sender can vouch: the host is the status queue it arrived on
+ * (one per node, writable only by that node), and `in_sync` needs the report's digest of what the kernel
+ * read-back found to equal the digest of the desired set at that revision.
  */
-import type { Clock, CommandQueue, RouterRecord, RoutersStore } from "../ports.ts";
-import type { AppliedReport, RouterSyncMessage } from "../schemas/index.ts";
-import { buildSnapshot } from "./snapshot.ts";
+import { helperSetDigest } from "../digest.ts";
+import type {
+  Clock,
+  CommandQueue,
+  ReplicaContent,
+  ReplicaStatus,
+  RouterRecord,
+  RoutersStore,
+  Tombstone,
+} from "../ports.ts";
+import { isTombstone } from "../ports.ts";
+import type { AppliedReport, ApplyError, RouterSyncMessage } from "../schemas/index.ts";
+import { buildEmptySnapshot, buildSnapshot } from "./snapshot.ts";
 
 export interface ReportDeps {
   readonly store: RoutersStore;
@@ -12,26 +26,109 @@ export interface ReportDeps {
   readonly clock: Clock;
 }
 
-export type ReportOutcome = "recorded" | "unknown-router" | "wrong-host" | "future-revision" | "older";
+export type ReportOutcome =
+  /** Recorded, and the kernel holds the desired set (or, "partial", all of it that the kernel can hold). */
+  | "recorded"
+  /** Recorded as a content mismatch: in_sync false, counted and alarmed, re-sent by the reconciler. */
+  | "content-mismatch"
+  /** A host the router left confirmed it holds nothing any more. */
+  | "drained"
+  | "unknown-router"
+  /** The router is not bound to the sending host (or the body names another host): ignored and counted. */
+  | "unbound-host"
+  | "future-revision"
+  | "older";
+
+export const EMPTY_DIGEST = helperSetDigest([]);
+
+/** The error entry a content mismatch adds to the replica's applied_errors. */
+export const CONTENT_MISMATCH = "content_mismatch";
+
+/** How a report's digest compares with the router's desired set. */
+export function judgeContent(record: RouterRecord, report: AppliedReport): ReplicaContent {
+  if (report.revision < record.revision) return "behind";
+  if (report.digest === helperSetDigest(record.helpers)) return "match";
+  // The kernel may lack a helper module: the agent leaves it out and names it. The rest must then be exact.
+  const missing = new Set(report.errors.flatMap((error) => (error.helper_id ? [error.helper_id] : [])));
+  if (missing.size > 0) {
+    const available = record.helpers.filter((helper) => !missing.has(helper.id));
+    if (report.digest === helperSetDigest(available)) return "partial";
+  }
+  return "mismatch";
+}
+
+function replicaStatus(report: AppliedReport, content: ReplicaContent, at: string): ReplicaStatus {
+  const errors: ApplyError[] = [...report.errors];
+  if (content === "mismatch") {
+    errors.push({
+      code: CONTENT_MISMATCH,
+      message: "the rules read back from the kernel differ from the desired helper set at this revision",
+    });
+  }
+  return { revision: report.revision, at, errors, content };
+}
+
+/** Attempts at recording when the desired state moves under a report (each a fresh read). */
+const RECORD_ATTEMPTS = 3;
 
 /**
- * Records an agent's applied revision. A report is trusted only for routers its host carries and only up
- * to the desired revision: agent credentials can write to the shared status queue, so one node must not
- * be able to mark another node's routers as in sync.
+ * Records a report from `host` (the queue it came in on, never the report's body).
  */
-export async function recordAppliedReport(deps: ReportDeps, report: AppliedReport): Promise<ReportOutcome> {
-  const record = await deps.store.get(report.router_id);
-  if (!record) return "unknown-router";
-  if (record.host !== report.host) return "wrong-host";
-  if (report.revision > record.revision) return "future-revision";
-  const raised = await deps.store.recordApplied({
-    routerId: report.router_id,
-    revision: report.revision,
-    host: report.host,
-    errors: report.errors,
-    at: deps.clock.now().toISOString(),
-  });
-  return raised ? "recorded" : "older";
+export async function recordAppliedReport(
+  deps: ReportDeps,
+  host: string,
+  report: AppliedReport,
+): Promise<ReportOutcome> {
+  if (report.host !== undefined && report.host !== host) return "unbound-host";
+  for (let attempt = 0; attempt < RECORD_ATTEMPTS; attempt++) {
+    const record = await deps.store.get(report.router_id);
+    const entry: RouterRecord | Tombstone | undefined =
+      record ?? (await deps.store.tombstone(report.router_id));
+    if (!entry) return "unknown-router";
+    const asked = entry.draining[host];
+    if (asked !== undefined && (!record || record.host !== host)) {
+      if (report.revision < asked || report.digest !== EMPTY_DIGEST) return "older";
+      return (await deps.store.confirmDrained(report.router_id, host, report.revision)) ? "drained" : "older";
+    }
+    if (!record || record.host !== host) return "unbound-host";
+    if (report.revision > record.revision) return "future-revision";
+    const content = judgeContent(record, report);
+    const recorded = await deps.store.recordReplica({
+      routerId: record.routerId,
+      host,
+      desiredRevision: record.revision,
+      status: replicaStatus(report, content, deps.clock.now().toISOString()),
+    });
+    if (recorded) return content === "mismatch" ? "content-mismatch" : "recorded";
+    const stored = (await deps.store.get(report.router_id))?.replicas[host];
+    if (stored && stored.revision > report.revision) return "older";
+    // The desired revision moved between the read and the write: judge the report again.
+  }
+  return "older";
+}
+
+/** The current host's status, the one `in_sync` speaks of. */
+export const currentReplica = (record: RouterRecord): ReplicaStatus | undefined =>
+  record.replicas[record.host];
+
+/** True only when the current host reported this very revision and its kernel holds exactly the desired set. */
+export function inSync(record: RouterRecord): boolean {
+  const replica = currentReplica(record);
+  return replica !== undefined && replica.revision >= record.revision && replica.content === "match";
+}
+
+/** The empty snapshots still owed to hosts the router left, each at the revision that host must confirm. */
+export function drainSnapshots(
+  entry: RouterRecord | Tombstone,
+  correlationId: string,
+  clock: Clock,
+): Map<string, RouterSyncMessage[]> {
+  const byHost = new Map<string, RouterSyncMessage[]>();
+  for (const [host, revision] of Object.entries(entry.draining)) {
+    if (!isTombstone(entry) && host === entry.host) continue;
+    byHost.set(host, [buildEmptySnapshot(entry.routerId, revision, correlationId, clock)]);
+  }
+  return byHost;
 }
 
 /** An agent (re)started: send the current snapshot of every router its host carries. */
@@ -55,30 +152,41 @@ export interface ReconcileOptions {
 export interface ReconcileSummary {
   readonly checked: number;
   readonly resent: number;
+  /** Of `resent`: empty snapshots to hosts a router left or a deleted router's hosts, not yet confirmed. */
+  readonly drains: number;
   readonly hosts: number;
   readonly failedHosts: readonly string[];
 }
 
 export function needsResend(router: RouterRecord, now: Date, staleAfterSeconds: number): boolean {
-  if (router.appliedRevision < router.revision) return true;
+  const replica = currentReplica(router);
   // Registered but never given a helper: there is nothing an agent could have applied or could report.
-  if (router.revision === 0) return false;
-  if (!router.appliedAt) return true;
-  return now.getTime() - Date.parse(router.appliedAt) > staleAfterSeconds * 1000;
+  if (router.revision === 0 && !replica) return false;
+  if (!replica || replica.revision < router.revision) return true;
+  if (replica.content === "mismatch") return true;
+  return now.getTime() - Date.parse(replica.at) > staleAfterSeconds * 1000;
 }
 
-/** Re-sends snapshots for routers that are behind or whose agent has been silent; one host's failure
- * does not stop the others. */
+/** Re-sends snapshots for routers that are behind, hold other content or whose agent has been silent, and
+ * empty snapshots owed to drained hosts; one host's failure does not stop the others. */
 export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Promise<ReconcileSummary> {
   const now = deps.clock.now();
   const byHost = new Map<string, RouterSyncMessage[]>();
+  const add = (host: string, snapshots: readonly RouterSyncMessage[]) => {
+    const list = byHost.get(host) ?? [];
+    list.push(...snapshots);
+    byHost.set(host, list);
+  };
   let checked = 0;
-  for await (const router of deps.store.listAll()) {
+  let drains = 0;
+  for await (const entry of deps.store.listAll()) {
     checked++;
-    if (!needsResend(router, now, options.staleAfterSeconds)) continue;
-    const list = byHost.get(router.host) ?? [];
-    list.push(buildSnapshot(router, options.correlationId, deps.clock));
-    byHost.set(router.host, list);
+    for (const [host, snapshots] of drainSnapshots(entry, options.correlationId, deps.clock)) {
+      drains += snapshots.length;
+      add(host, snapshots);
+    }
+    if (isTombstone(entry) || !needsResend(entry, now, options.staleAfterSeconds)) continue;
+    add(entry.host, [buildSnapshot(entry, options.correlationId, deps.clock)]);
   }
   let resent = 0;
   const failedHosts: string[] = [];
@@ -90,5 +198,5 @@ export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Pr
       failedHosts.push(host);
     }
   }
-  return { checked, resent, hosts: byHost.size, failedHosts };
+  return { checked, resent, drains, hosts: byHost.size, failedHosts };
 }

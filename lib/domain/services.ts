@@ -6,12 +6,21 @@
  */
 import type { Limits } from "../config.ts";
 import { RevisionConflictError, routerNotFound, ServiceUnavailableError } from "../errors.ts";
-import type { Clock, CommandQueue, RouterRecord, RoutersStore, RouterWrite } from "../ports.ts";
+import type {
+  Clock,
+  CommandQueue,
+  Draining,
+  RouterRecord,
+  RoutersStore,
+  RouterWrite,
+  Tombstone,
+} from "../ports.ts";
 import type { Notification, RouterSyncMessage, RouterUpsert } from "../schemas/index.ts";
 import { authorizeHelperProject, authorizeRouter, requireAdmin } from "./authorize.ts";
 import { applyChanges, type HelperOp, type IndexedChange, revertOps } from "./changes.ts";
 import { type Identity, isAdmin, isService } from "./identity.ts";
-import { buildEmptySnapshot, buildSnapshot, sortHelpers } from "./snapshot.ts";
+import { currentReplica, drainSnapshots, inSync } from "./reports.ts";
+import { buildSnapshot, sortHelpers } from "./snapshot.ts";
 
 export interface RetryPolicy {
   readonly maxAttempts: number;
@@ -93,7 +102,7 @@ function plan(
 function nextRevision(
   deps: Pick<DomainDeps, "clock">,
   record: RouterRecord,
-  changes: Partial<Pick<RouterRecord, "helpers" | "projectId" | "host">>,
+  changes: Partial<Pick<RouterRecord, "helpers" | "projectId" | "host" | "draining">>,
 ): RouterRecord {
   return { ...record, ...changes, revision: record.revision + 1, updatedAt: deps.clock.now().toISOString() };
 }
@@ -295,25 +304,23 @@ const view = (record: RouterRecord): RouterView => ({
   revision: record.revision,
 });
 
+/** `draining` without `host`: a router that comes back to a host it left owes that host no empty snapshot. */
+function withoutHost(draining: Draining, host: string): Draining {
+  const { [host]: _left, ...rest } = draining;
+  return rest;
+}
+
 /**
- * The full set for the router's node, and an empty set for every node that may still hold its rules: the
- * node it leaves, and the last node that reported it applied (so a retried move still cleans up the old
- * node after the first attempt's empty snapshot was lost).
+ * The full set for the router's node, and the empty set owed to every host it left and that has not yet
+ * confirmed it (draining: kept in the table, re-sent by the reconciler until confirmed).
  */
 function placementSnapshots(
-  before: RouterRecord,
   after: RouterRecord,
   correlationId: string,
   deps: DomainDeps,
 ): Map<string, RouterSyncMessage[]> {
-  const byHost = new Map<string, RouterSyncMessage[]>([
-    [after.host, [buildSnapshot(after, correlationId, deps.clock)]],
-  ]);
-  for (const stale of [before.host, before.appliedHost]) {
-    if (stale && stale !== after.host && !byHost.has(stale)) {
-      byHost.set(stale, [buildEmptySnapshot(after.routerId, after.revision, correlationId, deps.clock)]);
-    }
-  }
+  const byHost = drainSnapshots(after, correlationId, deps.clock);
+  byHost.set(after.host, [buildSnapshot(after, correlationId, deps.clock)]);
   return byHost;
 }
 
@@ -335,31 +342,41 @@ export async function upsertRouter(
       if (!current) {
         // A new id starts at revision 0 with no helpers: nothing for an agent to apply yet. An id that was
         // deleted continues from its tombstone: agents drop revisions not newer than the last they applied,
-        // and the deleted router's empty snapshot already went out at that revision.
+        // and the deleted router's empty snapshot went out at that revision; hosts that have not confirmed
+        // it yet stay draining.
+        const tombstone = await deps.store.tombstone(routerId);
         const created: RouterRecord = {
           routerId,
           projectId: body.project_id,
           host: body.host,
-          revision: await deps.store.lastRevision(routerId),
+          revision: tombstone?.revision ?? 0,
           helpers: [],
-          appliedRevision: 0,
+          replicas: {},
+          draining: withoutHost(tombstone?.draining ?? {}, body.host),
           updatedAt: now,
         };
         await deps.store.put(created, undefined);
         // Tell the (maybe new) node the empty state at that revision, so its report brings the router in sync.
         // Its own deduplication scope: the deletion's empty snapshot carried the same router and revision.
         if (created.revision > 0)
-          await enqueueByHost(
-            deps,
-            new Map([[created.host, [buildSnapshot(created, correlationId, deps.clock)]]]),
-            correlationId,
-          );
+          await enqueueByHost(deps, placementSnapshots(created, correlationId, deps), correlationId);
         return { created: true, router: view(created) };
       }
       const unchanged = current.projectId === body.project_id && current.host === body.host;
+      // A move leaves the old host draining at the new revision: the empty snapshot it is sent (after the
+      // commit) is re-sent until that host confirms it.
       const next = unchanged
         ? current
-        : nextRevision(deps, current, { projectId: body.project_id, host: body.host });
+        : nextRevision(deps, current, {
+            projectId: body.project_id,
+            host: body.host,
+            draining: withoutHost(
+              current.host === body.host
+                ? current.draining
+                : { ...current.draining, [current.host]: current.revision + 1 },
+              body.host,
+            ),
+          });
       if (!unchanged) await deps.store.put(next, current.revision);
       // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
       // snapshot lost to a queue outage is not stranded.
@@ -368,7 +385,7 @@ export async function upsertRouter(
       if (next.revision > 0)
         await enqueueByHost(
           deps,
-          placementSnapshots(current, next, correlationId, deps),
+          placementSnapshots(next, correlationId, deps),
           unchanged ? correlationId : undefined,
         );
       return { created: false, router: view(next) };
@@ -379,7 +396,12 @@ export async function upsertRouter(
   throw busy(routerId);
 }
 
-/** DELETE (admin): empties the router's node first, then removes the item (conditional on the revision). */
+/**
+ * DELETE (admin): commits the tombstone first (conditional on the revision read), then sends the empty
+ * snapshot at the tombstone's revision: no snapshot ever leaves for a revision that did not commit. The
+ * router's host and every host still draining stay in the tombstone until each confirms; a retried DELETE of
+ * a router whose hosts have not all confirmed re-sends their empty snapshots.
+ */
 export async function deleteRouter(
   deps: DomainDeps,
   identity: Identity,
@@ -391,25 +413,26 @@ export async function deleteRouter(
   for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
     if (attempt > 0) await backoff(policy, attempt);
     const current = await deps.store.get(routerId);
-    if (!current) throw routerNotFound(routerId);
-    const empty = buildEmptySnapshot(routerId, current.revision + 1, correlationId, deps.clock);
-    try {
-      await deps.queue.send(current.host, [empty]);
-    } catch (error) {
-      throw new ServiceUnavailableError(
-        "the router's node could not be reached; nothing was changed",
-        undefined,
-        {
-          cause: error,
-        },
-      );
-    }
-    try {
-      await deps.store.delete(routerId, current.revision, deps.clock.now().toISOString());
+    if (!current) {
+      const tombstone = await deps.store.tombstone(routerId);
+      if (!tombstone || Object.keys(tombstone.draining).length === 0) throw routerNotFound(routerId);
+      await enqueueByHost(deps, drainSnapshots(tombstone, correlationId, deps.clock), correlationId);
       return;
+    }
+    const tombstone: Tombstone = {
+      deleted: true,
+      routerId,
+      revision: current.revision + 1,
+      draining: { ...current.draining, [current.host]: current.revision + 1 },
+    };
+    try {
+      await deps.store.delete(routerId, current.revision, deps.clock.now().toISOString(), tombstone.draining);
     } catch (error) {
       if (!(error instanceof RevisionConflictError)) throw error;
+      continue;
     }
+    await enqueueByHost(deps, drainSnapshots(tombstone, correlationId, deps.clock));
+    return;
   }
   throw busy(routerId);
 }
@@ -434,19 +457,20 @@ export async function readRouterState(
   const record = authorizeRouter(identity, routerId, await deps.store.get(routerId));
   // Node names are infrastructure detail: only operators and control planes see them.
   const operator = isAdmin(identity) || isService(identity);
+  const replica = currentReplica(record);
   return {
     router_id: record.routerId,
     ...(operator ? { host: record.host } : {}),
     revision: record.revision,
-    applied_revision: record.appliedRevision,
-    in_sync: record.appliedRevision >= record.revision,
+    applied_revision: replica?.revision ?? 0,
+    in_sync: inSync(record),
     helpers: sortHelpers(record.helpers).map(({ id, protocol, port, helper }) => ({
       id,
       protocol,
       port,
       helper,
     })),
-    applied_errors: [...(record.appliedErrors ?? [])],
-    ...(record.appliedAt ? { applied_at: record.appliedAt } : {}),
+    applied_errors: [...(replica?.errors ?? [])],
+    ...(replica ? { applied_at: replica.at } : {}),
   };
 }

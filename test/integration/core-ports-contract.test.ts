@@ -8,7 +8,7 @@ import { queueUrlFromTemplate, SqsCommandQueue } from "../../lib/aws/command-que
 import { DynamoRoutersStore } from "../../lib/aws/routers-store.ts";
 import { buildSnapshot } from "../../lib/domain/snapshot.ts";
 import { RevisionConflictError } from "../../lib/errors.ts";
-import type { CommandQueue, RoutersStore } from "../../lib/ports.ts";
+import type { CommandQueue, RouterRecord, RoutersStore, Tombstone } from "../../lib/ports.ts";
 import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
 import {
   createQueuePair,
@@ -20,8 +20,9 @@ import {
   startEmulators,
   startMotoServer,
 } from "../support/emulators.ts";
-import { fixedClock, newId, routerRecord, storedHelper } from "../support/factories.ts";
+import { fixedClock, newId, replica, routerRecord, storedHelper } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+import { testKey } from "../support/signing.ts";
 
 interface QueueUnderTest {
   queue: CommandQueue;
@@ -101,12 +102,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
       helpers: [storedHelper(), storedHelper({ protocol: "udp", helper: "tftp" })],
     });
     await store.put(record, undefined);
-    expect(await store.get(record.routerId)).toEqual({
-      ...record,
-      appliedAt: undefined,
-      appliedHost: undefined,
-      appliedErrors: undefined,
-    });
+    expect(await store.get(record.routerId)).toEqual(record);
   });
 
   it("refuses to create a router that already exists", async () => {
@@ -128,23 +124,21 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     expect(stored?.helpers).toHaveLength(1);
   });
 
-  it("a change of desired state never puts back the applied status its writer read", async () => {
+  it("a change of desired state never puts back the replica status its writer read", async () => {
     const record = routerRecord({ host: "node-a" });
     await store.put(record, undefined);
     await store.put({ ...record, revision: 1, helpers: [storedHelper()] }, 0);
     const read = await store.get(record.routerId);
     // An agent's report lands between this writer's read and its write.
-    const at = "2026-12-01T10:00:00.000Z";
+    const status = replica(1, { at: "2026-12-01T10:00:00.000Z" });
     expect(
-      await store.recordApplied({ routerId: record.routerId, revision: 1, host: "node-a", errors: [], at }),
+      await store.recordReplica({ routerId: record.routerId, host: "node-a", desiredRevision: 1, status }),
     ).toBe(true);
     await store.put({ ...read!, revision: 2, helpers: [...read!.helpers, storedHelper()] }, 1);
     const stored = await store.get(record.routerId);
     expect(stored?.revision).toBe(2);
     expect(stored?.helpers).toHaveLength(2);
-    expect(stored?.appliedRevision).toBe(1);
-    expect(stored?.appliedAt).toBe(at);
-    expect(stored?.appliedHost).toBe("node-a");
+    expect(stored?.replicas).toEqual({ "node-a": status });
   });
 
   it(`${transactional ? "has" : "has no"} transactions`, () => {
@@ -202,111 +196,120 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   it("deletes only at the expected revision", async () => {
     const record = routerRecord({ revision: 3 });
     await store.put(record, undefined);
-    await expect(store.delete(record.routerId, 2, deletedAt)).rejects.toBeInstanceOf(RevisionConflictError);
+    await expect(store.delete(record.routerId, 2, deletedAt, {})).rejects.toBeInstanceOf(
+      RevisionConflictError,
+    );
     expect(await store.get(record.routerId)).toBeDefined();
-    await store.delete(record.routerId, 3, deletedAt);
+    await store.delete(record.routerId, 3, deletedAt, {});
     expect(await store.get(record.routerId)).toBeUndefined();
   });
 
-  it("a deleted router reads as absent everywhere but keeps its last revision", async () => {
+  it("a deleted router reads as absent but keeps its last revision and the hosts still draining", async () => {
     const record = routerRecord({ revision: 3, host: "node-tomb" });
     await store.put(record, undefined);
-    expect(await store.lastRevision(record.routerId)).toBe(3);
-    await store.delete(record.routerId, 3, deletedAt);
+    expect(await store.tombstone(record.routerId)).toBeUndefined();
+    await store.delete(record.routerId, 3, deletedAt, { "node-tomb": 4 });
     expect(await store.get(record.routerId)).toBeUndefined();
     expect((await store.getMany([record.routerId])).size).toBe(0);
     expect((await store.listByHost("node-tomb")).map((r) => r.routerId)).not.toContain(record.routerId);
-    const all: string[] = [];
-    for await (const row of store.listAll()) all.push(row.routerId);
-    expect(all).not.toContain(record.routerId);
     // The tombstone keeps the revision of the empty snapshot that removed the router's rules.
-    expect(await store.lastRevision(record.routerId)).toBe(4);
-    expect(await store.lastRevision(newId())).toBe(0);
-    // Nothing but a create touches it: no update, no second delete, no applied report.
+    const tombstone = { deleted: true, routerId: record.routerId, revision: 4, draining: { "node-tomb": 4 } };
+    expect(await store.tombstone(record.routerId)).toEqual(tombstone);
+    expect(await store.tombstone(newId())).toBeUndefined();
+    // The reconciler sees it while a host has not confirmed the empty snapshot.
+    const all: (RouterRecord | Tombstone)[] = [];
+    for await (const row of store.listAll()) all.push(row);
+    expect(all.filter((row) => row.routerId === record.routerId)).toEqual([tombstone]);
+    // Nothing but a create and a drain confirmation touches it: no update, no second delete, no replica.
     await expect(store.put({ ...record, revision: 5 }, 4)).rejects.toBeInstanceOf(RevisionConflictError);
-    await expect(store.delete(record.routerId, 4, deletedAt)).rejects.toBeInstanceOf(RevisionConflictError);
+    await expect(store.delete(record.routerId, 4, deletedAt, {})).rejects.toBeInstanceOf(
+      RevisionConflictError,
+    );
     expect(
-      await store.recordApplied({
+      await store.recordReplica({
         routerId: record.routerId,
-        revision: 4,
         host: "node-tomb",
-        errors: [],
-        at: deletedAt,
+        desiredRevision: 4,
+        status: replica(4),
       }),
     ).toBe(false);
     expect(await store.get(record.routerId)).toBeUndefined();
   });
 
+  it("a draining host's confirmation removes only its own entry, and only at the revision asked for", async () => {
+    const record = routerRecord({ revision: 3, host: "node-c", draining: { "node-a": 2, "node-b": 3 } });
+    await store.put(record, undefined);
+    expect(await store.confirmDrained(record.routerId, "node-b", 2)).toBe(false);
+    expect(await store.confirmDrained(record.routerId, "node-x", 9)).toBe(false);
+    expect(await store.confirmDrained(record.routerId, "node-b", 3)).toBe(true);
+    expect((await store.get(record.routerId))?.draining).toEqual({ "node-a": 2 });
+    await store.delete(record.routerId, 3, deletedAt, { "node-a": 2, "node-c": 4 });
+    expect(await store.confirmDrained(record.routerId, "node-c", 4)).toBe(true);
+    expect(await store.confirmDrained(record.routerId, "node-a", 4)).toBe(true);
+    expect((await store.tombstone(record.routerId))?.draining).toEqual({});
+    // A tombstone with nothing left to drain is no longer the reconciler's business.
+    const all: string[] = [];
+    for await (const row of store.listAll()) all.push(row.routerId);
+    expect(all).not.toContain(record.routerId);
+  });
+
   it("a router created again over its tombstone continues from the tombstone's revision, never below", async () => {
     const record = routerRecord({ revision: 6 });
     await store.put(record, undefined);
-    await store.delete(record.routerId, 6, deletedAt);
+    await store.delete(record.routerId, 6, deletedAt, {});
     await expect(store.put({ ...record, revision: 0, helpers: [] }, undefined)).rejects.toBeInstanceOf(
       RevisionConflictError,
     );
-    await store.put({ ...record, revision: 7, helpers: [], appliedRevision: 0 }, undefined);
+    await store.put({ ...record, revision: 7, helpers: [], replicas: {} }, undefined);
     expect(await store.get(record.routerId)).toMatchObject({ revision: 7, helpers: [] });
-    expect(await store.lastRevision(record.routerId)).toBe(7);
+    expect(await store.tombstone(record.routerId)).toBeUndefined();
     // Live again: an ordinary create of the same id is refused as before.
     await expect(store.put({ ...record, revision: 7 }, undefined)).rejects.toBeInstanceOf(
       RevisionConflictError,
     );
   });
 
-  it("raises the applied revision monotonically without touching desired state", async () => {
+  it("records a host's status monotonically without touching desired state", async () => {
     const record = routerRecord({ revision: 5, helpers: [storedHelper()] });
     await store.put(record, undefined);
-    const report = {
-      routerId: record.routerId,
-      host: record.host,
-      errors: [],
-      at: "2026-11-24T06:00:00.000Z",
-    };
-    expect(await store.recordApplied({ ...report, revision: 4 })).toBe(true);
-    expect(await store.recordApplied({ ...report, revision: 3 })).toBe(false);
+    const report = { routerId: record.routerId, host: record.host, desiredRevision: 5 };
+    expect(await store.recordReplica({ ...report, status: replica(4, { content: "behind" }) })).toBe(true);
+    expect(await store.recordReplica({ ...report, status: replica(3, { content: "behind" }) })).toBe(false);
     const stored = await store.get(record.routerId);
-    expect(stored).toMatchObject({ appliedRevision: 4, revision: 5, appliedHost: record.host });
-    expect(stored?.helpers).toEqual(record.helpers);
+    expect(stored?.replicas[record.host]).toMatchObject({ revision: 4, content: "behind" });
+    expect(stored).toMatchObject({ revision: 5, helpers: record.helpers });
   });
 
-  it("refreshes the applied time when the same revision is reported again", async () => {
+  it("refreshes a host's status when the same revision is reported again", async () => {
     const record = routerRecord({ revision: 2 });
     await store.put(record, undefined);
-    const report = { routerId: record.routerId, host: record.host, errors: [], revision: 2 };
-    expect(await store.recordApplied({ ...report, at: "2026-11-24T06:00:00.000Z" })).toBe(true);
-    expect(await store.recordApplied({ ...report, at: "2026-11-24T07:00:00.000Z" })).toBe(true);
-    expect(await store.get(record.routerId)).toMatchObject({
-      appliedRevision: 2,
-      appliedAt: "2026-11-24T07:00:00.000Z",
+    const report = { routerId: record.routerId, host: record.host, desiredRevision: 2 };
+    expect(
+      await store.recordReplica({ ...report, status: replica(2, { at: "2026-11-24T06:00:00.000Z" }) }),
+    ).toBe(true);
+    const mismatch = replica(2, {
+      at: "2026-11-24T07:00:00.000Z",
+      content: "mismatch",
+      errors: [{ code: "content_mismatch", message: "differs" }],
     });
+    expect(await store.recordReplica({ ...report, status: mismatch })).toBe(true);
+    expect((await store.get(record.routerId))?.replicas[record.host]).toEqual(mismatch);
   });
 
-  it("ignores applied reports for unknown routers, from another host, or ahead of the desired revision", async () => {
+  it("ignores reports for unknown routers, from a host that does not carry it, or judged against another revision", async () => {
     const record = routerRecord({ revision: 2 });
     await store.put(record, undefined);
-    const at = "2026-11-24T06:00:00.000Z";
+    const status = replica(1, { content: "behind" });
+    expect(await store.recordReplica({ routerId: newId(), host: "node-a", desiredRevision: 2, status })).toBe(
+      false,
+    );
     expect(
-      await store.recordApplied({ routerId: newId(), revision: 1, host: "node-a", errors: [], at }),
+      await store.recordReplica({ routerId: record.routerId, host: "elsewhere", desiredRevision: 2, status }),
     ).toBe(false);
     expect(
-      await store.recordApplied({
-        routerId: record.routerId,
-        revision: 1,
-        host: "elsewhere",
-        errors: [],
-        at,
-      }),
+      await store.recordReplica({ routerId: record.routerId, host: record.host, desiredRevision: 1, status }),
     ).toBe(false);
-    expect(
-      await store.recordApplied({
-        routerId: record.routerId,
-        revision: 3,
-        host: record.host,
-        errors: [],
-        at,
-      }),
-    ).toBe(false);
-    expect((await store.get(record.routerId))?.appliedRevision).toBe(0);
+    expect((await store.get(record.routerId))?.replicas).toEqual({});
   });
 
   it("keeps the apply errors an agent reported", async () => {
@@ -314,10 +317,11 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     const record = routerRecord({ revision: 1, helpers: [helper] });
     await store.put(record, undefined);
     const errors = [
-      { helper_id: helper.id, code: "helper_missing", message: "kernel lacks nf_conntrack_ftp" },
+      { helper_id: helper.id, code: "helper_unavailable", message: "kernel lacks nf_conntrack_ftp" },
     ];
-    await store.recordApplied({ routerId: record.routerId, revision: 1, host: record.host, errors, at: "x" });
-    expect((await store.get(record.routerId))?.appliedErrors).toEqual(errors);
+    const status = replica(1, { errors, content: "partial" });
+    await store.recordReplica({ routerId: record.routerId, host: record.host, desiredRevision: 1, status });
+    expect((await store.get(record.routerId))?.replicas[record.host]?.errors).toEqual(errors);
   });
 
   it("lists the routers of one host", async () => {
@@ -333,7 +337,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     const records = Array.from({ length: 25 }, () => routerRecord());
     for (const record of records) await store.put(record, undefined);
     const seen = new Set<string>();
-    for await (const record of store.listAll()) seen.add(record.routerId);
+    for await (const entry of store.listAll()) seen.add(entry.routerId);
     for (const record of records) expect(seen.has(record.routerId)).toBe(true);
   });
 });
@@ -355,6 +359,7 @@ const queues: [string, () => Promise<QueueUnderTest>][] = [
       const queue = new SqsCommandQueue(
         emu.clients(config).sqs,
         (host) => queueUrlFromTemplate(template, host),
+        testKey().signer,
         {
           maxAttempts: 3,
           baseDelayMs: 1,
@@ -386,7 +391,7 @@ const queues: [string, () => Promise<QueueUnderTest>][] = [
             for (const host of ["node-a", "node-b"]) {
               urls.set(host, (await createQueuePair(sqs, `${prefix}${host}`, true, 5)).url);
             }
-            const queue = new SqsCommandQueue(sqs, (host) => urls.get(host)!, {
+            const queue = new SqsCommandQueue(sqs, (host) => urls.get(host)!, testKey().signer, {
               maxAttempts: 3,
               baseDelayMs: 1,
             });

@@ -1,7 +1,7 @@
 /** Builders for domain values: tests state only what matters to them. */
 import { randomUUID } from "node:crypto";
 import type { Identity } from "../../lib/domain/identity.ts";
-import type { Clock, RouterRecord, StoredHelper } from "../../lib/ports.ts";
+import type { Clock, ReplicaStatus, RouterRecord, StoredHelper } from "../../lib/ports.ts";
 import type { HelperChange, Notification, NotificationEvent } from "../../lib/schemas/index.ts";
 
 export const newId = (): string => randomUUID();
@@ -16,10 +16,16 @@ export function routerRecord(overrides: Partial<RouterRecord> = {}): RouterRecor
     host: "node-a",
     revision: 0,
     helpers: [],
-    appliedRevision: 0,
+    replicas: {},
+    draining: {},
     updatedAt: "2026-01-01T00:00:00.000Z",
     ...overrides,
   };
+}
+
+/** A host's applied status, as the status path records it (in sync with revision `revision` by default). */
+export function replica(revision: number, overrides: Partial<ReplicaStatus> = {}): ReplicaStatus {
+  return { revision, at: "2026-01-01T00:00:00.000Z", errors: [], content: "match", ...overrides };
 }
 
 let nextPort = 2000;

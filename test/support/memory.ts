@@ -4,16 +4,24 @@
  * cannot drift from the real adapters.
  */
 import { RevisionConflictError, ServiceUnavailableError } from "../../lib/errors.ts";
-import type { CommandQueue, RouterRecord, RoutersStore, SendOptions } from "../../lib/ports.ts";
-import type { ApplyError, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import type {
+  CommandQueue,
+  Draining,
+  ReplicaReport,
+  RouterRecord,
+  RoutersStore,
+  SendOptions,
+  Tombstone,
+} from "../../lib/ports.ts";
+import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
 
 const clone = <T>(value: T): T => structuredClone(value);
 
 export class MemoryRoutersStore implements RoutersStore {
   private readonly rows = new Map<string, RouterRecord>();
-  /** Deleted routers: id -> the revision their tombstone keeps. */
-  private readonly tombstones = new Map<string, number>();
-  /** Counts successful writes (puts, deletes, applied updates): "nothing was written" assertions use it. */
+  /** Deleted routers: what their tombstone keeps. */
+  private readonly tombstones = new Map<string, Tombstone>();
+  /** Counts successful writes (puts, deletes, status updates): "nothing was written" assertions use it. */
   writes = 0;
   readonly putAll: RoutersStore["putAll"];
 
@@ -34,7 +42,7 @@ export class MemoryRoutersStore implements RoutersStore {
     const tombstone = this.tombstones.get(next.routerId);
     const ok =
       expectedRevision === undefined
-        ? row === undefined && (tombstone === undefined || next.revision >= tombstone)
+        ? row === undefined && (tombstone === undefined || next.revision >= tombstone.revision)
         : row?.revision === expectedRevision;
     if (!ok) throw new RevisionConflictError(`router ${next.routerId} changed concurrently`);
   }
@@ -53,8 +61,9 @@ export class MemoryRoutersStore implements RoutersStore {
     return found;
   }
 
-  async lastRevision(routerId: string): Promise<number> {
-    return this.rows.get(routerId)?.revision ?? this.tombstones.get(routerId) ?? 0;
+  async tombstone(routerId: string): Promise<Tombstone | undefined> {
+    const tombstone = this.tombstones.get(routerId);
+    return tombstone ? clone(tombstone) : undefined;
   }
 
   async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
@@ -64,46 +73,52 @@ export class MemoryRoutersStore implements RoutersStore {
 
   private store(next: RouterRecord): void {
     const row = this.rows.get(next.routerId);
-    // Like DynamoDB's adapter: a change of an existing router keeps the stored applied status.
-    const applied = row
-      ? {
-          appliedRevision: row.appliedRevision,
-          appliedAt: row.appliedAt,
-          appliedHost: row.appliedHost,
-          appliedErrors: row.appliedErrors,
-        }
-      : {};
-    this.rows.set(next.routerId, clone({ ...next, ...applied }));
+    // Like DynamoDB's adapter: a change of an existing router keeps the stored replica status.
+    this.rows.set(next.routerId, clone(row ? { ...next, replicas: row.replicas } : next));
     this.tombstones.delete(next.routerId);
     this.writes++;
   }
 
-  async delete(routerId: string, expectedRevision: number, _deletedAt: string): Promise<void> {
+  async delete(
+    routerId: string,
+    expectedRevision: number,
+    _deletedAt: string,
+    draining: Draining,
+  ): Promise<void> {
     if (this.rows.get(routerId)?.revision !== expectedRevision) {
       throw new RevisionConflictError(`router ${routerId} changed concurrently`);
     }
     this.rows.delete(routerId);
-    this.tombstones.set(routerId, expectedRevision + 1);
+    this.tombstones.set(routerId, {
+      deleted: true,
+      routerId,
+      revision: expectedRevision + 1,
+      draining: clone(draining),
+    });
     this.writes++;
   }
 
-  async recordApplied(report: {
-    routerId: string;
-    revision: number;
-    host: string;
-    errors: readonly ApplyError[];
-    at: string;
-  }): Promise<boolean> {
+  async recordReplica(report: ReplicaReport): Promise<boolean> {
     const row = this.rows.get(report.routerId);
-    if (!row || row.host !== report.host) return false;
-    if (row.appliedRevision > report.revision || row.revision < report.revision) return false;
+    if (!row || row.host !== report.host || row.revision !== report.desiredRevision) return false;
+    const stored = row.replicas[report.host];
+    if (stored && stored.revision > report.status.revision) return false;
     this.rows.set(report.routerId, {
       ...row,
-      appliedRevision: report.revision,
-      appliedAt: report.at,
-      appliedHost: report.host,
-      appliedErrors: clone([...report.errors]),
+      replicas: { ...row.replicas, [report.host]: clone(report.status) },
     });
+    this.writes++;
+    return true;
+  }
+
+  async confirmDrained(routerId: string, host: string, revision: number): Promise<boolean> {
+    const entry = this.rows.get(routerId) ?? this.tombstones.get(routerId);
+    const asked = entry?.draining[host];
+    if (!entry || asked === undefined || asked > revision) return false;
+    const draining = { ...entry.draining };
+    delete draining[host];
+    if (this.rows.has(routerId)) this.rows.set(routerId, { ...(entry as RouterRecord), draining });
+    else this.tombstones.set(routerId, { ...(entry as Tombstone), draining });
     this.writes++;
     return true;
   }
@@ -112,8 +127,11 @@ export class MemoryRoutersStore implements RoutersStore {
     return [...this.rows.values()].filter((row) => row.host === host).map(clone);
   }
 
-  async *listAll(): AsyncIterable<RouterRecord> {
+  async *listAll(): AsyncIterable<RouterRecord | Tombstone> {
     for (const row of [...this.rows.values()]) yield clone(row);
+    for (const tombstone of [...this.tombstones.values()]) {
+      if (Object.keys(tombstone.draining).length > 0) yield clone(tombstone);
+    }
   }
 
   /** Test helper: the number of stored routers. */
