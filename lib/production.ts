@@ -6,6 +6,7 @@ import { Logger } from "@aws-lambda-powertools/logger";
 import { type AwsClients, makeAwsClients } from "./aws/clients.ts";
 import { queueUrlFromTemplate, SqsCommandQueue } from "./aws/command-queue.ts";
 import { DynamoRoutersStore } from "./aws/routers-store.ts";
+import { signerFor } from "./aws/signing-key.ts";
 import type { Config } from "./config.ts";
 import type { DomainDeps } from "./domain/services.ts";
 import { type AppLogger, appLogger } from "./http/middlewares.ts";
@@ -26,8 +27,11 @@ export function productionPorts(config: Config): ProductionPorts {
     store: new DynamoRoutersStore(clients.dynamo, config.routersTable, {
       transactions: config.routerTransactions,
     }),
-    queue: new SqsCommandQueue(clients.sqs, (host) =>
-      queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+    queue: new SqsCommandQueue(
+      clients.sqs,
+      (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+      // No key configured is a wiring error here, on the first invocation, not a silent unsigned send.
+      signerFor(config.signingKey, clients.ssm),
     ),
     clock: systemClock,
   };

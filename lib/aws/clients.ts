@@ -4,6 +4,7 @@
  */
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { SQSClient } from "@aws-sdk/client-sqs";
+import { SSMClient } from "@aws-sdk/client-ssm";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import type { Config } from "../config.ts";
 
@@ -12,6 +13,8 @@ export interface AwsClients {
   /** The low-level client under `dynamo`, for libraries that want one (Powertools idempotency). */
   readonly dynamoRaw: DynamoDBClient;
   readonly sqs: SQSClient;
+  /** Parameter Store, for the snapshot signing key (lib/aws/signing-key.ts). */
+  readonly ssm: SSMClient;
 }
 
 export interface ClientOverrides {
@@ -36,5 +39,6 @@ export function makeAwsClients(
   });
   // Emulators hand out queue URLs whose host is not resolvable; the endpoint override must win.
   const sqs = new SQSClient({ ...common, ...(config.awsEndpoint ? { useQueueUrlAsEndpoint: false } : {}) });
-  return { dynamo, dynamoRaw, sqs };
+  const ssm = new SSMClient(common);
+  return { dynamo, dynamoRaw, sqs, ssm };
 }

@@ -1,7 +1,8 @@
 import { createHash } from "node:crypto";
 /**
  * CommandQueue on SQS FIFO: one queue per node, group = router id (per-router order), dedup = router id +
- * revision (a retried send of the same snapshot is dropped by SQS, a new revision never is).
+ * revision (a retried send of the same snapshot is dropped by SQS, a new revision never is). Every entry is
+ * signed over its exact MessageBody string (agents apply only dispatcher-signed snapshots).
  */
 import {
   SendMessageBatchCommand,
@@ -11,6 +12,7 @@ import {
 import { ServiceUnavailableError } from "../errors.ts";
 import type { CommandQueue, SendOptions } from "../ports.ts";
 import type { RouterSyncMessage } from "../schemas/index.ts";
+import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, type SnapshotSigner } from "../signing.ts";
 
 export interface CommandQueueOptions {
   /** Attempts per entry, the first included. */
@@ -33,35 +35,48 @@ export function resendTag(scope: string): string {
   return createHash("sha256").update(scope).digest("hex").slice(0, 16);
 }
 
+type UnnumberedEntry = Omit<SendMessageBatchRequestEntry, "Id">;
+
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class SqsCommandQueue implements CommandQueue {
   constructor(
     private readonly sqs: SQSClient,
     private readonly queueUrlFor: (host: string) => string,
+    private readonly signer: SnapshotSigner,
     private readonly options: CommandQueueOptions = DEFAULT_COMMAND_QUEUE_OPTIONS,
   ) {}
 
   async send(host: string, commands: readonly RouterSyncMessage[], options: SendOptions = {}): Promise<void> {
     const queueUrl = this.queueUrlFor(host);
     const suffix = options.resendScope ? `-${resendTag(options.resendScope)}` : "";
-    for (let start = 0; start < commands.length; start += BATCH_LIMIT) {
-      await this.sendChunk(queueUrl, host, commands.slice(start, start + BATCH_LIMIT), suffix);
+    // Everything is signed before anything is sent: a key that cannot be loaded sends nothing at all.
+    const entries = await Promise.all(commands.map((command) => this.entry(command, suffix)));
+    for (let start = 0; start < entries.length; start += BATCH_LIMIT) {
+      await this.sendChunk(queueUrl, host, entries.slice(start, start + BATCH_LIMIT));
     }
   }
 
-  private async sendChunk(
-    queueUrl: string,
-    host: string,
-    chunk: readonly RouterSyncMessage[],
-    dedupSuffix: string,
-  ): Promise<void> {
-    // Entry ids are positions in the chunk: unique per request, stable across retries.
-    let pending: SendMessageBatchRequestEntry[] = chunk.map((command, index) => ({
-      Id: String(index),
-      MessageBody: JSON.stringify(command),
+  private async entry(command: RouterSyncMessage, dedupSuffix: string): Promise<UnnumberedEntry> {
+    // The signature covers exactly this string; SQS hands it to the agent byte for byte.
+    const body = JSON.stringify(command);
+    const { keyId, signature } = await this.signer.sign(body);
+    return {
+      MessageBody: body,
       MessageGroupId: command.router_id,
       MessageDeduplicationId: `${command.router_id}-${command.revision}${dedupSuffix}`,
+      MessageAttributes: {
+        [KEY_ID_ATTRIBUTE]: { DataType: "String", StringValue: keyId },
+        [SIGNATURE_ATTRIBUTE]: { DataType: "String", StringValue: signature },
+      },
+    };
+  }
+
+  private async sendChunk(queueUrl: string, host: string, chunk: readonly UnnumberedEntry[]): Promise<void> {
+    // Entry ids are positions in the chunk: unique per request, stable across retries.
+    let pending: SendMessageBatchRequestEntry[] = chunk.map((entry, index) => ({
+      ...entry,
+      Id: String(index),
     }));
     let lastFailure = "";
     for (let attempt = 0; attempt < this.options.maxAttempts && pending.length > 0; attempt++) {

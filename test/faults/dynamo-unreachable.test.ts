@@ -31,6 +31,7 @@ import {
   RecordingLogger,
 } from "../support/events.ts";
 import { newId, PROJECT_A, routerRecord } from "../support/factories.ts";
+import { testKey } from "../support/signing.ts";
 import { type CutProxy, startCutProxy } from "./cut-proxy.ts";
 
 let emu: Emulators;
@@ -63,6 +64,7 @@ beforeAll(async () => {
   const sqsQueue = new SqsCommandQueue(
     direct.sqs,
     (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+    testKey().signer,
     {
       maxAttempts: 2,
       baseDelayMs: 1,
@@ -270,6 +272,7 @@ describe.skipIf(noMoto !== undefined && process.env.CI !== "true")(
         queue: new SqsCommandQueue(
           direct.sqs,
           (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+          testKey().signer,
           {
             maxAttempts: 2,
             baseDelayMs: 1,

@@ -34,6 +34,7 @@ import { type Emulators, type QueuePair, startEmulators } from "../support/emula
 import { httpApiClaims, httpApiEvent, lambdaContext, RecordingLogger } from "../support/events.ts";
 import { newId, PROJECT_A } from "../support/factories.ts";
 import { describeKernel } from "../support/requirements.ts";
+import { testKey } from "../support/signing.ts";
 
 const HOST = "faults-lost";
 
@@ -83,7 +84,11 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
     const clients = emu.clients(config);
     sqs = clients.sqs;
     const store = new DynamoRoutersStore(clients.dynamo, config.routersTable, { transactions: false });
-    const queue = new SqsCommandQueue(sqs, (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host));
+    const queue = new SqsCommandQueue(
+      sqs,
+      (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+      testKey().signer,
+    );
     lossy = new LossyQueue(queue);
     const schemas = buildSchemas(config.limits, config.catalog);
     const logger = new RecordingLogger();

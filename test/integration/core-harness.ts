@@ -19,9 +19,11 @@ import type { CommandQueue, RouterRecord, RoutersStore } from "../../lib/ports.t
 import { systemClock } from "../../lib/ports.ts";
 import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { buildSchemas } from "../../lib/schemas/index.ts";
+import { KEY_ID_ATTRIBUTE, publicKeyFromPem, SIGNATURE_ATTRIBUTE, verifyBody } from "../../lib/signing.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
 import { lambdaContext, RecordingLogger } from "../support/events.ts";
 import { routerRecord } from "../support/factories.ts";
+import { type TestKey, testKey } from "../support/signing.ts";
 
 export const HOSTS = ["node-a", "node-b"] as const;
 
@@ -30,6 +32,8 @@ export interface Core {
   readonly config: Config;
   readonly store: DynamoRoutersStore;
   readonly queue: SqsCommandQueue;
+  /** The dispatcher's signing key; `queued` refuses any message it did not sign. */
+  readonly key: TestKey;
   readonly queues: Record<(typeof HOSTS)[number], QueuePair>;
   readonly logger: RecordingLogger;
   /** Handler deps on the emulators; tests may swap store/queue through `handlerWith`. */
@@ -38,7 +42,7 @@ export interface Core {
   seedRouter(overrides?: Partial<RouterRecord>): Promise<RouterRecord>;
   /** Every item of the routers and idempotency tables, for "nothing was written" checks. */
   tables(): Promise<unknown[]>;
-  /** Consumes the host's queued snapshots, in delivery order. */
+  /** Consumes the host's queued snapshots, in delivery order; throws on one not signed by `key`. */
   queued(host: string): Promise<RouterSyncMessage[]>;
   /** Messages on every node queue (without consuming them). */
   depth(): Promise<number>;
@@ -59,9 +63,12 @@ export async function startCore(configOverrides: Partial<Config> = {}): Promise<
     "node-b": await emu.createNodeQueue("node-b"),
   };
   const store = new DynamoRoutersStore(clients.dynamo, config.routersTable, { transactions: false });
+  const key = testKey();
+  const verifyKeys = new Map([[key.keyId, publicKeyFromPem(key.publicKeyPem)]]);
   const queue = new SqsCommandQueue(
     clients.sqs,
     (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
+    key.signer,
     FAST_QUEUE,
   );
   const logger = new RecordingLogger();
@@ -102,6 +109,7 @@ export async function startCore(configOverrides: Partial<Config> = {}): Promise<
     config,
     store,
     queue,
+    key,
     queues,
     logger,
     deps,
@@ -115,7 +123,17 @@ export async function startCore(configOverrides: Partial<Config> = {}): Promise<
     async queued(host) {
       const pair = queues[host as (typeof HOSTS)[number]];
       if (!pair) throw new Error(`no queue for ${host}`);
-      return (await emu.drain(pair.url)).map((m) => JSON.parse(m.Body ?? "null") as RouterSyncMessage);
+      return (await emu.drain(pair.url)).map((m) => {
+        const body = m.Body ?? "";
+        const verdict = verifyBody(
+          verifyKeys,
+          body,
+          m.MessageAttributes?.[KEY_ID_ATTRIBUTE]?.StringValue,
+          m.MessageAttributes?.[SIGNATURE_ATTRIBUTE]?.StringValue,
+        );
+        if (!verdict.ok) throw new Error(`snapshot on ${host} is not dispatcher-signed: ${verdict.reason}`);
+        return JSON.parse(body) as RouterSyncMessage;
+      });
     },
     depth,
     async expectNothingWritten(action) {

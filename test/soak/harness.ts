@@ -37,6 +37,7 @@ import {
   startEmulators,
 } from "../support/emulators.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext } from "../support/events.ts";
+import { testKey, verifyKeysDir } from "../support/signing.ts";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const PROJECT = "soakproject";
@@ -71,6 +72,9 @@ export class Harness {
   status!: ReturnType<typeof makeStatusHandler>;
   sqsClients!: AwsClients;
   readonly routers: string[] = [];
+  /** The dispatcher's signing key; the agent trusts only its public half. */
+  readonly key = testKey("soak");
+  readonly verifyKeys = verifyKeysDir(this.key);
 
   private constructor(
     readonly emu: Emulators,
@@ -136,7 +140,7 @@ export class Harness {
     const store = new DynamoRoutersStore(dynamo, config.routersTable, {
       transactions: config.routerTransactions,
     });
-    const queue = new SqsCommandQueue(sqs, (host) => queueUrlFromTemplate(template, host), {
+    const queue = new SqsCommandQueue(sqs, (host) => queueUrlFromTemplate(template, host), h.key.signer, {
       maxAttempts: 6,
       baseDelayMs: 100,
     });
@@ -280,6 +284,7 @@ export class Harness {
           AWS_SECRET_ACCESS_KEY: EMULATOR_CREDENTIALS.secretAccessKey,
           AWS_REGION: EMULATOR_REGION,
           CTH_MAX_HELPERS_PER_ROUTER: "512",
+          CTH_AGENT_VERIFY_KEYS: this.verifyKeys,
           LOG_LEVEL: "warn",
         },
         stdio: ["ignore", "ignore", "pipe"],
@@ -422,5 +427,6 @@ export class Harness {
     await this.emu.stop();
     rmSync(this.fauxDir, { recursive: true, force: true });
     rmSync(this.stateDir, { recursive: true, force: true });
+    rmSync(this.verifyKeys, { recursive: true, force: true });
   }
 }

@@ -198,6 +198,7 @@ export async function drainQueue(sqs: SQSClient, url: string): Promise<Message[]
         WaitTimeSeconds: 0,
         VisibilityTimeout: 300,
         MessageSystemAttributeNames: ["All"],
+        MessageAttributeNames: ["All"],
       }),
     );
     if (!batch.Messages?.length) return messages;
