@@ -42,3 +42,14 @@ export function describeKernel(name: string, body: () => void): void {
   }
   describe.skipIf(missing !== undefined)(missing ? `${name} (skipped: ${missing})` : name, body);
 }
+
+/** `describe` for suites that need what `missing` names (e.g. motoMissing()): fails in CI, skips locally. */
+export function describeNeeding(missing: string | undefined, name: string, body: () => void): void {
+  if (missing && inCi) {
+    describe(name, () => {
+      throw new Error(`CI=true but this suite ${missing}`);
+    });
+    return;
+  }
+  describe.skipIf(missing !== undefined)(missing ? `${name} (skipped: ${missing})` : name, body);
+}
