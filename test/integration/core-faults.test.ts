@@ -174,9 +174,10 @@ describe("races", () => {
     return {
       get: (id) => inner.get(id),
       getMany: (ids) => inner.getMany(ids),
-      delete: (id, rev, at) => inner.delete(id, rev, at),
-      lastRevision: (id) => inner.lastRevision(id),
-      recordApplied: (report) => inner.recordApplied(report),
+      delete: (id, rev, at, draining) => inner.delete(id, rev, at, draining),
+      tombstone: (id) => inner.tombstone(id),
+      recordReplica: (report) => inner.recordReplica(report),
+      confirmDrained: (id, host, rev) => inner.confirmDrained(id, host, rev),
       listByHost: (host) => inner.listByHost(host),
       listAll: () => inner.listAll(),
       async put(next, expected) {

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { COMMITTED_BUT_NOT_QUEUED } from "../../lib/domain/services.ts";
 import { httpApiClaims, httpApiEvent, restApiEvent } from "../support/events.ts";
-import { newId, PROJECT_A, PROJECT_B, storedHelper, wireHelper } from "../support/factories.ts";
+import { newId, PROJECT_A, PROJECT_B, replica, storedHelper, wireHelper } from "../support/factories.ts";
 import { bodyOf, type Core, startCore } from "./core-harness.ts";
 
 let core: Core;
@@ -179,10 +179,10 @@ describe("POST /v1/notifications rejections (nothing is written)", () => {
   });
 
   it.each([
-    ["no project_id", { sub: "x", roles: "[admin]" }],
-    ["an unterminated role list", { project_id: PROJECT_A, roles: "[admin service" }],
-    ["a project_id with spaces", { project_id: "a b", roles: "[admin]" }],
-    ["a numeric roles claim", { project_id: PROJECT_A, roles: 7 }],
+    ["no project_id", { sub: "x", scope: "cth:admin" }],
+    ["a project_id with spaces", { project_id: "a b", scope: "cth:admin" }],
+    ["a flattened project_id array", { project_id: `[${PROJECT_A} ${PROJECT_B}]` }],
+    ["a numeric project_id", { project_id: 7 }],
   ])("refuses garbled claims (%s) with 401", async (_what, claims) => {
     const router = await core.seedRouter();
     const result = await core.expectNothingWritten(() =>
@@ -468,7 +468,11 @@ describe("GET /v1/routers/{router_id}/conntrack-helpers", () => {
       storedHelper({ port: 2121 }),
       storedHelper({ protocol: "udp", port: 69, helper: "tftp" }),
     ];
-    const router = await core.seedRouter({ revision: 3, helpers, appliedRevision: 2 });
+    const router = await core.seedRouter({
+      revision: 3,
+      helpers,
+      replicas: { "node-a": replica(2, { content: "behind" }) },
+    });
     const result = await get(router.routerId);
     expect(result.statusCode).toBe(200);
     expect(bodyOf(result)).toMatchObject({
@@ -481,16 +485,31 @@ describe("GET /v1/routers/{router_id}/conntrack-helpers", () => {
     expect(bodyOf(result).host).toBeUndefined();
   });
 
-  it("reports in sync once the node applied the desired revision", async () => {
+  it("reports in sync once the node's kernel holds the desired set at the desired revision", async () => {
     const router = await core.seedRouter({ revision: 1, helpers: [storedHelper()] });
-    await core.store.recordApplied({
+    await core.store.recordReplica({
       routerId: router.routerId,
-      revision: 1,
       host: router.host,
-      errors: [],
-      at: "2026-11-24T06:00:00Z",
+      desiredRevision: 1,
+      status: replica(1),
     });
     expect(bodyOf(await get(router.routerId)).in_sync).toBe(true);
+  });
+
+  it("is not in sync when the node reported the revision but its kernel holds other content", async () => {
+    const router = await core.seedRouter({ revision: 1, helpers: [storedHelper()] });
+    const errors = [{ code: "content_mismatch", message: "differs" }];
+    await core.store.recordReplica({
+      routerId: router.routerId,
+      host: router.host,
+      desiredRevision: 1,
+      status: replica(1, { content: "mismatch", errors }),
+    });
+    expect(bodyOf(await get(router.routerId))).toMatchObject({
+      applied_revision: 1,
+      in_sync: false,
+      applied_errors: errors,
+    });
   });
 
   it("answers a foreign router exactly as an unknown one", async () => {

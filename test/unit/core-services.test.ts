@@ -27,6 +27,7 @@ import {
   notification,
   PROJECT_A,
   PROJECT_B,
+  replica,
   routerRecord,
   service,
   storedHelper,
@@ -307,14 +308,44 @@ describe("upsertRouter", () => {
 });
 
 describe("deleteRouter", () => {
-  it("does not delete when the node cannot be told", async () => {
+  it("commits the deletion before telling the node: a queue outage leaves it deleted, and a retried DELETE re-sends", async () => {
     const { deps, store, queue, seed } = setup();
-    const router = await seed();
+    const router = await seed({ revision: 2, helpers: [storedHelper()] });
     queue.failingHosts.add("node-a");
     await expect(deleteRouter(deps, admin(), router.routerId, "c")).rejects.toBeInstanceOf(
       ServiceUnavailableError,
     );
-    expect(await store.get(router.routerId)).toBeDefined();
+    expect(queue.messages("node-a")).toEqual([]);
+    expect(await store.get(router.routerId)).toBeUndefined();
+    expect(await store.tombstone(router.routerId)).toMatchObject({ revision: 3, draining: { "node-a": 3 } });
+    queue.failingHosts.delete("node-a");
+    await deleteRouter(deps, admin(), router.routerId, "c-retry");
+    expect(queue.messages("node-a").map((m) => [m.revision, m.helpers])).toEqual([[3, []]]);
+  });
+
+  it("sends nothing when the conditional delete fails: no empty snapshot for a revision that never committed", async () => {
+    const { deps, store, queue, seed } = setup();
+    const router = await seed({ revision: 2, helpers: [storedHelper()] });
+    // The table refuses every delete (conflict after conflict, then an outage).
+    let calls = 0;
+    store.delete = async () => {
+      calls++;
+      if (calls < 3) throw new RevisionConflictError("raced");
+      throw new ServiceUnavailableError("the routers table is busy; retry later");
+    };
+    await expect(deleteRouter(deps, admin(), router.routerId, "c")).rejects.toBeInstanceOf(
+      ServiceUnavailableError,
+    );
+    expect(queue.all()).toEqual([]);
+    expect(await store.get(router.routerId)).toMatchObject({ revision: 2 });
+  });
+
+  it("a DELETE of a router whose deletion every host confirmed is a plain 404", async () => {
+    const { deps, store, seed } = setup();
+    const router = await seed({ revision: 1 });
+    await deleteRouter(deps, admin(), router.routerId, "c");
+    await store.confirmDrained(router.routerId, "node-a", 2);
+    await expect(deleteRouter(deps, admin(), router.routerId, "c2")).rejects.toBeInstanceOf(NotFoundError);
   });
 });
 
@@ -326,17 +357,17 @@ describe("readRouterState", () => {
     const errors = [
       { helper_id: helper.id, code: "module_missing", message: "nf_conntrack_ftp is not loaded" },
     ];
-    await store.recordApplied({
+    await store.recordReplica({
       routerId: router.routerId,
-      revision: 1,
       host: "node-a",
-      errors,
-      at: "2026-11-24T06:00:00Z",
+      desiredRevision: 1,
+      status: replica(1, { errors, content: "partial" }),
     });
+    // The kernel holds all but the helper it lacks: reported, and not in sync.
     expect(await readRouterState(deps, member(), router.routerId)).toMatchObject({
       revision: 1,
       applied_revision: 1,
-      in_sync: true,
+      in_sync: false,
       applied_errors: errors,
     });
   });
@@ -401,8 +432,7 @@ describe("moving a router", () => {
       host: "node-a",
       revision: 2,
       helpers: [helper],
-      appliedRevision: 2,
-      appliedHost: "node-a",
+      replicas: { "node-a": replica(2) },
     });
     queue.failingHosts.add("node-a");
     const move = () =>
