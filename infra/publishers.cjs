@@ -1,61 +1,97 @@
-// The event bus resource policy from the `eventPublishers` param (comma-separated 12-digit accounts or IAM
-// principal ARNs). CloudFormation cannot turn an optional list into principals, so this small resolver does.
+// The event bus resource policy and the events function's allowed accounts, from two params: who may put
+// lifecycle events (`Router Upserted`, `Router Deleted`: admin powers) and who may put notifications.
+// Each is a comma-separated list of `self` (this account), 12-digit accounts or IAM principal ARNs.
+//
+// An Allow in a bus policy only admits other accounts; this account's principals are admitted by their own
+// IAM policies. So each kind also gets a Deny for every principal not listed for it, which binds this account
+// too: with `lifecyclePublishers=arn:aws:iam::<this account>:role/neutron-bridge`, no other principal of the
+// account can put a lifecycle event, whatever its IAM policy says.
 "use strict";
 
-const ACCOUNT = /^\d{12}$/;
-const PRINCIPAL_ARN = /^arn:aws[a-z-]*:iam::\d{12}:(root|role\/[\w+=,.@/-]{1,512}|user\/[\w+=,.@/-]{1,512})$/;
-const SOURCE = "conntrack.helpers";
+const { accountList, parsePrincipals } = require("./principals.cjs");
 
-function principals(raw) {
-  // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
-  const own = { "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" };
-  const extra = String(raw ?? "")
-    .split(",")
-    .map((item) => item.trim())
-    .filter((item) => item.length > 0)
-    .map((item) => {
-      if (ACCOUNT.test(item)) return { "Fn::Sub": `arn:\${AWS::Partition}:iam::${item}:root` };
-      if (PRINCIPAL_ARN.test(item)) return item;
-      throw new Error(
-        `eventPublishers entry "${item}" is neither a 12-digit account nor an IAM principal ARN`,
-      );
-    });
-  return [own, ...extra];
+const SOURCE = "conntrack.helpers";
+const LIFECYCLE = ["Router Upserted", "Router Deleted"];
+const NOTIFICATION = ["Conntrack Helper Notification"];
+
+/** Deny putting `detailTypes` unless the caller's account or principal ARN is one of `entries`. */
+function denyOthers(sid, entries, detailTypes, busArn) {
+  const accounts = entries.filter((e) => e.whole).map((e) => e.account);
+  const arns = entries.filter((e) => !e.whole).map((e) => e.arn);
+  // Several condition operators are ANDed: denied when the account is not listed and the ARN is not either.
+  const condition = { StringEquals: { "events:detail-type": detailTypes } };
+  if (accounts.length > 0) condition.StringNotEquals = { "aws:PrincipalAccount": accounts };
+  if (arns.length > 0) condition.ArnNotEquals = { "aws:PrincipalArn": arns };
+  return {
+    Sid: sid,
+    Effect: "Deny",
+    Principal: { AWS: "*" },
+    Action: "events:PutEvents",
+    Resource: busArn,
+    Condition: condition,
+  };
 }
 
-function busPolicy(publishers, busName) {
+function allow(sid, entries, detailTypes, busArn) {
+  return {
+    Sid: sid,
+    Effect: "Allow",
+    Principal: { AWS: entries.map((e) => e.principal) },
+    Action: "events:PutEvents",
+    Resource: busArn,
+    Condition: { StringEquals: { "events:source": SOURCE, "events:detail-type": detailTypes } },
+  };
+}
+
+function busPolicy(lifecycle, notification, busName) {
   const busArn = {
     "Fn::Sub": `arn:\${AWS::Partition}:events:\${AWS::Region}:\${AWS::AccountId}:event-bus/${busName}`,
   };
+  const statements = [];
+  if (lifecycle.length > 0) statements.push(allow("LifecyclePublishers", lifecycle, LIFECYCLE, busArn));
+  if (notification.length > 0) {
+    statements.push(allow("NotificationPublishers", notification, NOTIFICATION, busArn));
+  }
+  statements.push(
+    denyOthers("LifecycleOnlyFromLifecyclePublishers", lifecycle, LIFECYCLE, busArn),
+    denyOthers("NotificationsOnlyFromNotificationPublishers", notification, NOTIFICATION, busArn),
+    {
+      Sid: "OnlyConntrackHelpersSource",
+      Effect: "Deny",
+      Principal: { AWS: "*" },
+      Action: "events:PutEvents",
+      Resource: busArn,
+      Condition: { StringNotEquals: { "events:source": SOURCE } },
+    },
+  );
+  return { Version: "2012-10-17", Statement: statements };
+}
+
+function build({ lifecyclePublishers, notificationPublishers, busName }) {
+  const lifecycle = parsePrincipals(lifecyclePublishers, "lifecyclePublishers");
+  const notification = parsePrincipals(notificationPublishers, "notificationPublishers");
   return {
-    Version: "2012-10-17",
-    Statement: [
-      {
-        Sid: "AllowedPublishers",
-        Effect: "Allow",
-        Principal: { AWS: principals(publishers) },
-        Action: "events:PutEvents",
-        Resource: busArn,
-        Condition: { StringEquals: { "events:source": SOURCE } },
-      },
-      {
-        Sid: "OnlyConntrackHelpersSource",
-        Effect: "Deny",
-        Principal: { AWS: "*" },
-        Action: "events:PutEvents",
-        Resource: busArn,
-        Condition: { StringNotEquals: { "events:source": SOURCE } },
-      },
-    ],
+    busPolicy: busPolicy(lifecycle, notification, busName),
+    // The events function checks the envelope's `account` against these too (lib/config.ts).
+    lifecycleAccounts: accountList(lifecycle),
+    notificationAccounts: accountList(notification),
   };
 }
 
 module.exports = async ({ resolveVariable }) => {
-  const [service, stage, publishers] = await Promise.all([
+  const [service, stage, lifecyclePublishers, notificationPublishers, legacy] = await Promise.all([
     resolveVariable("self:service"),
     resolveVariable("sls:stage"),
-    resolveVariable("param:eventPublishers"),
+    resolveVariable("param:lifecyclePublishers"),
+    resolveVariable("param:notificationPublishers"),
+    resolveVariable("param:eventPublishers, null"),
   ]);
-  return { busPolicy: busPolicy(publishers, `${service}-${stage}`) };
+  if (legacy !== null && legacy !== undefined && legacy !== "") {
+    // Refuse rather than guess which powers the old all-powerful list was meant to grant.
+    throw new Error(
+      'param "eventPublishers" is gone: name publishers in "lifecyclePublishers" and "notificationPublishers"',
+    );
+  }
+  return build({ lifecyclePublishers, notificationPublishers, busName: `${service}-${stage}` });
 };
-module.exports.principals = principals;
+module.exports.build = build;
