@@ -88,12 +88,22 @@ function routerIdFrom(raw: string): string {
 }
 
 interface IdempotentInput {
-  /** Hashed: caller project, route and key. */
+  /** Hashed: the caller (project, powers, subject), route and key. */
   readonly key: string;
   /** Hashed for validation: the same key with another body is refused. */
   readonly payload: unknown;
   /** Not hashed: the work itself. */
   readonly run: () => Promise<SubmitResult>;
+}
+
+/**
+ * A stored answer is replayed only to a caller with the same authority as the one it was computed for: the
+ * same project, the same powers and the same subject (dev tokens of an admin and a member of one project
+ * share `sub`). Anyone else runs the request afresh and so gets exactly the answer it would get without
+ * the key. JSON keeps the parts unambiguous whatever characters a subject holds.
+ */
+function idempotencyScope(caller: Identity, route: string, key: string): string {
+  return JSON.stringify([caller.projectId, [...caller.roles].sort(), caller.subject ?? null, route, key]);
 }
 
 export function makeHandler(deps: HttpDeps) {
@@ -128,7 +138,7 @@ export function makeHandler(deps: HttpDeps) {
       idempotencyConfig.registerLambdaContext(context);
     try {
       return await idempotent({
-        key: `${caller.projectId}|POST /v1/notifications|${key}`,
+        key: idempotencyScope(caller, "POST /v1/notifications", key),
         payload: body,
         run,
       });

@@ -1,14 +1,17 @@
 /**
  * Prints a dev token the local stack accepts:
  *   npm run token -- --project P [--role admin|service]... [--ttl SECONDS]
+ * A role becomes the token's `scope` string (`cth:admin`, `cth:service`), as a real identity provider emits it.
  * The signing key lives in .local/ (CTH_LOCAL_DIR) and is created on first use, shared with `npm start`.
  */
 import { parseArgs } from "node:util";
+import type { Role } from "../lib/domain/identity.ts";
 import { primitives } from "../lib/schemas/index.ts";
 import { loadOrCreateSigningKey, signToken } from "./local/auth.ts";
 import { localDir, signingKeyFile } from "./local/paths.ts";
 
-const ROLES = new Set(["admin", "service"]);
+const ROLES: ReadonlySet<string> = new Set<Role>(["admin", "service"]);
+const isRole = (role: string): role is Role => ROLES.has(role);
 const MAX_TTL = 7 * 24 * 3600;
 
 export function parseTokenArgs(argv: readonly string[]) {
@@ -26,9 +29,11 @@ export function parseTokenArgs(argv: readonly string[]) {
   if (values.help) return { help: true as const };
   const project = primitives.projectId.safeParse(values.project);
   if (!project.success) throw new Error("--project is required: letters, digits, '_' and '-', at most 64");
-  const roles = values.role ?? [];
-  for (const role of roles)
-    if (!ROLES.has(role)) throw new Error(`--role must be admin or service, got "${role}"`);
+  const roles: Role[] = [];
+  for (const role of values.role ?? []) {
+    if (!isRole(role)) throw new Error(`--role must be admin or service, got "${role}"`);
+    roles.push(role);
+  }
   const ttl = Number(values.ttl);
   if (!Number.isInteger(ttl) || ttl <= 0 || ttl > MAX_TTL)
     throw new Error(`--ttl must be 1..${MAX_TTL} seconds`);

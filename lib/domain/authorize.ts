@@ -42,5 +42,5 @@ export function authorizeHelperProject(
 }
 
 export function requireAdmin(identity: Identity): void {
-  if (!isAdmin(identity)) throw new ForbiddenError("this operation requires the admin role");
+  if (!isAdmin(identity)) throw new ForbiddenError("this operation requires the cth:admin scope");
 }

@@ -18,6 +18,7 @@ import {
   jwtVerify,
   SignJWT,
 } from "jose";
+import { type Role, scopeFor } from "../../lib/domain/identity.ts";
 import { UnauthorizedError } from "../../lib/errors.ts";
 
 export const LOCAL_ISSUER = "https://cth.local/dev";
@@ -78,18 +79,26 @@ export async function loadOrCreateSigningKey(file: string): Promise<SigningKey> 
 
 export interface TokenRequest {
   readonly projectId: string;
-  readonly roles?: readonly string[];
+  /** Powers, emitted as the `scope` string (`cth:admin`, `cth:service`) the function and the routes read. */
+  readonly roles?: readonly Role[];
   readonly ttlSeconds?: number;
   readonly issuer?: string;
   readonly audience?: string;
   /** Seconds since the epoch; tests set it to mint expired or not-yet-valid tokens. */
   readonly now?: number;
   readonly subject?: string;
+  /** Extra claims laid over the defaults; tests mint hostile tokens with it. */
+  readonly claims?: Readonly<Record<string, unknown>>;
 }
 
 export async function signToken(key: SigningKey, request: TokenRequest): Promise<string> {
   const now = request.now ?? Math.floor(Date.now() / 1000);
-  return new SignJWT({ project_id: request.projectId, roles: [...(request.roles ?? [])] })
+  const scope = scopeFor(request.roles ?? []);
+  return new SignJWT({
+    project_id: request.projectId,
+    ...(scope === "" ? {} : { scope }),
+    ...request.claims,
+  })
     .setProtectedHeader({ alg: ALGORITHM, kid: key.kid, typ: "JWT" })
     .setIssuer(request.issuer ?? LOCAL_ISSUER)
     .setAudience(request.audience ?? LOCAL_AUDIENCE)
@@ -146,6 +155,19 @@ export async function verifyBearer(
   } catch (error) {
     throw new TokenRejectedError(reasonOf(error));
   }
+}
+
+/**
+ * The token's scopes as API Gateway reads them for a route's authorizationScopes: the `scope` (or `scp`)
+ * claim, a space-delimited string or an array of strings. Undefined when the token has no such claim.
+ */
+export function tokenScopes(payload: JWTPayload): string[] | undefined {
+  for (const name of ["scope", "scp"]) {
+    const value = payload[name];
+    if (typeof value === "string") return value.split(" ").filter((s) => s.length > 0);
+    if (Array.isArray(value)) return value.filter((s): s is string => typeof s === "string");
+  }
+  return undefined;
 }
 
 /**

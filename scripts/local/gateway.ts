@@ -7,8 +7,10 @@ import { randomUUID } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { APIGatewayProxyEventV2WithJWTAuthorizer, Context } from "aws-lambda";
+import { ADMIN_SCOPE } from "../../lib/domain/identity.ts";
 import {
   type AppError,
+  ForbiddenError,
   InternalError,
   NotFoundError,
   PayloadTooLargeError,
@@ -18,17 +20,25 @@ import {
   apiGatewayClaims,
   type SigningKey,
   TokenRejectedError,
+  tokenScopes,
   type VerifyOptions,
   verifyBearer,
 } from "./auth.ts";
 
-/** The routes serverless.yml declares (test/deploy/template.test.ts keeps the two in step). */
-export const ROUTES = [
-  { method: "POST", path: "/v1/notifications" },
-  { method: "GET", path: "/v1/routers/{router_id}/conntrack-helpers" },
-  { method: "PUT", path: "/v1/routers/{router_id}" },
-  { method: "DELETE", path: "/v1/routers/{router_id}" },
-] as const;
+interface Route {
+  readonly method: string;
+  readonly path: string;
+  /** The route's authorizationScopes: a token needs at least one of them, or the gateway answers 403. */
+  readonly scopes: readonly string[];
+}
+
+/** The routes serverless.yml declares, with their scopes (test/deploy/template.test.ts keeps the two in step). */
+export const ROUTES: readonly Route[] = [
+  { method: "POST", path: "/v1/notifications", scopes: [] },
+  { method: "GET", path: "/v1/routers/{router_id}/conntrack-helpers", scopes: [] },
+  { method: "PUT", path: "/v1/routers/{router_id}", scopes: [ADMIN_SCOPE] },
+  { method: "DELETE", path: "/v1/routers/{router_id}", scopes: [ADMIN_SCOPE] },
+];
 
 /** API Gateway's own payload limit; the function enforces the much smaller CTH_MAX_BODY_BYTES itself. */
 export const GATEWAY_MAX_BODY_BYTES = 10 * 1024 * 1024;
@@ -52,6 +62,7 @@ export type HttpHandler = (
 export interface RouteMatch {
   readonly routeKey: string;
   readonly pathParameters: Record<string, string> | undefined;
+  readonly scopes: readonly string[];
 }
 
 /** Matches like API Gateway: exact method and path, `{name}` binds one non-empty segment. */
@@ -85,6 +96,7 @@ export function matchRoute(method: string, path: string): RouteMatch | undefined
       return {
         routeKey: `${route.method} ${route.path}`,
         pathParameters: Object.keys(params).length > 0 ? params : undefined,
+        scopes: route.scopes,
       };
     }
   }
@@ -115,6 +127,7 @@ export function buildHttpApiEvent(
   match: RouteMatch,
   claims: Record<string, string>,
   now: Date = new Date(),
+  scopes: readonly string[] | undefined = undefined,
 ): APIGatewayProxyEventV2WithJWTAuthorizer {
   const url = new URL(request.url, "http://127.0.0.1");
   const headers: Record<string, string> = {};
@@ -143,7 +156,7 @@ export function buildHttpApiEvent(
       apiId: "local",
       // As recorded from a real HTTP API: only `jwt`, and `scopes: null` when the token has no scope claim.
       authorizer: {
-        jwt: { claims, scopes: null },
+        jwt: { claims, scopes: scopes ? [...scopes] : null },
       } as unknown as APIGatewayProxyEventV2WithJWTAuthorizer["requestContext"]["authorizer"],
       domainName: headers.host ?? "127.0.0.1",
       domainPrefix: (headers.host ?? "127").split(".")[0]!,
@@ -282,11 +295,16 @@ export async function handleRequest(
   // API Gateway matches the route before it runs the authorizer: an unknown route is 404 with or without a token.
   if (!match) return errorResponse(new NotFoundError(`no route for ${request.method} ${path}`));
   let claims: Record<string, string>;
+  let scopes: string[] | undefined;
   try {
     const header = request.headers.authorization;
-    claims = apiGatewayClaims(
-      await verifyBearer(Array.isArray(header) ? header[0] : header, options.key, options.verify),
+    const payload = await verifyBearer(
+      Array.isArray(header) ? header[0] : header,
+      options.key,
+      options.verify,
     );
+    claims = apiGatewayClaims(payload);
+    scopes = tokenScopes(payload);
   } catch (error) {
     if (error instanceof TokenRejectedError) {
       return errorResponse(error, {
@@ -295,7 +313,15 @@ export async function handleRequest(
     }
     throw error;
   }
-  const event = buildHttpApiEvent(request, match, claims);
+  // As API Gateway checks a route's authorizationScopes: at least one of them, whole tokens, else 403 and
+  // the function never runs.
+  if (match.scopes.length > 0 && !match.scopes.some((scope) => scopes?.includes(scope))) {
+    const required = match.scopes.join(" ");
+    return errorResponse(new ForbiddenError(`this route requires the scope ${required}`), {
+      "www-authenticate": `Bearer scope="${required}" error="insufficient_scope" error_description="the token has none of the route's scopes"`,
+    });
+  }
+  const event = buildHttpApiEvent(request, match, claims, new Date(), scopes);
   const timeoutMs = options.timeoutMs ?? 10_000;
   try {
     const result = await withTimeout(

@@ -436,6 +436,22 @@ describe("HTTP API", () => {
     expect(scopes).toEqual(Object.fromEntries(ROUTES.map((r) => [`${r.method} ${r.path}`, r.scopes])));
   });
 
+  it("admin routes require the cth:admin scope at the gateway, exactly as the local gateway does", () => {
+    const scopes = Object.fromEntries(
+      ofType("AWS::ApiGatewayV2::Route").map(([, r]) => [
+        String(r.Properties.RouteKey),
+        r.Properties.AuthorizationScopes ?? [],
+      ]),
+    );
+    expect(scopes).toEqual({
+      "POST /v1/notifications": [],
+      "GET /v1/routers/{router_id}/conntrack-helpers": [],
+      "PUT /v1/routers/{router_id}": ["cth:admin"],
+      "DELETE /v1/routers/{router_id}": ["cth:admin"],
+    });
+    expect(scopes).toEqual(Object.fromEntries(ROUTES.map((r) => [`${r.method} ${r.path}`, r.scopes])));
+  });
+
   it("the authorizer checks the issuer and audience given as parameters", () => {
     expect(resources.HttpApiAuthorizerJwt!.Properties).toMatchObject({
       AuthorizerType: "JWT",

@@ -9,7 +9,11 @@ import { join } from "node:path";
 import type { APIGatewayProxyEventV2WithJWTAuthorizer } from "aws-lambda";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { makeHandler } from "../../functions/http.ts";
+import { HelperCatalog } from "../../lib/catalog.ts";
+import { loadLimits } from "../../lib/config.ts";
 import { identityFromClaims } from "../../lib/domain/identity.ts";
+import { buildSchemas } from "../../lib/schemas/index.ts";
 import { loadOrCreateSigningKey, type SigningKey, signToken } from "../../scripts/local/auth.ts";
 import {
   type Gateway,
@@ -21,6 +25,8 @@ import {
   startGateway,
 } from "../../scripts/local/gateway.ts";
 import { parseTokenArgs } from "../../scripts/token.ts";
+import { fixedClock, newId, PROJECT_A, PROJECT_B, routerRecord, wireHelper } from "../support/factories.ts";
+import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
 const ROUTER = "0b3a4c3e-58a3-4f5e-9b61-2f0f0c6a9d11";
 const fixture = JSON.parse(
@@ -120,13 +126,19 @@ describe("JWT authorizer", () => {
   };
 
   it("accepts a valid token and hands the claims over as API Gateway does: strings, arrays bracketed", async () => {
-    const token = await signToken(key, { projectId: "demo", roles: ["admin", "service"] });
+    const token = await signToken(key, {
+      projectId: "demo",
+      roles: ["admin", "service"],
+      claims: { groups: ["a", "b c"] },
+    });
     const response = await request(token);
     expect(response.statusCode).toBe(200);
     expect(invocations).toHaveLength(1);
-    const claims = invocations[0]!.requestContext.authorizer.jwt.claims;
+    const { claims, scopes } = invocations[0]!.requestContext.authorizer.jwt;
     expect(claims.project_id).toBe("demo");
-    expect(claims.roles).toBe("[admin service]");
+    expect(claims.scope).toBe("cth:admin cth:service");
+    expect(claims.groups).toBe("[a b c]");
+    expect(scopes).toEqual(["cth:admin", "cth:service"]);
     for (const value of Object.values(claims)) expect(typeof value).toBe("string");
     const identity = identityFromClaims(claims);
     expect([...identity.roles].sort()).toEqual(["admin", "service"]);
@@ -191,6 +203,107 @@ describe("JWT authorizer", () => {
       }
     }
     expect(invocations).toEqual([]);
+  });
+});
+
+/** Tokens whose `roles` or `scope` tried to smuggle admin in (finding 4 of issue 8). */
+const ATTACKS: readonly [string, Record<string, unknown>][] = [
+  ["a role with a space", { roles: ["cloud admin"] }],
+  ["a role element holding the admin scope", { roles: ["x cth:admin"] }],
+  ["the old admin role", { roles: ["admin"] }],
+  ["a scope array element with a space", { scope: ["x cth:admin"] }],
+  ["a scope string that looks flattened", { scope: "[x cth:admin]" }],
+  ["a substring of the scope", { scope: "cth:administrator" }],
+];
+
+describe("route scopes (authorizationScopes)", () => {
+  it("answers 403 before the function on PUT and DELETE without cth:admin, as API Gateway does", async () => {
+    for (const [what, claims] of [["no scope", {}], ...ATTACKS] as const) {
+      const token = await signToken(key, { projectId: "demo", claims });
+      for (const method of ["PUT", "DELETE"]) {
+        const response = await request(token, { method, url: `/v1/routers/${ROUTER}`, body: "{}" });
+        expect(response.statusCode, `${what} ${method}`).toBe(403);
+        expect(json(response.body)).toEqual({
+          error: { code: "forbidden", message: "this route requires the scope cth:admin" },
+        });
+        expect(response.headers["www-authenticate"]).toMatch(
+          /^Bearer scope="cth:admin" error="insufficient_scope"/,
+        );
+      }
+    }
+    expect(invocations).toEqual([]);
+  });
+
+  it("lets cth:admin through to the admin routes and needs no scope on the others", async () => {
+    const adminToken = await signToken(key, { projectId: "ops", claims: { scope: "openid cth:admin" } });
+    expect((await request(adminToken, { method: "DELETE", url: `/v1/routers/${ROUTER}` })).statusCode).toBe(
+      200,
+    );
+    const memberToken = await signToken(key, { projectId: "demo" });
+    expect((await request(memberToken)).statusCode).toBe(200);
+    expect((await request(memberToken, { method: "POST", url: "/v1/notifications" })).statusCode).toBe(200);
+    expect(invocations).toHaveLength(3);
+  });
+});
+
+describe("the real HTTP function behind the gateway: an attack token is a plain member", () => {
+  const limits = loadLimits();
+  const catalog = new HelperCatalog();
+  let store: MemoryRoutersStore;
+  let queue: MemoryCommandQueue;
+  let gateway: Gateway;
+  const foreign = newId();
+  const own = newId();
+
+  beforeAll(async () => {
+    store = new MemoryRoutersStore();
+    queue = new MemoryCommandQueue();
+    await store.put(routerRecord({ routerId: foreign, projectId: PROJECT_B, host: "node-a" }), undefined);
+    await store.put(routerRecord({ routerId: own, projectId: PROJECT_A, host: "node-a" }), undefined);
+    const log = { info: () => undefined, warn: () => undefined, error: () => undefined };
+    const handler = makeHandler({
+      domain: { store, queue, clock: fixedClock(), limits, log },
+      schemas: buildSchemas(limits, catalog),
+      logger: log,
+      idempotency: undefined,
+    });
+    gateway = await startGateway({ key, port: 0, handler: handler as GatewayOptions["handler"] });
+  });
+  afterAll(async () => gateway.close());
+
+  const call = async (token: string, method: string, path: string, body?: unknown) => {
+    const response = await fetch(`${gateway.url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  };
+  const notify = (routerId: string) => ({ event: "created", conntrack_helpers: [wireHelper(routerId)] });
+
+  it.each(ATTACKS)("%s: no foreign router, no admin route, nothing written", async (_what, claims) => {
+    const token = await signToken(key, { projectId: PROJECT_A, claims });
+    const writes = store.writes;
+    // Admin powers would reach project B's router; a member gets the unknown-router 404.
+    const read = await call(token, "GET", `/v1/routers/${foreign}/conntrack-helpers`);
+    expect(read.status).toBe(404);
+    expect((await call(token, "POST", "/v1/notifications", notify(foreign))).status).toBe(404);
+    const put = await call(token, "PUT", `/v1/routers/${newId()}`, { project_id: PROJECT_A, host: "node-a" });
+    expect(put.status).toBe(403);
+    expect((await call(token, "DELETE", `/v1/routers/${own}`)).status).toBe(403);
+    expect(store.writes).toBe(writes);
+    expect(queue.all()).toEqual([]);
+    // ...while it still acts as a member of its own project.
+    expect((await call(token, "GET", `/v1/routers/${own}/conntrack-helpers`)).status).toBe(200);
+  });
+
+  it("a token from npm run token --role admin is admin end to end", async () => {
+    const token = await signToken(key, { projectId: "ops", roles: ["admin"] });
+    expect((await call(token, "GET", `/v1/routers/${foreign}/conntrack-helpers`)).status).toBe(200);
+    const created = newId();
+    const put = await call(token, "PUT", `/v1/routers/${created}`, { project_id: PROJECT_B, host: "node-b" });
+    expect(put.status).toBe(201);
+    expect(await store.get(created)).toMatchObject({ projectId: PROJECT_B, host: "node-b" });
   });
 });
 

@@ -34,13 +34,16 @@ export interface HttpCall {
   readonly base64?: boolean;
 }
 
-/** Claims as API Gateway's HTTP API hands them over: every value a string, arrays as "[a b]". */
+/**
+ * Claims as API Gateway's HTTP API hands them over: every value a string (arrays as "[a b]"). Powers
+ * ("admin", "service") go into the `scope` string as `cth:admin`, `cth:service` (lib/domain/identity.ts).
+ */
 export function httpApiClaims(projectId: string, roles: readonly string[] = []): Record<string, string> {
   return {
     sub: randomUUID(),
     iss: "https://keystone.example/v3",
     project_id: projectId,
-    ...(roles.length > 0 ? { roles: `[${roles.join(" ")}]` } : {}),
+    ...(roles.length > 0 ? { scope: roles.map((role) => `cth:${role}`).join(" ") } : {}),
   };
 }
 
