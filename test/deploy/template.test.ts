@@ -35,6 +35,8 @@ interface Statement {
   Effect: string;
   Action: string | string[];
   Resource: Json;
+  Condition?: Record<string, Record<string, Json>>;
+  Principal?: Json;
 }
 
 let outDir: string;
@@ -88,6 +90,22 @@ const logs = (fn: string) => ({
 const routers = JSON.stringify(getAtt("RoutersTable"));
 const idem = JSON.stringify(getAtt("IdempotencyTable"));
 const nodeQueues = NODES.map((n) => JSON.stringify(getAtt(`NodeQueue${nodeId(n)}`))).sort();
+const statusQueues = NODES.map((n) => JSON.stringify(getAtt(`NodeStatusQueue${nodeId(n)}`))).sort();
+const SENDER_ROLES = [
+  "HttpFunctionRole",
+  "EventsFunctionRole",
+  "StatusFunctionRole",
+  "ReconcileFunctionRole",
+];
+const SIGNING_PARAMETER = `/cth/${STAGE}/snapshot-signing-key`;
+const signingParameterArn = {
+  "Fn::Sub": `arn:\${AWS::Partition}:ssm:\${AWS::Region}:\${AWS::AccountId}:parameter${SIGNING_PARAMETER}`,
+};
+/** What every snapshot sender may do with the signing key; nothing else in the template may. */
+const signing = {
+  "ssm:GetParameter": [JSON.stringify(signingParameterArn)],
+  "kms:Decrypt": [JSON.stringify(getAtt("SigningKeyKmsKey"))],
+};
 
 beforeAll(async () => {
   outDir = mkdtempSync(join(tmpdir(), "cth-package-"));
@@ -155,7 +173,9 @@ describe("functions", () => {
       ).Variables;
       expect(vars.CTH_ROUTERS_TABLE).toEqual({ Ref: "RoutersTable" });
       expect(vars.CTH_IDEMPOTENCY_TABLE).toEqual({ Ref: "IdempotencyTable" });
-      expect(vars.CTH_STATUS_QUEUE_URL).toEqual({ Ref: "StatusQueue" });
+      // Nothing reads a shared status queue any more: each node has its own (see "queues").
+      expect(vars.CTH_STATUS_QUEUE_URL).toBeUndefined();
+      expect(vars.CTH_SIGNING_KEY_PARAMETER).toBe(SIGNING_PARAMETER);
       expect(vars.CTH_NODE_QUEUE_URL_TEMPLATE).toEqual({
         "Fn::Sub": `https://sqs.\${AWS::Region}.\${AWS::URLSuffix}/\${AWS::AccountId}/cth-${STAGE}-node-{node}.fifo`,
       });
@@ -168,12 +188,25 @@ describe("functions", () => {
     const reconcileVars = (resources.ReconcileLambdaFunction!.Properties.Environment as { Variables: object })
       .Variables;
     expect(reconcileVars).toMatchObject({ CTH_RECONCILE_STALE_SECONDS: "900" });
+    const statusVars = (resources.StatusLambdaFunction!.Properties.Environment as { Variables: object })
+      .Variables;
+    expect(statusVars).toMatchObject({ CTH_STATUS_QUEUE_NAME_TEMPLATE: `cth-${STAGE}-node-{node}-status` });
+    // With the default params only this account may put either kind of event.
+    const eventsVars = (resources.EventsLambdaFunction!.Properties.Environment as { Variables: object })
+      .Variables;
+    expect(eventsVars).toMatchObject({
+      CTH_EVENTS_LIFECYCLE_ACCOUNTS: { "Fn::Join": [",", [{ Ref: "AWS::AccountId" }]] },
+      CTH_EVENTS_NOTIFICATION_ACCOUNTS: { "Fn::Join": [",", [{ Ref: "AWS::AccountId" }]] },
+    });
   });
 
-  it("the node queue URL template names exactly the queues the template creates", () => {
+  it("the node queue URL and status queue name templates name exactly the queues the template creates", () => {
     for (const node of NODES) {
       expect(resources[`NodeQueue${nodeId(node)}`]!.Properties.QueueName).toBe(
         `cth-${STAGE}-node-${node}.fifo`,
+      );
+      expect(resources[`NodeStatusQueue${nodeId(node)}`]!.Properties.QueueName).toBe(
+        `cth-${STAGE}-node-${node}-status`,
       );
     }
   });
@@ -213,6 +246,7 @@ describe("least privilege", () => {
       "dynamodb:DeleteItem": [idem],
       "dynamodb:UpdateItem": [idem, routers].sort(),
       "sqs:SendMessage": nodeQueues,
+      ...signing,
     });
   });
 
@@ -224,10 +258,11 @@ describe("least privilege", () => {
       "dynamodb:PutItem": [routers],
       "dynamodb:UpdateItem": [routers],
       "sqs:SendMessage": [...nodeQueues, JSON.stringify(getAtt("EventsDlq"))].sort(),
+      ...signing,
     });
   });
 
-  it("status: record applied revisions, list a node's routers, resync, consume the status queue", () => {
+  it("status: record applied status, list a node's routers, resync, consume the node status queues", () => {
     expect(grants(statementsOf("StatusFunctionRole"))).toEqual({
       ...logs("status"),
       "dynamodb:GetItem": [routers],
@@ -236,10 +271,30 @@ describe("least privilege", () => {
       // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
       "dynamodb:Query": [JSON.stringify({ "Fn::Sub": "${RoutersTable.Arn}/index/by-host" })],
       "sqs:SendMessage": nodeQueues,
-      "sqs:ReceiveMessage": [JSON.stringify(getAtt("StatusQueue"))],
-      "sqs:DeleteMessage": [JSON.stringify(getAtt("StatusQueue"))],
-      "sqs:GetQueueAttributes": [JSON.stringify(getAtt("StatusQueue"))],
+      "sqs:ReceiveMessage": statusQueues,
+      "sqs:DeleteMessage": statusQueues,
+      "sqs:GetQueueAttributes": statusQueues,
+      ...signing,
     });
+  });
+
+  it("status: UpdateItem may touch only the applied-status attributes, never desired state", () => {
+    // A stolen status role could otherwise rewrite helpers, owner, host or revision of any router.
+    const updates = statementsOf("StatusFunctionRole").filter((s) =>
+      asList(s.Action).includes("dynamodb:UpdateItem"),
+    );
+    expect(updates).toHaveLength(1);
+    expect(asList(updates[0]!.Action)).toEqual(["dynamodb:UpdateItem"]);
+    expect(updates[0]!.Condition).toEqual({
+      "ForAllValues:StringEquals": { "dynamodb:Attributes": ["router_id", "replicas", "draining"] },
+      // IAM requires this beside an attribute condition: other ReturnValues would read whole items.
+      StringEqualsIfExists: { "dynamodb:ReturnValues": ["NONE", "UPDATED_NEW"] },
+    });
+    // No other write action at all (PutItem or DeleteItem would bypass the attribute condition).
+    const actions = statementsOf("StatusFunctionRole").flatMap((s) => asList(s.Action));
+    for (const write of ["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"]) {
+      expect(actions).not.toContain(write);
+    }
   });
 
   it("reconcile: scan routers and send snapshots; no writes to the table", () => {
@@ -247,10 +302,56 @@ describe("least privilege", () => {
       ...logs("reconcile"),
       "dynamodb:Scan": [routers],
       "sqs:SendMessage": nodeQueues,
+      ...signing,
     });
   });
 
-  it("each node's agent policy reaches only its own queue, its DLQ and the status queue", () => {
+  it("the signing key: the four senders read exactly its parameter and decrypt with its key only via SSM", () => {
+    for (const role of SENDER_ROLES) {
+      const statements = statementsOf(role);
+      const read = statements.filter((s) => asList(s.Action).includes("ssm:GetParameter"));
+      expect(read, role).toEqual([
+        {
+          Sid: "SigningKeyParameter",
+          Effect: "Allow",
+          Action: ["ssm:GetParameter"],
+          Resource: signingParameterArn,
+        },
+      ]);
+      const decrypt = statements.filter((s) => asList(s.Action).some((a) => a.startsWith("kms:")));
+      expect(decrypt, role).toEqual([
+        {
+          Sid: "SigningKeyDecrypt",
+          Effect: "Allow",
+          Action: ["kms:Decrypt"],
+          Resource: getAtt("SigningKeyKmsKey"),
+          Condition: {
+            StringEquals: {
+              // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
+              "kms:ViaService": { "Fn::Sub": "ssm.${AWS::Region}.amazonaws.com" },
+              "kms:EncryptionContext:PARAMETER_ARN": signingParameterArn,
+            },
+          },
+        },
+      ]);
+    }
+    // Nodes verify with public keys only: no agent policy reaches SSM or KMS.
+    for (const [, policy] of ofType("AWS::IAM::ManagedPolicy")) {
+      const actions = (policy.Properties.PolicyDocument as { Statement: Statement[] }).Statement.flatMap(
+        (s) => asList(s.Action),
+      );
+      expect(actions.filter((a) => /^(ssm|kms):/.test(a))).toEqual([]);
+    }
+    const key = resources.SigningKeyKmsKey as Resource & { DeletionPolicy?: string };
+    expect(key.DeletionPolicy).toBe("Retain");
+    expect(key.Properties).toMatchObject({ KeySpec: "SYMMETRIC_DEFAULT", EnableKeyRotation: true });
+    expect(resources.SigningKeyKmsAlias!.Properties).toEqual({
+      AliasName: `alias/cth-${STAGE}-snapshot-signing`,
+      TargetKeyId: { Ref: "SigningKeyKmsKey" },
+    });
+  });
+
+  it("each node's agent policy reaches only its own queue, its DLQ and its own status queue", () => {
     for (const node of NODES) {
       const id = nodeId(node);
       const policy = resources[`AgentPolicy${id}`]!;
@@ -265,10 +366,33 @@ describe("least privilege", () => {
         "sqs:GetQueueUrl": [JSON.stringify(getAtt(`NodeDlq${id}`))],
         "sqs:SendMessage": [
           JSON.stringify(getAtt(`NodeDlq${id}`)),
-          JSON.stringify(getAtt("StatusQueue")),
+          JSON.stringify(getAtt(`NodeStatusQueue${id}`)),
         ].sort(),
       });
       expect(template.Outputs[`AgentPolicyArn${id}`]!.Value).toEqual({ Ref: `AgentPolicy${id}` });
+    }
+  });
+
+  it("each node has an agent role carrying only its policy, assumable by this account by default", () => {
+    expect(ofType("AWS::IAM::Role").filter(([id]) => id.startsWith("AgentRole"))).toHaveLength(NODES.length);
+    for (const node of NODES) {
+      const id = nodeId(node);
+      expect(resources[`AgentRole${id}`]!.Properties).toMatchObject({
+        RoleName: `cth-${STAGE}-agent-${node}`,
+        ManagedPolicyArns: [{ Ref: `AgentPolicy${id}` }],
+        AssumeRolePolicyDocument: {
+          Statement: [
+            {
+              Effect: "Allow",
+              // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
+              Principal: { AWS: [{ "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" }] },
+              Action: "sts:AssumeRole",
+            },
+          ],
+        },
+      });
+      expect(resources[`AgentRole${id}`]!.Properties.Policies).toBeUndefined();
+      expect(template.Outputs[`AgentRoleArn${id}`]!.Value).toEqual(getAtt(`AgentRole${id}`));
     }
   });
 
@@ -327,19 +451,64 @@ describe("queues", () => {
     }
   });
 
-  it("the status queue redrives to a DLQ and hides messages for at least 6x the consumer's timeout", () => {
-    const status = queue("StatusQueue");
-    expect(status.RedrivePolicy).toEqual({ deadLetterTargetArn: getAtt("StatusDlq"), maxReceiveCount: 5 });
+  it("each node's status queue redrives to the status DLQ, hides messages for 6x the consumer's timeout, feeds the status function", () => {
+    expect(resources.StatusQueue).toBeUndefined();
     const timeout = resources.StatusLambdaFunction!.Properties.Timeout as number;
-    expect(status.VisibilityTimeout as number).toBeGreaterThanOrEqual(6 * timeout);
     expect(queue("StatusDlq").MessageRetentionPeriod).toBe(FOURTEEN_DAYS);
-    const [mapping] = ofType("AWS::Lambda::EventSourceMapping");
-    expect(mapping![1].Properties).toMatchObject({
-      EventSourceArn: getAtt("StatusQueue"),
-      FunctionName: getAtt("StatusLambdaFunction"),
-      FunctionResponseTypes: ["ReportBatchItemFailures"],
-    });
-    expect(ofType("AWS::Lambda::EventSourceMapping")).toHaveLength(1);
+    const mappings = ofType("AWS::Lambda::EventSourceMapping").map(([, r]) => r.Properties);
+    expect(mappings.map((m) => JSON.stringify(m.EventSourceArn)).sort()).toEqual(statusQueues);
+    for (const node of NODES) {
+      const id = nodeId(node);
+      const status = queue(`NodeStatusQueue${id}`);
+      expect(status.FifoQueue).toBeUndefined();
+      expect(status.RedrivePolicy).toEqual({ deadLetterTargetArn: getAtt("StatusDlq"), maxReceiveCount: 5 });
+      expect(status.VisibilityTimeout as number).toBeGreaterThanOrEqual(6 * timeout);
+      expect(status.MessageRetentionPeriod).toBe(FOURTEEN_DAYS);
+      expect(template.Outputs[`NodeStatusQueueUrl${id}`]!.Value).toEqual({ Ref: `NodeStatusQueue${id}` });
+    }
+    for (const mapping of mappings) {
+      expect(mapping).toMatchObject({
+        FunctionName: getAtt("StatusLambdaFunction"),
+        BatchSize: 10,
+        FunctionResponseTypes: ["ReportBatchItemFailures"],
+      });
+    }
+  });
+
+  /** The queue policy of `queueId`: exactly one Deny of SendMessage for all but `allowed` (role ids). */
+  function expectSendOnlyFrom(queueId: string, allowed: readonly string[]) {
+    const policies = ofType("AWS::SQS::QueuePolicy").filter(([, r]) =>
+      JSON.stringify(r.Properties.Queues).includes(JSON.stringify({ Ref: queueId })),
+    );
+    expect(policies, queueId).toHaveLength(1);
+    const props = policies[0]![1].Properties;
+    expect(props.Queues).toEqual([{ Ref: queueId }]);
+    expect((props.PolicyDocument as { Statement: Statement[] }).Statement).toEqual([
+      {
+        Sid: expect.any(String),
+        Effect: "Deny",
+        Principal: { AWS: "*" },
+        Action: "sqs:SendMessage",
+        Resource: getAtt(queueId),
+        Condition: { ArnNotEquals: { "aws:PrincipalArn": allowed.map((role) => getAtt(role)) } },
+      },
+    ]);
+  }
+
+  it("a node queue accepts SendMessage only from the four functions' roles", () => {
+    for (const node of NODES) expectSendOnlyFrom(`NodeQueue${nodeId(node)}`, SENDER_ROLES);
+  });
+
+  it("a node's status queue accepts SendMessage only from that node's agent role", () => {
+    for (const node of NODES) {
+      const id = nodeId(node);
+      expectSendOnlyFrom(`NodeStatusQueue${id}`, [`AgentRole${id}`]);
+    }
+    // And no other principal can send through identity policies either: no function role may send there.
+    for (const role of SENDER_ROLES) {
+      const sends = grants(statementsOf(role))["sqs:SendMessage"] ?? [];
+      for (const q of statusQueues) expect(sends, role).not.toContain(q);
+    }
   });
 
   it("every queue is encrypted and every DLQ (a redrive target or a failure destination) has a depth alarm", () => {
@@ -436,22 +605,6 @@ describe("HTTP API", () => {
     expect(scopes).toEqual(Object.fromEntries(ROUTES.map((r) => [`${r.method} ${r.path}`, r.scopes])));
   });
 
-  it("admin routes require the cth:admin scope at the gateway, exactly as the local gateway does", () => {
-    const scopes = Object.fromEntries(
-      ofType("AWS::ApiGatewayV2::Route").map(([, r]) => [
-        String(r.Properties.RouteKey),
-        r.Properties.AuthorizationScopes ?? [],
-      ]),
-    );
-    expect(scopes).toEqual({
-      "POST /v1/notifications": [],
-      "GET /v1/routers/{router_id}/conntrack-helpers": [],
-      "PUT /v1/routers/{router_id}": ["cth:admin"],
-      "DELETE /v1/routers/{router_id}": ["cth:admin"],
-    });
-    expect(scopes).toEqual(Object.fromEntries(ROUTES.map((r) => [`${r.method} ${r.path}`, r.scopes])));
-  });
-
   it("the authorizer checks the issuer and audience given as parameters", () => {
     expect(resources.HttpApiAuthorizerJwt!.Properties).toMatchObject({
       AuthorizerType: "JWT",
@@ -469,20 +622,67 @@ describe("HTTP API", () => {
 });
 
 describe("events and schedule", () => {
-  it("a custom bus whose policy admits only this account and source conntrack.helpers", () => {
-    const policy = resources.EventBus!.Properties.Policy as { Statement: Record<string, Json>[] };
-    const allow = policy.Statement.find((s) => s.Effect === "Allow");
-    const deny = policy.Statement.find((s) => s.Effect === "Deny");
-    expect(allow).toMatchObject({
-      // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
-      Principal: { AWS: [{ "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" }] },
+  it("a custom bus whose policy scopes publishers per detail type (default: this account only)", () => {
+    const policy = resources.EventBus!.Properties.Policy as { Statement: Statement[] };
+    // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
+    const own = { "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" };
+    const bySid = Object.fromEntries(policy.Statement.map((s) => [s.Sid, s]));
+    expect(Object.keys(bySid).sort()).toEqual([
+      "LifecycleOnlyFromLifecyclePublishers",
+      "LifecyclePublishers",
+      "NotificationPublishers",
+      "NotificationsOnlyFromNotificationPublishers",
+      "OnlyConntrackHelpersSource",
+    ]);
+    expect(bySid.LifecyclePublishers).toMatchObject({
+      Effect: "Allow",
+      Principal: { AWS: [own] },
       Action: "events:PutEvents",
-      Condition: { StringEquals: { "events:source": "conntrack.helpers" } },
+      Condition: {
+        StringEquals: {
+          "events:source": EVENT_SOURCE,
+          "events:detail-type": ["Router Upserted", "Router Deleted"],
+        },
+      },
     });
-    expect(deny).toMatchObject({
+    expect(bySid.NotificationPublishers).toMatchObject({
+      Effect: "Allow",
+      Principal: { AWS: [own] },
+      Condition: {
+        StringEquals: {
+          "events:source": EVENT_SOURCE,
+          "events:detail-type": ["Conntrack Helper Notification"],
+        },
+      },
+    });
+    // The Denies bind this account's principals too (an Allow here only admits other accounts).
+    expect(bySid.LifecycleOnlyFromLifecyclePublishers).toMatchObject({
+      Effect: "Deny",
       Principal: { AWS: "*" },
-      Condition: { StringNotEquals: { "events:source": "conntrack.helpers" } },
+      Condition: {
+        StringEquals: { "events:detail-type": ["Router Upserted", "Router Deleted"] },
+        StringNotEquals: { "aws:PrincipalAccount": [{ Ref: "AWS::AccountId" }] },
+      },
     });
+    expect(bySid.NotificationsOnlyFromNotificationPublishers).toMatchObject({
+      Effect: "Deny",
+      Condition: {
+        StringEquals: { "events:detail-type": ["Conntrack Helper Notification"] },
+        StringNotEquals: { "aws:PrincipalAccount": [{ Ref: "AWS::AccountId" }] },
+      },
+    });
+    expect(bySid.OnlyConntrackHelpersSource).toMatchObject({
+      Effect: "Deny",
+      Principal: { AWS: "*" },
+      Condition: { StringNotEquals: { "events:source": EVENT_SOURCE } },
+    });
+    // Every detail type the rule routes is covered by exactly one Allow and one Deny.
+    const covered = (effect: string) =>
+      policy.Statement.filter((s) => s.Effect === effect && s.Condition?.StringEquals?.["events:detail-type"])
+        .flatMap((s) => s.Condition!.StringEquals!["events:detail-type"] as string[])
+        .sort();
+    expect(covered("Allow")).toEqual([...DETAIL_TYPES].sort());
+    expect(covered("Deny")).toEqual([...DETAIL_TYPES].sort());
   });
 
   it("a rule on the bus sends conntrack.helpers events to the events function, with a DLQ", () => {
@@ -524,6 +724,23 @@ describe("events and schedule", () => {
     }
   });
 
+  it("content mismatches and unbound reports (the status function's EMF metrics) are alarmed", () => {
+    const alarms = ofType("AWS::CloudWatch::Alarm").map(([, r]) => r.Properties);
+    for (const metric of ["ContentMismatches", "UnboundReports"]) {
+      const found = alarms.filter((a) => a.MetricName === metric);
+      expect(found, metric).toHaveLength(1);
+      expect(found[0]).toMatchObject({
+        Namespace: "ConntrackHelpers",
+        Dimensions: [{ Name: "Function", Value: "status" }],
+        Statistic: "Sum",
+        Period: 300,
+        Threshold: 1,
+        ComparisonOperator: "GreaterThanOrEqualToThreshold",
+        AlarmActions: [{ Ref: "AlarmTopic" }],
+      });
+    }
+  });
+
   it("every function has an errors alarm", () => {
     const alarms = ofType("AWS::CloudWatch::Alarm").map(([, r]) => r.Properties);
     for (const fn of ["Http", "Events", "Status", "Reconcile"]) {
@@ -543,8 +760,16 @@ describe("events and schedule", () => {
 describe("parameter resolvers", () => {
   const nodes = require(join(root, "infra/nodes.cjs")) as {
     parseNodes(raw: string): string[];
+    build(params: Record<string, Json>): { resources: Record<string, Resource> };
   };
-  const publishers = require(join(root, "infra/publishers.cjs")) as { principals(raw: string): Json[] };
+  const publishers = require(join(root, "infra/publishers.cjs")) as {
+    build(params: { lifecyclePublishers: string; notificationPublishers: string; busName: string }): {
+      busPolicy: { Statement: Statement[] };
+      lifecycleAccounts: Json;
+      notificationAccounts: Json;
+    };
+  };
+  const signingResolver = require(join(root, "infra/signing.cjs")) as { parameter(name: string): Json };
 
   it("reject node names that cannot be queue names, duplicates after id mapping, and an empty list", () => {
     expect(nodes.parseNodes(" a-1 ,b_2,")).toEqual(["a-1", "b_2"]);
@@ -554,15 +779,98 @@ describe("parameter resolvers", () => {
     expect(() => nodes.parseNodes("net-1,net_1")).toThrow(/same resource id/);
   });
 
-  it("event publishers are accounts or IAM principal ARNs, nothing else", () => {
-    expect(publishers.principals("111122223333, arn:aws:iam::444455556666:role/neutron")).toEqual([
-      // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
-      { "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" },
-      // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
-      { "Fn::Sub": "arn:${AWS::Partition}:iam::111122223333:root" },
-      "arn:aws:iam::444455556666:role/neutron",
+  it("agent roles trust self, accounts, principal ARNs, EC2 (with an instance profile) or Roles Anywhere", () => {
+    const build = (agentTrustPrincipal: string) =>
+      nodes.build({
+        prefix: "cth-p",
+        nodes: ["n-1"],
+        maxReceiveCount: 5,
+        visibility: 60,
+        agentTrustPrincipal,
+      }).resources;
+    const trust = (r: Record<string, Resource>) =>
+      (r.AgentRoleN1!.Properties.AssumeRolePolicyDocument as { Statement: Statement[] }).Statement;
+    const onPrem = build("rolesanywhere.amazonaws.com");
+    expect(trust(onPrem)).toEqual([
+      {
+        Effect: "Allow",
+        Principal: { Service: "rolesanywhere.amazonaws.com" },
+        Action: ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+        Condition: { StringEquals: { "aws:SourceAccount": { Ref: "AWS::AccountId" } } },
+      },
     ]);
-    expect(() => publishers.principals("*")).toThrow(/neither/);
-    expect(() => publishers.principals("arn:aws:iam::*:root")).toThrow(/neither/);
+    expect(onPrem.AgentInstanceProfileN1).toBeUndefined();
+    const ec2 = build("ec2.amazonaws.com, arn:aws:iam::111122223333:role/ops");
+    expect(trust(ec2).map((s) => s.Principal)).toEqual([
+      { AWS: ["arn:aws:iam::111122223333:role/ops"] },
+      { Service: "ec2.amazonaws.com" },
+    ]);
+    expect(ec2.AgentInstanceProfileN1!.Properties).toEqual({
+      InstanceProfileName: "cth-p-agent-n-1",
+      Roles: [{ Ref: "AgentRoleN1" }],
+    });
+    for (const bad of ["none", "sqs.amazonaws.com", "*"])
+      expect(() => build(bad), bad).toThrow(/agentTrustPrincipal/);
+  });
+
+  it("event publishers are self, accounts or IAM principal ARNs per kind, nothing else", () => {
+    const built = publishers.build({
+      lifecyclePublishers: "arn:aws:iam::444455556666:role/neutron",
+      notificationPublishers: "self, 111122223333",
+      busName: "b",
+    });
+    const bySid = Object.fromEntries(built.busPolicy.Statement.map((s) => [s.Sid, s]));
+    // A lifecycle publisher named by role: only that role of its account, and this account not at all.
+    expect(bySid.LifecyclePublishers!.Principal).toEqual({ AWS: ["arn:aws:iam::444455556666:role/neutron"] });
+    expect(bySid.LifecycleOnlyFromLifecyclePublishers!.Condition).toEqual({
+      StringEquals: { "events:detail-type": ["Router Upserted", "Router Deleted"] },
+      ArnNotEquals: { "aws:PrincipalArn": ["arn:aws:iam::444455556666:role/neutron"] },
+    });
+    expect(bySid.NotificationPublishers!.Principal).toEqual({
+      AWS: [
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
+        { "Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root" },
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
+        { "Fn::Sub": "arn:${AWS::Partition}:iam::111122223333:root" },
+      ],
+    });
+    expect(built.lifecycleAccounts).toEqual({ "Fn::Join": [",", ["444455556666"]] });
+    expect(built.notificationAccounts).toEqual({
+      "Fn::Join": [",", [{ Ref: "AWS::AccountId" }, "111122223333"]],
+    });
+    // `none`: no Allow at all and a Deny for everyone.
+    const closed = publishers.build({
+      lifecyclePublishers: "none",
+      notificationPublishers: "self",
+      busName: "b",
+    });
+    expect(closed.lifecycleAccounts).toBe("none");
+    expect(closed.busPolicy.Statement.map((s) => s.Sid)).not.toContain("LifecyclePublishers");
+    expect(
+      closed.busPolicy.Statement.find((s) => s.Sid === "LifecycleOnlyFromLifecyclePublishers")!.Condition,
+    ).toEqual({ StringEquals: { "events:detail-type": ["Router Upserted", "Router Deleted"] } });
+    for (const bad of [
+      "*",
+      "arn:aws:iam::*:root",
+      "none,self",
+      "arn:aws:sts::111122223333:assumed-role/x/y",
+    ]) {
+      expect(
+        () => publishers.build({ lifecyclePublishers: bad, notificationPublishers: "self", busName: "b" }),
+        bad,
+      ).toThrow(/neither/);
+    }
+  });
+
+  it("the signing key parameter is a fully qualified SSM name; its ARN drops the leading slash", () => {
+    expect(signingResolver.parameter("/cth/prod/snapshot-signing-key")).toEqual({
+      name: "/cth/prod/snapshot-signing-key",
+      arn: {
+        "Fn::Sub": `arn:\${AWS::Partition}:ssm:\${AWS::Region}:\${AWS::AccountId}:parameter/cth/prod/snapshot-signing-key`,
+      },
+    });
+    for (const bad of ["cth/prod/key", "/cth//key", "/cth/*", ""]) {
+      expect(() => signingResolver.parameter(bad), bad).toThrow(/fully qualified/);
+    }
   });
 });
