@@ -67,8 +67,7 @@ export interface RouterWrite {
 export interface ReplicaReport {
   readonly routerId: string;
   readonly host: string;
-  /** The desired revision the content was judged against: the write is conditional on it. */
-  readonly desiredRevision: number;
+  /** Judged against the desired set at `status.revision` (a revision names one helper set, ever). */
   readonly status: ReplicaStatus;
 }
 
@@ -99,9 +98,9 @@ export interface RoutersStore {
   /** The tombstone of a deleted router, if this id was deleted and not registered again. */
   tombstone(routerId: string): Promise<Tombstone | undefined>;
   /**
-   * Records a host's report on a live router: only while `host` carries it, its desired revision is still
-   * `desiredRevision`, and the host's stored revision is not above the report's (a report at the same revision
-   * refreshes it). Returns false when any condition fails.
+   * Records a host's status on a live router unless that host's stored revision is above the report's (a report
+   * at the same revision refreshes it). Touches nothing but `replicas`, so the status role may write nothing
+   * else (IAM dynamodb:Attributes). Returns false for a deleted or unknown router or an older report.
    */
   recordReplica(report: ReplicaReport): Promise<boolean>;
   /**

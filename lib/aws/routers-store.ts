@@ -358,21 +358,20 @@ export class DynamoRoutersStore implements RoutersStore {
 
   async recordReplica(report: ReplicaReport): Promise<boolean> {
     try {
-      // Monotonic per host by condition: a late or replayed report never lowers what the host reported, and
-      // the content verdict only stands while the desired revision it was judged against is still current.
+      // Monotonic per host by condition: a late or replayed report never lowers what the host reported. The
+      // request names no attribute but `replicas` (a tombstone has none), which the status role's IAM
+      // condition pins: it can never touch desired state.
       await guard(
         this.client.send(
           new UpdateCommand({
             TableName: this.tableName,
             Key: { router_id: report.routerId },
             ConditionExpression:
-              "attribute_not_exists(deleted_at) AND #host = :host AND revision = :desired AND " +
+              "attribute_exists(replicas) AND " +
               "(attribute_not_exists(replicas.#reporter) OR replicas.#reporter.revision <= :rev)",
             UpdateExpression: "SET replicas.#reporter = :status",
-            ExpressionAttributeNames: { "#host": "host", "#reporter": report.host },
+            ExpressionAttributeNames: { "#reporter": report.host },
             ExpressionAttributeValues: {
-              ":host": report.host,
-              ":desired": report.desiredRevision,
               ":rev": report.status.revision,
               ":status": toReplicaItem(report.status),
             },

@@ -93,16 +93,17 @@ export async function recordAppliedReport(
     if (!record || record.host !== host) return "unbound-host";
     if (report.revision > record.revision) return "future-revision";
     const content = judgeContent(record, report);
+    // The verdict holds whatever changes next: a revision names one helper set, ever, and in_sync compares
+    // the replica's revision with the desired one.
     const recorded = await deps.store.recordReplica({
       routerId: record.routerId,
       host,
-      desiredRevision: record.revision,
       status: replicaStatus(report, content, deps.clock.now().toISOString()),
     });
     if (recorded) return content === "mismatch" ? "content-mismatch" : "recorded";
+    // Older than what the host already reported, or the router was deleted meanwhile: look again.
     const stored = (await deps.store.get(report.router_id))?.replicas[host];
-    if (stored && stored.revision > report.revision) return "older";
-    // The desired revision moved between the read and the write: judge the report again.
+    if (!stored || stored.revision > report.revision) return "older";
   }
   return "older";
 }

@@ -490,7 +490,6 @@ describe("GET /v1/routers/{router_id}/conntrack-helpers", () => {
     await core.store.recordReplica({
       routerId: router.routerId,
       host: router.host,
-      desiredRevision: 1,
       status: replica(1),
     });
     expect(bodyOf(await get(router.routerId)).in_sync).toBe(true);
@@ -502,7 +501,6 @@ describe("GET /v1/routers/{router_id}/conntrack-helpers", () => {
     await core.store.recordReplica({
       routerId: router.routerId,
       host: router.host,
-      desiredRevision: 1,
       status: replica(1, { content: "mismatch", errors }),
     });
     expect(bodyOf(await get(router.routerId))).toMatchObject({

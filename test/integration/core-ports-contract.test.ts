@@ -131,9 +131,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     const read = await store.get(record.routerId);
     // An agent's report lands between this writer's read and its write.
     const status = replica(1, { at: "2026-12-01T10:00:00.000Z" });
-    expect(
-      await store.recordReplica({ routerId: record.routerId, host: "node-a", desiredRevision: 1, status }),
-    ).toBe(true);
+    expect(await store.recordReplica({ routerId: record.routerId, host: "node-a", status })).toBe(true);
     await store.put({ ...read!, revision: 2, helpers: [...read!.helpers, storedHelper()] }, 1);
     const stored = await store.get(record.routerId);
     expect(stored?.revision).toBe(2);
@@ -229,7 +227,6 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
       await store.recordReplica({
         routerId: record.routerId,
         host: "node-tomb",
-        desiredRevision: 4,
         status: replica(4),
       }),
     ).toBe(false);
@@ -272,7 +269,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   it("records a host's status monotonically without touching desired state", async () => {
     const record = routerRecord({ revision: 5, helpers: [storedHelper()] });
     await store.put(record, undefined);
-    const report = { routerId: record.routerId, host: record.host, desiredRevision: 5 };
+    const report = { routerId: record.routerId, host: record.host };
     expect(await store.recordReplica({ ...report, status: replica(4, { content: "behind" }) })).toBe(true);
     expect(await store.recordReplica({ ...report, status: replica(3, { content: "behind" }) })).toBe(false);
     const stored = await store.get(record.routerId);
@@ -283,7 +280,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   it("refreshes a host's status when the same revision is reported again", async () => {
     const record = routerRecord({ revision: 2 });
     await store.put(record, undefined);
-    const report = { routerId: record.routerId, host: record.host, desiredRevision: 2 };
+    const report = { routerId: record.routerId, host: record.host };
     expect(
       await store.recordReplica({ ...report, status: replica(2, { at: "2026-11-24T06:00:00.000Z" }) }),
     ).toBe(true);
@@ -296,20 +293,14 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     expect((await store.get(record.routerId))?.replicas[record.host]).toEqual(mismatch);
   });
 
-  it("ignores reports for unknown routers, from a host that does not carry it, or judged against another revision", async () => {
-    const record = routerRecord({ revision: 2 });
+  it("ignores reports for unknown routers and touches nothing but the reporting host's status", async () => {
+    const record = routerRecord({ revision: 2, helpers: [storedHelper()] });
     await store.put(record, undefined);
     const status = replica(1, { content: "behind" });
-    expect(await store.recordReplica({ routerId: newId(), host: "node-a", desiredRevision: 2, status })).toBe(
-      false,
-    );
-    expect(
-      await store.recordReplica({ routerId: record.routerId, host: "elsewhere", desiredRevision: 2, status }),
-    ).toBe(false);
-    expect(
-      await store.recordReplica({ routerId: record.routerId, host: record.host, desiredRevision: 1, status }),
-    ).toBe(false);
-    expect((await store.get(record.routerId))?.replicas).toEqual({});
+    expect(await store.recordReplica({ routerId: newId(), host: "node-a", status })).toBe(false);
+    expect(await store.recordReplica({ routerId: record.routerId, host: "node-z", status })).toBe(true);
+    const stored = await store.get(record.routerId);
+    expect(stored).toEqual({ ...record, replicas: { "node-z": status } });
   });
 
   it("keeps the apply errors an agent reported", async () => {
@@ -320,7 +311,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
       { helper_id: helper.id, code: "helper_unavailable", message: "kernel lacks nf_conntrack_ftp" },
     ];
     const status = replica(1, { errors, content: "partial" });
-    await store.recordReplica({ routerId: record.routerId, host: record.host, desiredRevision: 1, status });
+    await store.recordReplica({ routerId: record.routerId, host: record.host, status });
     expect((await store.get(record.routerId))?.replicas[record.host]?.errors).toEqual(errors);
   });
 

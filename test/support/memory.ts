@@ -100,7 +100,7 @@ export class MemoryRoutersStore implements RoutersStore {
 
   async recordReplica(report: ReplicaReport): Promise<boolean> {
     const row = this.rows.get(report.routerId);
-    if (!row || row.host !== report.host || row.revision !== report.desiredRevision) return false;
+    if (!row) return false;
     const stored = row.replicas[report.host];
     if (stored && stored.revision > report.status.revision) return false;
     this.rows.set(report.routerId, {

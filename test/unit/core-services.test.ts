@@ -360,7 +360,6 @@ describe("readRouterState", () => {
     await store.recordReplica({
       routerId: router.routerId,
       host: "node-a",
-      desiredRevision: 1,
       status: replica(1, { errors, content: "partial" }),
     });
     // The kernel holds all but the helper it lacks: reported, and not in sync.
