@@ -19,6 +19,7 @@ import { ExecIptables } from "../../agent/iptables.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { QueuePoller } from "../../agent/poller.ts";
 import { StateStore } from "../../agent/state.ts";
+import { loadVerifyKeys } from "../../agent/verify-keys.ts";
 import { makeHandler } from "../../functions/http.ts";
 import { makeHandler as makeReconcileHandler } from "../../functions/reconcile.ts";
 import { makeHandler as makeStatusHandler } from "../../functions/status.ts";
@@ -30,11 +31,16 @@ import type { CommandQueue } from "../../lib/ports.ts";
 import { systemClock } from "../../lib/ports.ts";
 import { ownedHelperIds } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
-import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
+import {
+  type Emulators,
+  type NodeStatusQueue,
+  type QueuePair,
+  startEmulators,
+} from "../support/emulators.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext, RecordingLogger } from "../support/events.ts";
 import { newId, PROJECT_A } from "../support/factories.ts";
 import { describeKernel } from "../support/requirements.ts";
-import { testKey } from "../support/signing.ts";
+import { testKey, verifyKeysDir } from "../support/signing.ts";
 
 const HOST = "faults-lost";
 
@@ -63,7 +69,7 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
   let emu: Emulators;
   let config: Config;
   let nodeQueue: QueuePair;
-  let statusQueue: QueuePair;
+  let statusQueue: NodeStatusQueue;
   let sqs: SQSClient;
   let lossy: LossyQueue;
   let http: ReturnType<typeof makeHandler>;
@@ -80,14 +86,15 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
     config = emu.makeConfig();
     await emu.createTables(config);
     nodeQueue = await emu.createNodeQueue(HOST);
-    statusQueue = await emu.createStatusQueue(`cth-status-${randomUUID().slice(0, 8)}`);
+    statusQueue = await emu.createNodeStatusQueue(HOST);
     const clients = emu.clients(config);
     sqs = clients.sqs;
     const store = new DynamoRoutersStore(clients.dynamo, config.routersTable, { transactions: false });
+    const key = testKey();
     const queue = new SqsCommandQueue(
       sqs,
       (host) => queueUrlFromTemplate(config.nodeQueueUrlTemplate, host),
-      testKey().signer,
+      key.signer,
     );
     lossy = new LossyQueue(queue);
     const schemas = buildSchemas(config.limits, config.catalog);
@@ -106,7 +113,15 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
       staleAfterSeconds: 900,
       logger: silent,
     });
-    status = makeStatusHandler({ store, queue, clock: systemClock, schemas, logger: silent });
+    status = makeStatusHandler({
+      store,
+      queue,
+      clock: systemClock,
+      schemas,
+      logger: silent,
+      statusQueueNameTemplate: config.statusQueueNameTemplate,
+      metrics: { count: () => {} },
+    });
     stateDir = mkdtempSync(join(tmpdir(), "cth-faults-lost-"));
     const metrics = new AgentMetrics();
     const agentLogger = pino({ level: "silent" });
@@ -127,6 +142,7 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
       dlqUrl: nodeQueue.dlqUrl,
       core,
       schema: schemas.routerSync,
+      verifyKeys: loadVerifyKeys(verifyKeysDir(key)),
       metrics,
       logger: agentLogger,
       waitSeconds: 1,
@@ -175,6 +191,8 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
     const records = messages.map((m) => ({
       ...sqsTemplate,
       messageId: m.MessageId ?? randomUUID(),
+      // As Lambda's event source mapping delivers it: from the node's own status queue.
+      eventSourceARN: statusQueue.arn,
       body: m.Body ?? "",
     }));
     if (records.length > 0) {
