@@ -1,7 +1,9 @@
 /**
- * EventBridge (source `conntrack.helpers`): `Conntrack Helper Notification` (acts with the service role for
- * detail.project_id), `Router Upserted`, `Router Deleted`. An invalid or refused event is logged with its
- * id, counted and parked (the invocation succeeds, so EventBridge does not retry it forever) and changes
+ * EventBridge (source `conntrack.helpers`): `Conntrack Helper Notification` (acts as a plain member of
+ * detail.project_id: every router it names must be that project's), `Router Upserted`, `Router Deleted`
+ * (admin powers). The envelope's `account` (set by EventBridge, not by the publisher) must be allowed for
+ * the detail type, as the bus policy is (infra/publishers.cjs). An invalid or refused event is logged with
+ * its id, counted and parked (the invocation succeeds, so EventBridge does not retry it forever) and changes
  * nothing; a valid event that fails for a transient reason throws, so EventBridge retries and then DLQs it.
  */
 
@@ -9,10 +11,10 @@ import middy, { type MiddlewareObj } from "@middy/core";
 import type { Context } from "aws-lambda";
 import * as z from "zod/mini";
 import { type ParkSink, sqsParkSink } from "../lib/aws/park-sink.ts";
-import { type Config, loadConfig } from "../lib/config.ts";
+import { type AccountList, type Config, type EventAccounts, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import { type DomainDeps, deleteRouter, submitNotification, upsertRouter } from "../lib/domain/services.ts";
-import { isAppError, NotFoundError } from "../lib/errors.ts";
+import { ForbiddenError, isAppError, NotFoundError } from "../lib/errors.ts";
 import { correlationIdFrom } from "../lib/http/api-event.ts";
 import type { AppLogger } from "../lib/http/middlewares.ts";
 import { domainWiring, lazyHandler } from "../lib/production.ts";
@@ -33,6 +35,8 @@ export interface EventsDeps {
   readonly metrics: EventMetrics;
   /** Optional durable parking (an SQS queue); the structured log line is the record otherwise. */
   readonly park?: ParkSink;
+  /** Who may put each kind of event; absent: only the account the function runs in. */
+  readonly accounts?: EventAccounts;
 }
 
 export type EventOutcome =
@@ -47,13 +51,27 @@ export type EventOutcome =
 /** The envelope is AWS's (not strict); everything the dispatcher acts on is in `detail`, checked strictly. */
 const envelope = z.object({
   id: z.string().check(z.minLength(1), z.maxLength(128)),
+  account: z.string().check(z.regex(/^\d{12}$/)),
   source: z.literal(EVENT_SOURCE),
   "detail-type": z.enum(DETAIL_TYPES),
   detail: z.unknown(),
 });
 
-/** The bus is the trust boundary for lifecycle events: only principals its policy allows can put them. */
+/** Lifecycle events come only from lifecycle publishers (the bus policy and the account check below). */
 const BUS_OPERATOR: Identity = { projectId: "eventbridge", roles: new Set(["admin"]) };
+
+const OWN_ACCOUNTS: EventAccounts = { lifecycle: "own", notification: "own" };
+
+/** The account in the function's own ARN (arn:aws:lambda:region:account:function:name). */
+const ownAccountOf = (context: Context | undefined): string | undefined => {
+  const account = context?.invokedFunctionArn?.split(":")[4];
+  return account !== undefined && /^\d{12}$/.test(account) ? account : undefined;
+};
+
+function checkAccount(allowed: AccountList, account: string, detailType: string, context: Context): void {
+  const ok = allowed === "own" ? account === ownAccountOf(context) : allowed.has(account);
+  if (!ok) throw new ForbiddenError(`account ${account} may not put "${detailType}" events`);
+}
 
 type EventContext = Context & { cthEventId?: string };
 
@@ -101,15 +119,20 @@ function parkRefused(deps: EventsDeps): MiddlewareObj<unknown, EventOutcome, Err
 
 export function makeHandler(deps: EventsDeps) {
   const { domain, schemas } = deps;
-  const route = async (event: unknown): Promise<EventOutcome> => {
+  const accounts = deps.accounts ?? OWN_ACCOUNTS;
+  const route = async (event: unknown, context: Context): Promise<EventOutcome> => {
     const valid = parseOrThrow(envelope, event, "EventBridge event");
     const id = valid.id;
     const correlationId = correlationIdFrom(id, () => "eventbridge");
     const detailType = valid["detail-type"];
+    const kind = detailType === "Conntrack Helper Notification" ? "notification" : "lifecycle";
+    checkAccount(accounts[kind], valid.account, detailType, context);
     switch (detailType) {
       case "Conntrack Helper Notification": {
         const detail = parseOrThrow(schemas.eventDetails[detailType], valid.detail, "notification detail");
-        const caller: Identity = { projectId: detail.project_id, roles: new Set(["service"]) };
+        // A plain member, not `service`: a publisher of project A's notifications cannot reach B's routers
+        // (404 as over HTTP), nor attach a helper naming another project (403).
+        const caller: Identity = { projectId: detail.project_id, roles: new Set() };
         const notification = { event: detail.event, conntrack_helpers: detail.conntrack_helpers };
         const result = await submitNotification(domain, caller, notification, correlationId);
         return { outcome: "applied", id, detail_type: detailType, result };
@@ -169,6 +192,7 @@ export function defaultDeps(config: Config = loadConfig()): EventsDeps {
   return {
     ...wiring,
     metrics: emfMetrics(),
+    accounts: config.eventAccounts,
     ...(config.eventsParkQueueUrl ? { park: sqsParkSink(clients.sqs, config.eventsParkQueueUrl) } : {}),
   };
 }

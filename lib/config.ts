@@ -43,6 +43,8 @@ export interface Config {
   readonly statusQueueUrl: string;
   /** Where the events function parks refused EventBridge events (SQS); unset: the log line is the record. */
   readonly eventsParkQueueUrl?: string | undefined;
+  /** Accounts whose events of each kind the events function accepts (the envelope's `account`). */
+  readonly eventAccounts: EventAccounts;
   /** Reconciler: a router whose applied report is older than this is re-sent even when revisions match. */
   readonly reconcileStaleSeconds: number;
   readonly logLevel: string;
@@ -56,6 +58,18 @@ export type SigningKeySource =
   | { readonly kind: "file"; readonly path: string; readonly keyId: string };
 
 export const SIGNING_KEY_VARIABLES = "CTH_SIGNING_KEY_PARAMETER or CTH_SIGNING_KEY_FILE";
+
+/**
+ * Per kind of event, the accounts allowed to put it: a set (empty: nobody), or "own" for the account the
+ * events function runs in (the default when the variable is unset: the local stack and a bare deploy).
+ */
+export type AccountList = ReadonlySet<string> | "own";
+export interface EventAccounts {
+  /** `Router Upserted`, `Router Deleted`: admin powers over every router. */
+  readonly lifecycle: AccountList;
+  /** `Conntrack Helper Notification`: a plain member of detail.project_id. */
+  readonly notification: AccountList;
+}
 
 type Env = Readonly<Record<string, string | undefined>>;
 
@@ -75,6 +89,27 @@ export function flag(env: Env, name: string, fallback: boolean): boolean {
   if (["1", "true", "on", "yes"].includes(raw)) return true;
   if (["0", "false", "off", "no"].includes(raw)) return false;
   throw new Error(`${name} must be true or false, got "${env[name]}"`);
+}
+
+/** Comma-separated 12-digit accounts; `none` for nobody; unset or empty: "own". */
+export function accountList(env: Env, name: string): AccountList {
+  const raw = env[name]?.trim();
+  if (raw === undefined || raw === "") return "own";
+  if (raw === "none") return new Set();
+  const accounts = raw.split(",").map((item) => item.trim());
+  for (const account of accounts) {
+    if (!/^\d{12}$/.test(account)) {
+      throw new Error(`${name} must be comma-separated 12-digit accounts or "none", got "${raw}"`);
+    }
+  }
+  return new Set(accounts);
+}
+
+export function loadEventAccounts(env: Env = process.env): EventAccounts {
+  return {
+    lifecycle: accountList(env, "CTH_EVENTS_LIFECYCLE_ACCOUNTS"),
+    notification: accountList(env, "CTH_EVENTS_NOTIFICATION_ACCOUNTS"),
+  };
 }
 
 export function loadLimits(env: Env = process.env): Limits {
@@ -127,6 +162,7 @@ export function loadConfig(env: Env = process.env): Config {
       env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
     statusQueueUrl: env.CTH_STATUS_QUEUE_URL ?? "http://127.0.0.1:9324/000000000000/cth-status",
     eventsParkQueueUrl: env.CTH_EVENTS_PARK_QUEUE_URL || undefined,
+    eventAccounts: loadEventAccounts(env),
     reconcileStaleSeconds: positiveInt(env, "CTH_RECONCILE_STALE_SECONDS", 900),
     logLevel: env.LOG_LEVEL ?? "info",
     signingKey: loadSigningKeySource(env),

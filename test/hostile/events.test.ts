@@ -2,7 +2,8 @@
  * Hostile EventBridge events against functions/events.ts makeHandler (real middy chain, in-memory stores),
  * built on the recorded EventBridge envelope. Properties: the handler never throws on hostile input (a throw
  * means EventBridge retries it, forever in effect); a parked event changes neither the table nor the queue
- * and is counted once; an applied event queues snapshots the agent's schema accepts, for the right owner only.
+ * and is counted once; an applied event queues snapshots the agent's schema accepts, for the right owner only,
+ * and came from an account allowed to put its detail type.
  */
 import * as fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -37,6 +38,17 @@ const R_A_FULL = "a2a2a2a2-0000-4000-8000-0000000000a2";
 const R_B = "b0b0b0b0-0000-4000-8000-0000000000b1";
 const R_UNKNOWN = "deadbeef-0000-4000-8000-0000000000ff";
 const T0 = "2026-11-24T00:00:00.000Z";
+
+// The recorded envelope's account may put both kinds; the others one kind or none.
+const FIXTURE_ACCOUNT = "123456789012";
+const NOTIFIER_ONLY = "111122223333";
+const LIFECYCLE_ONLY = "444455556666";
+const ACCOUNTS = {
+  lifecycle: new Set([FIXTURE_ACCOUNT, LIFECYCLE_ONLY]),
+  notification: new Set([FIXTURE_ACCOUNT, NOTIFIER_ONLY]),
+};
+const allowedFor = (detailType: unknown) =>
+  detailType === "Conntrack Helper Notification" ? ACCOUNTS.notification : ACCOUNTS.lifecycle;
 
 async function seedStore(): Promise<MemoryRoutersStore> {
   const store = new MemoryRoutersStore();
@@ -97,6 +109,11 @@ const notificationDetailArb = fc
     event: fc.constantFrom("created", "created", "updated", "deleted"),
     project: projectArb,
     router: routerArb,
+    // Now and then a helper names a project (its own, or another one: the cross-project attack).
+    helperProject: fc.oneof(
+      { weight: 4, arbitrary: fc.constant(undefined) },
+      { weight: 1, arbitrary: projectArb },
+    ),
     helpers: fc.oneof(
       { weight: 12, arbitrary: fc.array(validHelperArb(true), { minLength: 0, maxLength: 4 }) },
       {
@@ -107,7 +124,7 @@ const notificationDetailArb = fc
       },
     ),
   })
-  .map(({ event, project, router, helpers }) => ({
+  .map(({ event, project, router, helperProject, helpers }) => ({
     event,
     project_id: project,
     conntrack_helpers: helpers.map(({ id, pair, port }) => ({
@@ -116,6 +133,7 @@ const notificationDetailArb = fc
       protocol: pair.protocol,
       port,
       helper: pair.helper,
+      ...(helperProject === undefined ? {} : { project_id: helperProject }),
     })),
   }));
 
@@ -140,6 +158,10 @@ const eventArb = fc
     notification: notificationDetailArb,
     upsert: upsertDetailArb,
     del: deleteDetailArb,
+    account: fc.oneof(
+      { weight: 6, arbitrary: fc.constant(FIXTURE_ACCOUNT) },
+      { weight: 2, arbitrary: fc.constantFrom(NOTIFIER_ONLY, LIFECYCLE_ONLY, "999999999999") },
+    ),
     detailMutations: fc.oneof(
       { weight: 3, arbitrary: fc.constant([]) },
       { weight: 2, arbitrary: fc.array(mutationArb, { minLength: 1, maxLength: 3 }) },
@@ -149,7 +171,16 @@ const eventArb = fc
       {
         weight: 1,
         arbitrary: fc.record({
-          field: fc.constantFrom("id", "source", "detail-type", "detail", "version", "time", "resources"),
+          field: fc.constantFrom(
+            "id",
+            "account",
+            "source",
+            "detail-type",
+            "detail",
+            "version",
+            "time",
+            "resources",
+          ),
           value: fc.oneof(
             hostileValueArb,
             fc.constantFrom(undefined, "aws.ec2", "conntrack.helpers ", "Router upserted", "router deleted"),
@@ -165,11 +196,11 @@ const eventArb = fc
       },
     ),
   })
-  .map(({ which, crossed, notification, upsert, del, detailMutations, envelope }) => {
+  .map(({ which, crossed, notification, upsert, del, account, detailMutations, envelope }) => {
     const detailType = DETAIL_TYPES[which]!;
     const details = [notification, upsert, del];
     const detail = mutate(details[crossed ? (which + 1) % 3 : which], detailMutations);
-    const event = eventBridgeEvent(detailType, detail) as unknown as Record<string, unknown>;
+    const event = eventBridgeEvent(detailType, detail, { account }) as unknown as Record<string, unknown>;
     if (envelope) {
       if (envelope.value === undefined) delete event[envelope.field];
       else
@@ -211,6 +242,7 @@ describe("hostile EventBridge events (functions/events.ts, real middy chain, in-
           schemas,
           logger: log,
           metrics: { parked: (detailType, code) => void parked.push(`${detailType}/${code}`) },
+          accounts: ACCOUNTS,
         });
         const before = await dump(store);
         const writesBefore = store.writes;
@@ -230,6 +262,8 @@ describe("hostile EventBridge events (functions/events.ts, real middy chain, in-
           return;
         }
         expect(parked).toEqual([]);
+        // Only a publisher of this detail type gets anything applied, whatever the detail says.
+        expect(allowedFor(event["detail-type"]).has(event.account as string)).toBe(true);
         const after = await dump(store);
         // One expect per run, not per string: thousands of expect() calls would dominate the run time.
         expect(
@@ -243,8 +277,13 @@ describe("hostile EventBridge events (functions/events.ts, real middy chain, in-
             acceptedSnapshots.push(reparsed);
         }
         if (event["detail-type"] === "Conntrack Helper Notification") {
-          // The bus acts as a service for detail.project_id: only that project's routers may change.
-          const project = (event.detail as { project_id: string }).project_id;
+          // A notification acts as a plain member of detail.project_id: only that project's routers change,
+          // and no helper may claim another project.
+          const detail = event.detail as { project_id: string; conntrack_helpers: { project_id?: string }[] };
+          const project = detail.project_id;
+          for (const helper of detail.conntrack_helpers) {
+            expect(helper.project_id ?? project).toBe(project);
+          }
           for (const message of queue.all()) {
             expect(before.find((row) => row.routerId === message.router_id)?.projectId).toBe(project);
           }
@@ -262,7 +301,7 @@ describe("hostile EventBridge events (functions/events.ts, real middy chain, in-
     expect(outcomes.get("applied:Conntrack Helper Notification") ?? 0).toBeGreaterThan(0);
     expect(outcomes.get("applied:Router Upserted") ?? 0).toBeGreaterThan(0);
     expect(outcomes.get("applied:Router Deleted") ?? 0).toBeGreaterThan(0);
-    for (const code of ["parked:validation_failed", "parked:not_found"])
+    for (const code of ["parked:validation_failed", "parked:not_found", "parked:forbidden"])
       expect(outcomes.get(code) ?? 0, code).toBeGreaterThan(0);
   }, 180_000);
 });
