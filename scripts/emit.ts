@@ -32,6 +32,8 @@ export function buildEnvelope(
     id: randomUUID(),
     "detail-type": detailType,
     source: "conntrack.helpers",
+    // The local functions run in account 000000000000 (their context ARN), and with no
+    // CTH_EVENTS_*_ACCOUNTS set the events function accepts only its own account: keep the two equal.
     account: "000000000000",
     time: now.toISOString().replace(/\.\d{3}Z$/, "Z"),
     region: process.env.AWS_REGION ?? "us-east-1",
