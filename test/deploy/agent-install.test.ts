@@ -89,6 +89,15 @@ describe("environment file", () => {
       namespacePattern: "qrouter-{router_id}",
     });
   });
+
+  it("names this node's own status queue and the verify-keys directory", () => {
+    // Per-node status queues (infra/nodes.cjs): cth-<stage>-node-<node>-status, for the node the file names.
+    expect(env.CTH_AGENT_STATUS_QUEUE_URL).toMatch(
+      new RegExp(`/cth-[a-z0-9]+-node-${env.CTH_AGENT_NODE}-status$`),
+    );
+    expect(env.CTH_AGENT_QUEUE_URL).toMatch(new RegExp(`/cth-[a-z0-9]+-node-${env.CTH_AGENT_NODE}\\.fifo$`));
+    expect(env.CTH_AGENT_VERIFY_KEYS).toBe("/etc/cth-agent/verify-keys");
+  });
 });
 
 describe("systemd unit", () => {
@@ -117,6 +126,23 @@ describe("systemd unit", () => {
       expect(unit.get(name!), name).toEqual([value]);
     }
     expect(unitText).not.toMatch(/^CTH_AGENT_CREATE_NAMESPACES/m);
+  });
+
+  it("can read the verify keys but not write them: /etc stays visible and read-only under ProtectSystem=strict", () => {
+    const keys = envFile(envText).CTH_AGENT_VERIFY_KEYS!;
+    expect(keys.startsWith("/etc/")).toBe(true);
+    // Nothing hides or shadows the directory (ProtectHome covers /home, /root, /run/user; PrivateTmp /tmp).
+    for (const name of ["InaccessiblePaths", "TemporaryFileSystem", "BindPaths", "BindReadOnlyPaths"]) {
+      for (const value of unit.get(name) ?? []) {
+        for (const path of value.split(/\s+/))
+          expect(keys.startsWith(path.replace(/^-/, "")), name).toBe(false);
+      }
+    }
+    // And the agent cannot plant a key of its own there.
+    for (const path of (unit.get("ReadWritePaths") ?? []).flatMap((v) => v.split(/\s+/))) {
+      expect(keys.startsWith(path.replace(/^-/, "")), path).toBe(false);
+    }
+    expect(unit.get("ProtectSystem")).toEqual(["strict"]);
   });
 
   it("passes systemd-analyze verify", async () => {
