@@ -1,22 +1,28 @@
 /**
  * Hostile input against the HTTP function (functions/http.ts makeHandler, the real middy chain) inside the
- * recorded API Gateway envelopes (HTTP API v2 and REST v1), with the stateful in-memory stores.
- * Properties: never a 5xx; a rejected request changes neither the routers table nor the queue; the byte cap
- * holds exactly; identity and ownership are never guessed; what is accepted queues snapshots that the agent's
- * schema accepts and that render to rules the real kernel takes (kernel part below, on a sample).
+ * recorded API Gateway envelopes (HTTP API v2 and REST v1), with the stateful in-memory routers store and
+ * queue, and idempotency records on the production DynamoDBPersistenceLayer over dynalite.
+ * Properties: never a 5xx; a rejected request changes neither the routers table, the idempotency table nor
+ * the queue; the byte cap holds exactly; identity and ownership are never guessed; what is accepted queues
+ * snapshots that the agent's schema accepts and that render to rules the real kernel takes (kernel part
+ * below, on a sample). A request with an Idempotency-Key is sent again, by the same caller or another one:
+ * the same caller's replay answers exactly as the original and changes nothing; anyone else gets exactly
+ * what the same request without the key gets.
  */
-import { CachePersistenceLayer } from "@aws-lambda-powertools/idempotency/cache";
+import { DynamoDBPersistenceLayer } from "@aws-lambda-powertools/idempotency/dynamodb";
+import { DeleteCommand, ScanCommand } from "@aws-sdk/lib-dynamodb";
 import * as fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeHandler } from "../../functions/http.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadLimits } from "../../lib/config.ts";
-import type { RouterRecord } from "../../lib/ports.ts";
+import { isTombstone, type RouterRecord, type Tombstone } from "../../lib/ports.ts";
 import { FAMILIES, planFamily } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { type Emulators, startEmulators } from "../support/emulators.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent } from "../support/events.ts";
 import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
-import { MemoryCacheClient, MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
+import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 import {
   allStrings,
   fcParams,
@@ -58,54 +64,59 @@ const NEAR_CAP = Array.from({ length: limits.maxHelpersPerRouter - 2 }, (_, i) =
   helper: "tftp",
 }));
 
-async function seedStore(): Promise<MemoryRoutersStore> {
+const SEED: readonly RouterRecord[] = [
+  {
+    routerId: R_A1,
+    projectId: PROJECT_A,
+    host: "node-a",
+    revision: 3,
+    helpers: [EXISTING],
+    replicas: {},
+    draining: {},
+    updatedAt: "2026-11-24T00:00:00.000Z",
+  },
+  {
+    routerId: R_A2,
+    projectId: PROJECT_A,
+    host: "node-a",
+    revision: 0,
+    helpers: [],
+    replicas: {},
+    draining: {},
+    updatedAt: "2026-11-24T00:00:00.000Z",
+  },
+  {
+    routerId: R_A3,
+    projectId: PROJECT_A,
+    host: "node-b",
+    revision: 7,
+    // Two below the per-router cap: creates of one or two fit, three or more must be refused whole.
+    helpers: NEAR_CAP,
+    replicas: {},
+    draining: {},
+    updatedAt: "2026-11-24T00:00:00.000Z",
+  },
+  {
+    routerId: R_B,
+    projectId: PROJECT_B,
+    host: "node-a",
+    revision: 1,
+    helpers: [],
+    replicas: {},
+    draining: {},
+    updatedAt: "2026-11-24T00:00:00.000Z",
+  },
+];
+
+async function seedStore(rows: readonly RouterRecord[] = SEED): Promise<MemoryRoutersStore> {
   const store = new MemoryRoutersStore();
-  const rows: RouterRecord[] = [
-    {
-      routerId: R_A1,
-      projectId: PROJECT_A,
-      host: "node-a",
-      revision: 3,
-      helpers: [EXISTING],
-      appliedRevision: 3,
-      updatedAt: "2026-11-24T00:00:00.000Z",
-    },
-    {
-      routerId: R_A2,
-      projectId: PROJECT_A,
-      host: "node-a",
-      revision: 0,
-      helpers: [],
-      appliedRevision: 0,
-      updatedAt: "2026-11-24T00:00:00.000Z",
-    },
-    {
-      routerId: R_A3,
-      projectId: PROJECT_A,
-      host: "node-b",
-      revision: 7,
-      // Two below the per-router cap: creates of one or two fit, three or more must be refused whole.
-      helpers: NEAR_CAP,
-      appliedRevision: 5,
-      updatedAt: "2026-11-24T00:00:00.000Z",
-    },
-    {
-      routerId: R_B,
-      projectId: PROJECT_B,
-      host: "node-a",
-      revision: 1,
-      helpers: [],
-      appliedRevision: 1,
-      updatedAt: "2026-11-24T00:00:00.000Z",
-    },
-  ];
   // Seeding goes through the port like any writer; the write counter is compared, not its absolute value.
   for (const row of rows) await store.put(row, undefined);
   return store;
 }
 
-async function dump(store: MemoryRoutersStore): Promise<RouterRecord[]> {
-  const rows: RouterRecord[] = [];
+async function dump(store: MemoryRoutersStore): Promise<(RouterRecord | Tombstone)[]> {
+  const rows: (RouterRecord | Tombstone)[] = [];
   for await (const row of store.listAll()) rows.push(row);
   return rows.sort((a, b) => (a.routerId < b.routerId ? -1 : 1));
 }
@@ -250,32 +261,45 @@ const claimsArb: fc.Arbitrary<Record<string, unknown> | undefined> = fc.oneof(
     arbitrary: fc
       .record({
         project_id: fc.oneof(fc.constantFrom(PROJECT_A, PROJECT_B), hostileValueArb),
-        roles: fc.oneof(
+        // Where powers might hide: the old roles claim, scope (the one that counts), scp. API Gateway hands
+        // an array claim over flattened, "[a b]"; an element with a space makes that ambiguous.
+        claim: fc.constantFrom("roles", "scope", "scope", "scope", "scp"),
+        value: fc.oneof(
           fc.constantFrom(
-            "[superadmin]",
-            "[admin",
-            "admin]",
-            "[[admin]]",
-            '["admin"]',
-            "notadmin",
-            "admin\u0000",
-            "ADMIN",
+            "[cloud admin]",
+            "[x cth:admin]",
+            "[cth:admin]",
+            "[ cth:admin ]",
+            "[cth:admin cth:service]",
+            "[a cth:admin b]",
             "[admin service]",
-            "admin,service",
-            "[ admin ]",
+            "admin",
+            "cth:administrator",
+            "not-cth:admin",
+            "CTH:ADMIN",
+            "cth:admin\u0000",
+            "x\tcth:admin",
+            "x  cth:admin",
+            "x,cth:admin",
+            '["cth:admin"]',
+            "cth:admin",
+            "openid cth:admin",
+            "cth:service",
             "[]",
             "",
           ),
           hostileValueArb,
-          fc.array(fc.constantFrom("admin", "service", "x", "admin "), { maxLength: 3 }),
+          fc.array(fc.constantFrom("cth:admin", "cth:service", "x", "x cth:admin", "cth:admin "), {
+            maxLength: 3,
+          }),
         ),
         ownProto: fc.boolean(),
       })
-      .map(({ project_id, roles, ownProto }) => {
-        const claims: Record<string, unknown> = { project_id, roles };
-        // An own "__proto__" claim (JSON.parse makes those) must not smuggle roles in.
+      .map(({ project_id, claim, value, ownProto }) => {
+        const claims: Record<string, unknown> = { project_id, [claim]: value };
+        // An own "__proto__" claim (JSON.parse makes those) must not smuggle powers in.
         if (ownProto)
-          Object.defineProperty(claims, "__proto__", { value: { roles: "[admin]" }, enumerable: true });
+          Object.defineProperty(claims, "__proto__", { value: { scope: "cth:admin" }, enumerable: true });
         return claims;
       }),
   },
@@ -359,10 +383,16 @@ const requestArb = fc.record({
   ),
   idempotencyKey: rarely(
     fc.oneof(
-      fc.constantFrom("k-1", "x".repeat(128), "x".repeat(129), "", "a b", "k\u0000"),
-      fc.string({ maxLength: 20 }),
+      { weight: 4, arbitrary: fc.constantFrom("k-1", "k.2:x_y", "x".repeat(128)) },
+      { weight: 1, arbitrary: fc.constantFrom("x".repeat(129), "", "a b", "k\u0000") },
+      { weight: 1, arbitrary: fc.string({ maxLength: 20 }) },
     ),
-    6,
+    2,
+  ),
+  /** With a key: who sends the same request again (the same caller mostly, or anyone). */
+  again: fc.oneof(
+    { weight: 3, arbitrary: fc.constant("same" as const) },
+    { weight: 2, arbitrary: claimsArb },
   ),
 });
 
@@ -417,43 +447,93 @@ function toEvent(req: Req) {
 
 const validProject = (value: unknown): value is string =>
   typeof value === "string" && /^[A-Za-z0-9_-]{1,64}$/.test(value);
-/** Necessary for a 2xx on admin routes: the word "admin" among the roles, however API Gateway serialised them. */
-const mayBeAdmin = (claims: Record<string, unknown> | undefined): boolean => {
-  const roles = claims?.roles;
-  const words = Array.isArray(roles) ? roles : typeof roles === "string" ? roles.split(/[\s,[\]"]+/) : [];
-  return words.includes("admin");
+/**
+ * Necessary for a power: its scope token, whole, in a plain `scope` string (own property) that holds no
+ * bracket (API Gateway's flattened arrays). Any other claim, `roles` included, grants nothing.
+ */
+const mayHave = (claims: Record<string, unknown> | undefined, scope: string): boolean => {
+  const value = claims && Object.hasOwn(claims, "scope") ? claims.scope : undefined;
+  return typeof value === "string" && !/[[\]]/.test(value) && value.split(" ").includes(scope);
 };
+const mayBeAdmin = (claims: Record<string, unknown> | undefined) => mayHave(claims, "cth:admin");
 
 const acceptedSnapshots: RouterSyncMessage[] = [];
 
-describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory stores)", () => {
-  it(`never 5xx, rejected requests change nothing, accepted ones queue valid snapshots (${RUNS} requests)`, async () => {
+let emu: Emulators;
+let idempotencyTable: string;
+let idempotencyClient: ReturnType<Emulators["clients"]>;
+beforeAll(async () => {
+  emu = await startEmulators();
+  const config = emu.makeConfig();
+  await emu.createTables(config);
+  idempotencyTable = config.idempotencyTable;
+  idempotencyClient = emu.clients(config);
+}, 60_000);
+afterAll(async () => emu?.stop());
+
+const idempotencyRecords = async (): Promise<Record<string, unknown>[]> =>
+  (
+    await idempotencyClient.dynamo.send(
+      new ScanCommand({ TableName: idempotencyTable, ConsistentRead: true }),
+    )
+  ).Items ?? [];
+
+/** Runs stay independent (and shrinking sound): each keyed run starts on an empty idempotency table. */
+async function clearIdempotency(): Promise<void> {
+  for (const item of await idempotencyRecords())
+    await idempotencyClient.dynamo.send(
+      new DeleteCommand({ TableName: idempotencyTable, Key: { id: item.id } }),
+    );
+}
+
+type Log = { info: () => undefined; warn: () => undefined; error: (message: string) => void };
+const handlerOn = (
+  store: MemoryRoutersStore,
+  queue: MemoryCommandQueue,
+  log: Log,
+  idempotency: DynamoDBPersistenceLayer | undefined,
+) =>
+  makeHandler({
+    domain: {
+      store,
+      queue,
+      clock: fixedClock(),
+      limits,
+      log,
+      retry: { maxAttempts: 3, baseDelayMs: 0, maxDelayMs: 0 },
+    },
+    schemas,
+    logger: log,
+    idempotency,
+  });
+
+const answerOf = (response: { statusCode: number; body?: string }) => ({
+  status: response.statusCode,
+  body: response.body,
+});
+
+describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory stores, idempotency on dynalite)", () => {
+  it(`never 5xx, rejected requests change nothing, accepted ones queue valid snapshots, replays answer as the original (${RUNS} requests)`, async () => {
     const statuses = new Map<number, number>();
+    const tally = { replays: 0, crossed: 0, crossedRefused: 0 };
     await fc.assert(
       fc.asyncProperty(requestArb, async (req) => {
+        if (req.idempotencyKey !== undefined) await clearIdempotency();
         const store = await seedStore();
         const queue = new MemoryCommandQueue();
         const errors: string[] = [];
-        const log = {
+        const log: Log = {
           info: () => undefined,
           warn: () => undefined,
           error: (message: string) => void errors.push(message),
         };
-        const handler = makeHandler({
-          domain: {
-            store,
-            queue,
-            clock: fixedClock(),
-            limits,
-            log,
-            retry: { maxAttempts: 3, baseDelayMs: 0, maxDelayMs: 0 },
-          },
-          schemas,
-          logger: log,
-          // Powertools' own idempotency logic on an in-memory cache: hostile Idempotency-Key headers meet the
-          // real layer, and a fresh cache per run keeps runs independent.
-          idempotency: new CachePersistenceLayer({ client: new MemoryCacheClient() }),
+        // The production persistence layer on a real (emulated) table: Powertools' own idempotency logic
+        // meets hostile Idempotency-Key headers, and completed records keep their validation hash.
+        const idempotency = new DynamoDBPersistenceLayer({
+          tableName: idempotencyTable,
+          awsSdkV3Client: idempotencyClient.dynamoRaw,
         });
+        const handler = handlerOn(store, queue, log, idempotency);
         const before = await dump(store);
         const writesBefore = store.writes;
         const { event, method, body } = toEvent(req);
@@ -494,7 +574,9 @@ describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory 
             expect(reparsed.helpers.length).toBeLessThanOrEqual(limits.maxHelpersPerRouter);
             expect(allStrings(reparsed).filter((text) => !/^[A-Za-z0-9_.:-]*$/.test(text))).toEqual([]);
             for (const family of FAMILIES) planFamily(reparsed.helpers, family, catalog);
-            const owner = before.find((row) => row.routerId === message.router_id);
+            const owner = before.find(
+              (row): row is RouterRecord => !isTombstone(row) && row.routerId === message.router_id,
+            );
             expect(owner, "a snapshot for a router that is not in the table").toBeDefined();
             // A change is revision + 1; a request that changes nothing re-sends the current snapshot unchanged.
             const after = (await dump(store)).find((row) => row.routerId === message.router_id);
@@ -502,12 +584,66 @@ describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory 
             else expect(message.revision).toBe(owner!.revision + 1);
             expect(after?.revision).toBe(message.revision);
             // A plain member only ever touches its own project's routers.
-            const roles = String(req.claims?.roles ?? "");
-            if (!wasAdmin && !roles.includes("service"))
+            if (!wasAdmin && !mayHave(req.claims, "cth:service"))
               expect(owner!.projectId).toBe(req.claims?.project_id);
             if (acceptedSnapshots.length < 3_000) acceptedSnapshots.push(reparsed);
           }
         }
+
+        if (req.idempotencyKey === undefined) return;
+        // Only an accepted notification leaves a record, completed with its validation hash.
+        const records = await idempotencyRecords();
+        const recorded = req.route.kind === "notify" && response.statusCode === 202;
+        expect(records.map((r) => [r.status, typeof r.validation])).toEqual(
+          recorded ? [["COMPLETED", "string"]] : [],
+        );
+        // A malformed key is refused (400) whoever sends it; only a usable key can be replayed.
+        if (req.route.kind !== "notify" || !/^[A-Za-z0-9_.:-]{1,128}$/.test(req.idempotencyKey)) return;
+
+        // The same request again, with the same key.
+        const same = req.again === "same";
+        const caller = req.again === "same" ? req.claims : req.again;
+        const afterFirst = await dump(store);
+        expect(afterFirst.filter(isTombstone)).toEqual([]);
+        const writesAfterFirst = store.writes;
+        const sentAfterFirst = queue.all().length;
+        // The oracle: the second caller's request without the key, on a copy of the state it meets.
+        const copy = await seedStore(afterFirst.filter((row): row is RouterRecord => !isTombstone(row)));
+        const fresh = answerOf(
+          await handlerOn(
+            copy,
+            new MemoryCommandQueue(),
+            log,
+            undefined,
+          )(toEvent({ ...req, claims: caller, idempotencyKey: undefined }).event as never, lambdaContext()),
+        );
+        const second = answerOf(
+          await handler(toEvent({ ...req, claims: caller }).event as never, lambdaContext()),
+        );
+        expect(errors).toEqual([]);
+        expect(second.status, second.body).toBeLessThan(500);
+        const first = answerOf(response);
+        if (same && recorded) {
+          // A replay: exactly the original answer, and nothing changes.
+          expect(second).toEqual(first);
+          expect(store.writes).toBe(writesAfterFirst);
+          expect(await dump(store)).toEqual(afterFirst);
+          expect(queue.all()).toHaveLength(sentAfterFirst);
+          tally.replays++;
+          return;
+        }
+        if (!same) tally.crossed++;
+        // Someone refused (no identity, no power, not the owner) gets exactly the refusal, never the replay.
+        if ([401, 403, 404].includes(fresh.status)) {
+          if (!same && recorded) tally.crossedRefused++;
+          expect(second).toEqual(fresh);
+          expect(store.writes).toBe(writesAfterFirst);
+          expect(queue.all()).toHaveLength(sentAfterFirst);
+          return;
+        }
+        // Anyone else either holds the same authority (the stored answer) or ran afresh.
+        if (recorded && second.status === first.status && second.body === first.body) return;
+        expect(second).toEqual(fresh);
       }),
       fcParams("http requests", RUNS),
     );
@@ -515,12 +651,16 @@ describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory 
       .sort(([a], [b]) => a - b)
       .map(([status, count]) => `${status}:${count}`)
       .join(" ");
-    console.log(`[hostile] http status mix: ${summary}`);
-    // The generator must reach every layer: accepted, each rejection class, the byte cap.
-    for (const status of [202, 400, 401, 404, 413, 422])
+    console.log(
+      `[hostile] http status mix: ${summary}; replays ${tally.replays}, keys sent again by another caller ${tally.crossed} (${tally.crossedRefused} of them refused after an accepted original)`,
+    );
+    // The generator must reach every layer: accepted, each rejection class, the byte cap, real replays.
+    for (const status of [202, 400, 401, 403, 404, 413, 422])
       expect(statuses.get(status) ?? 0, `status ${status}`).toBeGreaterThan(0);
     expect(statuses.get(202)!).toBeGreaterThan(RUNS / 50);
-  }, 180_000);
+    expect(tally.replays, "successful replays").toBeGreaterThan(RUNS / 500);
+    expect(tally.crossedRefused, "refused replays of another caller's key").toBeGreaterThan(0);
+  }, 600_000);
 });
 
 describeAcceptedInKernel("HTTP notifications", acceptedSnapshots, catalog);
