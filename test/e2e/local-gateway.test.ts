@@ -3,9 +3,11 @@
  * 401 in the project's error shape and the function is never invoked), event shape as recorded from a real
  * HTTP API, and response mapping. Real ES256 keys, real HTTP over loopback.
  */
+import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import type { APIGatewayProxyEventV2WithJWTAuthorizer } from "aws-lambda";
 import { SignJWT } from "jose";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -24,6 +26,7 @@ import {
   ROUTES,
   startGateway,
 } from "../../scripts/local/gateway.ts";
+import { REPO_ROOT, signingKeyFile } from "../../scripts/local/paths.ts";
 import { parseTokenArgs } from "../../scripts/token.ts";
 import { fixedClock, newId, PROJECT_A, PROJECT_B, routerRecord, wireHelper } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
@@ -409,6 +412,39 @@ describe("over a real loopback socket", () => {
     expect(await ok.json()).toEqual({ ok: true });
     expect(invocations).toHaveLength(1);
   });
+});
+
+describe("npm run token", () => {
+  it("--role admin mints a token the admin routes accept; without it the same routes answer 403", async () => {
+    const local = join(dir, "token-script");
+    const mint = async (...args: string[]) =>
+      (
+        await promisify(execFile)("npm", ["run", "-s", "token", "--", "--project", "ops", ...args], {
+          cwd: REPO_ROOT,
+          env: { ...process.env, CTH_LOCAL_DIR: local },
+        })
+      ).stdout.trim();
+    const admin = await mint("--role", "admin");
+    const member = await mint();
+    const scriptKey = await loadOrCreateSigningKey(signingKeyFile(local));
+    const put = (token: string) =>
+      handleRequest(
+        { ...options(), key: scriptKey },
+        {
+          method: "PUT",
+          url: `/v1/routers/${ROUTER}`,
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: Buffer.from("{}"),
+          sourceIp: "127.0.0.1",
+        },
+      );
+    expect((await put(member)).statusCode).toBe(403);
+    expect(invocations).toEqual([]);
+    expect((await put(admin)).statusCode).toBe(200);
+    const claims = invocations[0]!.requestContext.authorizer.jwt.claims;
+    expect(claims).toMatchObject({ project_id: "ops", scope: "cth:admin", sub: "dev:ops" });
+    expect(claims.roles).toBeUndefined();
+  }, 60_000);
 });
 
 describe("npm run token arguments", () => {
