@@ -8,13 +8,16 @@ import { parseArgs } from "node:util";
 import { SQSClient } from "@aws-sdk/client-sqs";
 import { pino } from "pino";
 import { SqsStatusSink } from "../lib/aws/sqs-status-sink.ts";
-import type { Family } from "../lib/catalog.ts";
-import { loadCatalog, loadLimits } from "../lib/config.ts";
+import { type Family, HelperCatalog } from "../lib/catalog.ts";
+import { loadLimits } from "../lib/config.ts";
 import { primitives } from "../lib/schemas/index.ts";
+import type { VerifyKeys } from "../lib/signing.ts";
 import { DirectRunner, HelperRunner } from "./exec-helper.ts";
 import { assertNamespaceName, ExecIptables, type IptablesPort } from "./iptables.ts";
 import { DryRunIptables } from "./iptables-memory.ts";
 import { type RunningAgent, startAgent } from "./main.ts";
+import { AgentSetupError } from "./private-path.ts";
+import { loadVerifyKeys } from "./verify-keys.ts";
 
 interface FlagSpec {
   readonly env: string;
@@ -39,6 +42,11 @@ const FLAGS = {
     env: "CTH_AGENT_DLQ_URL",
     type: "string",
     help: "DLQ for invalid messages (default: from the queue's RedrivePolicy)",
+  },
+  "verify-keys": {
+    env: "CTH_AGENT_VERIFY_KEYS",
+    type: "string",
+    help: "directory of the dispatcher's <key-id>.pem public keys; only snapshots they signed apply (required)",
   },
   endpoint: { env: "CTH_AGENT_ENDPOINT", type: "string", help: "SQS endpoint override (emulators)" },
   region: {
@@ -167,6 +175,10 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
   const queueUrl = str("queue-url");
   if (!node) throw new Error("--node (or CTH_AGENT_NODE) is required");
   if (!queueUrl) throw new Error("--queue-url (or CTH_AGENT_QUEUE_URL) is required");
+  const verifyKeysDir = str("verify-keys");
+  if (!verifyKeysDir) {
+    throw new Error("--verify-keys (or CTH_AGENT_VERIFY_KEYS) is required: the dispatcher's public keys");
+  }
   primitives.host.parse(node);
   const namespacePattern = str("namespace-pattern")!;
   if (!namespacePattern.includes("{router_id}"))
@@ -192,6 +204,7 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     help: false as const,
     node,
     queueUrl,
+    verifyKeysDir,
     statusQueueUrl: str("status-queue-url"),
     dlqUrl: str("dlq-url"),
     endpoint: str("endpoint") ?? (env.CTH_AWS_ENDPOINT || undefined),
@@ -227,7 +240,21 @@ async function main(): Promise<void> {
     process.stdout.write(`${usage()}\n`);
     return;
   }
+  let verifyKeys: VerifyKeys;
+  try {
+    verifyKeys = loadVerifyKeys(options.verifyKeysDir);
+  } catch (error) {
+    process.stderr.write(
+      `agent refuses to start: ${error instanceof Error ? error.message : String(error)}\n`,
+    );
+    process.exit(2);
+  }
   const logger = pino({ level: options.logLevel, base: { node: options.node } });
+  if (process.env.CTH_ALLOWED_HELPERS) {
+    // Narrowing is the API's job: an agent that applied it could never change (or empty) a router that
+    // still holds a helper a later narrowing forbids.
+    logger.info("CTH_ALLOWED_HELPERS is ignored by the agent: it validates against the kernel catalog");
+  }
   const sqs = new SQSClient({
     region: options.region,
     // Emulators hand out queue URLs of their own; an explicit endpoint must win over them.
@@ -262,7 +289,8 @@ async function main(): Promise<void> {
     dlqUrl: options.dlqUrl,
     status: options.statusQueueUrl ? new SqsStatusSink(sqs, options.statusQueueUrl) : undefined,
     iptables,
-    catalog: loadCatalog(process.env),
+    verifyKeys,
+    catalog: new HelperCatalog(),
     limits: loadLimits(process.env),
     logger,
     stateDir: options.stateDir,
@@ -296,6 +324,11 @@ function isEntryPoint(): boolean {
 
 if (isEntryPoint()) {
   main().catch((error: unknown) => {
+    // The node's own files refused (state directory): a configuration error, like a bad flag.
+    if (error instanceof AgentSetupError) {
+      process.stderr.write(`agent refuses to start: ${error.message}\n`);
+      process.exit(2);
+    }
     process.stderr.write(`agent failed to start: ${error instanceof Error ? error.stack : String(error)}\n`);
     process.exit(1);
   });

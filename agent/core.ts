@@ -5,6 +5,7 @@
  */
 import type { Logger } from "pino";
 import type { Family, HelperCatalog } from "../lib/catalog.ts";
+import { helperSetDigest } from "../lib/digest.ts";
 import type { StatusSink } from "../lib/ports.ts";
 import {
   expectedOwnedLines,
@@ -13,13 +14,14 @@ import {
   isMissingHelperError,
   ownedLines,
   planFamily,
+  readBackDigest,
   renderRestore,
   sameLines,
 } from "../lib/render.ts";
 import type { ApplyError, HelperRule, RouterSyncMessage } from "../lib/schemas/index.ts";
 import { type IptablesPort, NamespaceMissingError, RestoreError } from "./iptables.ts";
 import type { AgentMetrics } from "./metrics.ts";
-import type { StateStore } from "./state.ts";
+import type { RouterState, StateStore } from "./state.ts";
 
 export type ApplyOutcome =
   | {
@@ -67,7 +69,12 @@ interface FamilyResult {
   readonly changed: boolean;
   readonly rules: number;
   readonly errors: readonly ApplyError[];
+  /** The verified read-back (undefined: a family this node does not manage). */
+  readonly save?: string | undefined;
 }
+
+/** What a namespace that is gone holds: nothing. */
+const EMPTY_DIGEST = helperSetDigest([]);
 
 /** Within one batch only the newest revision per router matters; the rest are superseded. */
 export function coalesce<T>(
@@ -141,7 +148,7 @@ export class AgentCore {
       }
       if (last && snapshot.revision === last.revision) {
         this.options.metrics.messages.inc({ outcome: "duplicate" });
-        await this.report(snapshot.router_id, last.revision, last.helpers);
+        await this.report(snapshot.router_id, last);
         return { kind: "duplicate", appliedRevision: last.revision };
       }
       return this.converge(snapshot.router_id, snapshot.revision, snapshot.helpers, snapshot.correlation_id);
@@ -172,7 +179,18 @@ export class AgentCore {
             namespace: ns,
             appliedAt: new Date().toISOString(),
           });
-          return this.finish(routerId, revision, ns, started, false, { ipv4: 0, ipv6: 0 }, [], correlationId);
+          const nothing = { ipv4: 0, ipv6: 0 };
+          return this.finish(
+            routerId,
+            revision,
+            ns,
+            started,
+            false,
+            nothing,
+            [],
+            EMPTY_DIGEST,
+            correlationId,
+          );
         }
         if (!this.options.createNamespaces) return this.missing(routerId, revision, ns);
         await iptables.createNamespace(ns);
@@ -206,7 +224,12 @@ export class AgentCore {
         createdNamespace: created || undefined,
       });
       const rules = { ipv4: results.ipv4.rules, ipv6: results.ipv6.rules };
-      return this.finish(routerId, revision, ns, started, changed, rules, errors, correlationId);
+      // Of what the read-back found, not of what was meant.
+      const digest = readBackDigest(
+        { ipv4: results.ipv4.save, ipv6: results.ipv6.save },
+        this.options.catalog,
+      );
+      return this.finish(routerId, revision, ns, started, changed, rules, errors, digest, correlationId);
     } catch (error) {
       if (error instanceof NamespaceMissingError) {
         this.forget(ns);
@@ -238,6 +261,7 @@ export class AgentCore {
     changed: boolean,
     rules: { ipv4: number; ipv6: number },
     errors: readonly ApplyError[],
+    digest: string,
     correlationId: string | undefined,
   ): Promise<ApplyOutcome> {
     const { metrics, logger } = this.options;
@@ -258,7 +282,7 @@ export class AgentCore {
       },
       changed ? "snapshot applied" : "snapshot already in place, nothing written",
     );
-    await this.sendReport(routerId, revision, rules, errors);
+    await this.sendReport(routerId, revision, rules, errors, digest);
     return { kind: "applied", changed, rules, errors };
   }
 
@@ -316,7 +340,7 @@ export class AgentCore {
       const owned = ownedLines(after);
       this.remember(key, owned);
       if (sameLines(owned, expectedOwnedLines(plan.rules))) {
-        return { changed, rules: plan.rules.length, errors: plan.errors };
+        return { changed, rules: plan.rules.length, errors: plan.errors, save: after };
       }
       if (!fresh) {
         current = after;
@@ -342,17 +366,41 @@ export class AgentCore {
     this.lastSeen.set(key, ["*raw", ...owned, "COMMIT", ""].join("\n"));
   }
 
-  private async report(routerId: string, revision: number, helpers: readonly HelperRule[]): Promise<void> {
+  /** Re-reports an applied revision: with the digest of the last read-back, or of a fresh one. */
+  private async report(routerId: string, last: RouterState): Promise<void> {
     const rules = { ipv4: 0, ipv6: 0 };
     const errors: ApplyError[] = [];
+    const saves: Partial<Record<Family, string>> = {};
+    const exists = await this.options.iptables.namespaceExists(last.namespace);
     for (const family of this.families) {
-      const plan = planFamily(helpers, family, this.options.catalog, {
+      const plan = planFamily(last.helpers, family, this.options.catalog, {
         unavailable: this.unavailable[family],
       });
       rules[family] = plan.rules.length;
       errors.push(...plan.errors);
+      // A namespace that is gone holds nothing, whatever was last seen in it.
+      saves[family] = exists
+        ? (this.lastSeen.get(`${last.namespace}\n${family}`) ?? (await this.readBack(last.namespace, family)))
+        : "";
     }
-    await this.sendReport(routerId, revision, rules, errors);
+    await this.sendReport(
+      routerId,
+      last.revision,
+      rules,
+      errors,
+      readBackDigest(saves, this.options.catalog),
+    );
+  }
+
+  private async readBack(ns: string, family: Family): Promise<string> {
+    try {
+      const save = await this.options.iptables.save(ns, family);
+      this.remember(`${ns}\n${family}`, ownedLines(save));
+      return save;
+    } catch (error) {
+      if (error instanceof NamespaceMissingError) return "";
+      throw error;
+    }
   }
 
   private async sendReport(
@@ -360,6 +408,7 @@ export class AgentCore {
     revision: number,
     rules: { ipv4: number; ipv6: number },
     errors: readonly ApplyError[],
+    digest: string,
   ): Promise<void> {
     try {
       await this.options.status.send({
@@ -367,7 +416,10 @@ export class AgentCore {
         kind: "applied",
         router_id: routerId,
         revision,
+        // Kept for readers of the queue; the status side takes the host from the queue itself.
         host: this.options.node,
+        namespace: "qrouter",
+        digest,
         rules,
         errors: [...errors],
       });

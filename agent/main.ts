@@ -8,6 +8,7 @@ import type { Family, HelperCatalog } from "../lib/catalog.ts";
 import type { Limits } from "../lib/config.ts";
 import type { StatusSink } from "../lib/ports.ts";
 import { buildSchemas } from "../lib/schemas/index.ts";
+import type { VerifyKeys } from "../lib/signing.ts";
 import { AgentCore } from "./core.ts";
 import type { IptablesPort } from "./iptables.ts";
 import { AgentMetrics } from "./metrics.ts";
@@ -23,6 +24,9 @@ export interface AgentDeps {
   /** Undefined: reports are only logged. */
   readonly status?: StatusSink | undefined;
   readonly iptables: IptablesPort;
+  /** The dispatcher's public keys (agent/verify-keys.ts): only snapshots signed by one are applied. */
+  readonly verifyKeys: VerifyKeys;
+  /** The kernel catalog: operator narrowing is the API's job, never the agent's (see agent/cli.ts). */
   readonly catalog: HelperCatalog;
   readonly limits: Limits;
   readonly logger: Logger;
@@ -86,6 +90,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
     dlqUrl: deps.dlqUrl,
     core,
     schema: buildSchemas(deps.limits, deps.catalog).routerSync,
+    verifyKeys: deps.verifyKeys,
     metrics,
     logger,
     waitSeconds: deps.waitSeconds ?? 20,
@@ -108,7 +113,10 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
   const drift = setInterval(() => {
     core.checkDrift().catch((error: unknown) => logger.error({ err: error }, "drift check failed"));
   }, deps.driftIntervalSeconds * 1000);
-  logger.info({ node: deps.node, queue_url: deps.queueUrl }, "agent started");
+  logger.info(
+    { node: deps.node, queue_url: deps.queueUrl, verify_keys: [...deps.verifyKeys.keys()] },
+    "agent started",
+  );
 
   return {
     core,

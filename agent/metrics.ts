@@ -29,7 +29,7 @@ export class AgentMetrics {
     help: "Unix time of the last verified apply",
     registers: [this.registry],
   });
-  /** outcome: stale | duplicate | invalid | superseded. */
+  /** outcome: stale | duplicate | unauthenticated | invalid | superseded. */
   readonly messages = new Counter({
     name: "cth_agent_messages_total",
     help: "Queue messages not applied, by reason",

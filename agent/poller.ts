@@ -1,6 +1,7 @@
 /**
- * The SQS side of the agent: long poll, re-validate, park invalid messages in the DLQ, coalesce, apply,
- * delete only what has been applied (or made obsolete), back off on what could not be applied yet.
+ * The SQS side of the agent: long poll, verify the dispatcher's signature, re-validate, park unauthenticated
+ * and invalid messages in the DLQ at once, coalesce, apply, delete only what has been applied (or made
+ * obsolete), back off on what could not be applied yet.
  */
 import {
   ChangeMessageVisibilityBatchCommand,
@@ -17,6 +18,7 @@ import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import type { RouterSyncMessage, Schemas } from "../lib/schemas/index.ts";
 import { toFieldIssues } from "../lib/schemas/index.ts";
+import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, type VerifyKeys, verifyBody } from "../lib/signing.ts";
 import { type AgentCore, ApplyFailedError, type ApplyOutcome, coalesce } from "./core.ts";
 import type { AgentMetrics } from "./metrics.ts";
 
@@ -27,6 +29,8 @@ export interface PollerOptions {
   readonly dlqUrl?: string | undefined;
   readonly core: AgentCore;
   readonly schema: Schemas["routerSync"];
+  /** The dispatcher's public keys: a message not signed by one of them is never applied. */
+  readonly verifyKeys: VerifyKeys;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
   readonly waitSeconds?: number;
@@ -167,6 +171,7 @@ export class QueuePoller {
         WaitTimeSeconds: this.wait,
         VisibilityTimeout: this.visibility,
         MessageSystemAttributeNames: ["ApproximateReceiveCount", "MessageGroupId"],
+        MessageAttributeNames: [KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE],
       }),
       { abortSignal: this.abort.signal },
     );
@@ -188,12 +193,31 @@ export class QueuePoller {
     receivedAt: number,
     done: (count: number) => void = () => {},
   ): Promise<void> {
-    const { schema, metrics, logger, core } = this.options;
+    const { schema, metrics, logger, core, verifyKeys } = this.options;
     const valid: Valid[] = [];
     for (const message of messages) {
+      const body = message.Body ?? "";
+      const keyId = stringAttribute(message, KEY_ID_ATTRIBUTE);
+      // The signature covers the exact body string, checked before a byte of it is parsed.
+      const verdict = verifyBody(verifyKeys, body, keyId, stringAttribute(message, SIGNATURE_ATTRIBUTE));
+      if (!verdict.ok) {
+        metrics.messages.inc({ outcome: "unauthenticated" });
+        // Never the body (attacker-chosen); the key id only as far as it could be one.
+        logger.warn(
+          {
+            message_id: message.MessageId,
+            key_id: keyId?.slice(0, 64),
+            reason: verdict.reason,
+          },
+          "unauthenticated queue message, parking it in the DLQ",
+        );
+        await this.parkOrBackOff(message, `unauthenticated:${verdict.reason}`);
+        done(1);
+        continue;
+      }
       const result = (() => {
         try {
-          return schema.safeParse(JSON.parse(message.Body ?? ""));
+          return schema.safeParse(JSON.parse(body));
         } catch {
           return undefined;
         }
@@ -204,17 +228,12 @@ export class QueuePoller {
         logger.warn(
           {
             message_id: message.MessageId,
+            key_id: verdict.keyId,
             issues: result ? toFieldIssues(result.error).slice(0, 5) : [{ path: "", message: "not JSON" }],
           },
           "invalid queue message, parking it in the DLQ",
         );
-        try {
-          await this.park(message);
-        } catch (error) {
-          // Left queued: the queue's own redrive moves it after maxReceiveCount.
-          logger.error({ err: error, message_id: message.MessageId }, "could not park invalid message");
-          await this.backOff(message);
-        }
+        await this.parkOrBackOff(message, "invalid-router-sync");
         done(1);
       }
     }
@@ -307,8 +326,21 @@ export class QueuePoller {
     }
   }
 
-  /** Invalid messages never become valid: copy to the DLQ explicitly, then delete. */
-  private async park(message: Message): Promise<void> {
+  private async parkOrBackOff(message: Message, reason: string): Promise<void> {
+    try {
+      await this.park(message, reason);
+    } catch (error) {
+      // Left queued (never applied): the queue's own redrive moves it after maxReceiveCount.
+      this.options.logger.error(
+        { err: error, message_id: message.MessageId, reason },
+        "could not park message",
+      );
+      await this.backOff(message);
+    }
+  }
+
+  /** Unauthenticated and invalid messages never become valid: copy to the DLQ explicitly, then delete. */
+  private async park(message: Message, reason: string): Promise<void> {
     const dlq = this.dlqUrl ?? (await this.resolveDlq().catch(() => undefined));
     if (!dlq) {
       await this.backOff(message);
@@ -320,8 +352,10 @@ export class QueuePoller {
         QueueUrl: dlq,
         MessageBody: message.Body && message.Body.length > 0 ? message.Body : "(empty)",
         MessageAttributes: {
-          cth_reason: { DataType: "String", StringValue: "invalid-router-sync" },
+          cth_reason: { DataType: "String", StringValue: reason },
           cth_source_message_id: { DataType: "String", StringValue: message.MessageId ?? "unknown" },
+          // The claimed signature goes along, so an operator can tell a forgery from a dispatcher fault.
+          ...copiedAttributes(message),
         },
         ...(fifo
           ? {
@@ -350,4 +384,19 @@ export class QueuePoller {
       this.options.logger.warn({ failed: result.Failed }, "some deletes failed");
     }
   }
+}
+
+/** A String message attribute's value; any other type counts as absent. */
+function stringAttribute(message: Message, name: string): string | undefined {
+  const attribute = message.MessageAttributes?.[name];
+  return attribute?.DataType === "String" ? attribute.StringValue : undefined;
+}
+
+function copiedAttributes(message: Message): Record<string, { DataType: "String"; StringValue: string }> {
+  const copied: Record<string, { DataType: "String"; StringValue: string }> = {};
+  for (const name of [KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE]) {
+    const value = stringAttribute(message, name);
+    if (value !== undefined && value.length > 0) copied[name] = { DataType: "String", StringValue: value };
+  }
+  return copied;
 }

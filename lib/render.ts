@@ -8,7 +8,9 @@
  * collision) and every rule is written exactly as iptables-save prints it, so reading back and comparing
  * converges and an unchanged snapshot writes nothing.
  */
+import { createHash } from "node:crypto";
 import type { Family, HelperCatalog, Protocol } from "./catalog.ts";
+import { helperSetDigest } from "./digest.ts";
 import type { ApplyError, HelperRule } from "./schemas/index.ts";
 
 export const TABLE = "raw";
@@ -160,6 +162,88 @@ export function ownedHelperIds(save: string): string[] {
   }
   return ids;
 }
+
+/** One of our rules exactly as ruleLine writes it (and iptables-save prints it). */
+const OWNED_RULE_RE = new RegExp(
+  `^-A ${OWNED_CHAIN} -p (tcp|udp) -m \\1 --dport ([1-9]\\d{0,4}) -m comment --comment "${COMMENT_PREFIX}([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})" -j CT --helper ([A-Za-z0-9.-]{1,32})$`,
+);
+
+/** What one family's read-back holds of ours. */
+export interface FoundRules {
+  /** Our helper rules in save order, each parsed back into (id, protocol, port, helper). */
+  readonly rules: readonly HelperRule[];
+  /**
+   * The owned lines are exactly what the renderer writes for `rules`: chain, one PREROUTING jump, canonical
+   * rules, ids and (protocol, port) pairs unique. Otherwise something else is in effect (a missing jump, a
+   * hand-written rule, a shadowed port) and `rules` alone does not say what the kernel does.
+   */
+  readonly canonical: boolean;
+}
+
+/** Parses the owned rules of an iptables-save read-back back into helpers. */
+export function parseOwnedRules(save: string): FoundRules {
+  const owned = ownedLines(save);
+  const rules: HelperRule[] = [];
+  const ids = new Set<string>();
+  const ports = new Set<string>();
+  let canonical = true;
+  for (const line of owned) {
+    if (!line.startsWith(OWNED_RULE_PREFIX)) continue;
+    const match = OWNED_RULE_RE.exec(line);
+    const [, protocol, port, id, helper] = match ?? [];
+    if (!protocol || !port || !id || !helper || Number(port) > 65_535) {
+      canonical = false;
+      continue;
+    }
+    const rule: HelperRule = { id, protocol: protocol as Protocol, port: Number(port), helper };
+    // A second rule on a (protocol, port) never takes effect: only the first one is what the kernel does.
+    if (ids.has(id) || ports.has(`${protocol}/${port}`)) canonical = false;
+    ids.add(id);
+    ports.add(`${protocol}/${port}`);
+    rules.push(rule);
+  }
+  if (!sameLines(owned, expectedOwnedLines(rules))) canonical = false;
+  return { rules, canonical };
+}
+
+/**
+ * The content digest (lib/digest.ts) of what the read-backs of a router namespace found, one save per family
+ * this node manages. A helper counts as held when it is in every managed family its helper belongs to
+ * (IPv4-only helpers only in ipv4), with the same protocol, port and helper in each (one family alone is not
+ * "held": the status side then sees the set differ). When any family holds something the renderer would not
+ * have written (see FoundRules.canonical, a helper in a family it does not belong to, one id with two
+ * meanings), the digest is of that text instead, marked so that it cannot equal any helper set's digest.
+ */
+export function readBackDigest(saves: Partial<Record<Family, string>>, catalog: HelperCatalog): string {
+  const managed = FAMILIES.filter((family) => saves[family] !== undefined);
+  const found = new Map<Family, FoundRules>();
+  for (const family of managed) found.set(family, parseOwnedRules(saves[family] ?? ""));
+  let canonical = managed.every((family) => found.get(family)?.canonical);
+  const byId = new Map<string, { rule: HelperRule; families: Set<Family> }>();
+  for (const [family, { rules }] of found) {
+    for (const rule of rules) {
+      const entry = byId.get(rule.id);
+      if (!entry) byId.set(rule.id, { rule, families: new Set([family]) });
+      else if (ruleKey(entry.rule) !== ruleKey(rule)) canonical = false;
+      else entry.families.add(family);
+    }
+  }
+  const held: HelperRule[] = [];
+  for (const { rule, families } of byId.values()) {
+    const belongs = catalog.families(rule.helper);
+    if ([...families].some((family) => !belongs.includes(family))) canonical = false;
+    if (belongs.every((family) => !managed.includes(family) || families.has(family))) held.push(rule);
+  }
+  if (!canonical) {
+    const text = managed.map((family) => `${family}\n${ownedLines(saves[family] ?? "").join("\n")}\n`);
+    return createHash("sha256")
+      .update(`non-canonical read-back\n${text.join("")}`, "utf8")
+      .digest("hex");
+  }
+  return helperSetDigest(held);
+}
+
+const ruleKey = (rule: HelperRule) => `${rule.id} ${rule.protocol} ${rule.port} ${rule.helper}`;
 
 export function sameLines(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((line, index) => line === b[index]);

@@ -151,7 +151,22 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     kind: z.literal("router-sync"),
     router_id: uuid,
     revision,
-    helpers: list(queuedHelper, 0, limits.maxHelpersPerRouter),
+    // A repeated id is refused here, not by the renderer: a message that can never apply is parked at once
+    // instead of burning every retry on its way to the DLQ.
+    helpers: list(queuedHelper, 0, limits.maxHelpersPerRouter).check((ctx) => {
+      const seen = new Set<string>();
+      for (const [index, item] of ctx.value.entries()) {
+        if (seen.has(item.id)) {
+          ctx.issues.push({
+            code: "custom",
+            input: item.id,
+            path: [index, "id"],
+            message: `helper id ${item.id} appears more than once`,
+          });
+        }
+        seen.add(item.id);
+      }
+    }),
     correlation_id: correlationId,
     issued_at: z.iso.datetime(),
   });

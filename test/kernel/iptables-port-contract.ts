@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeEach, expect, it } from "vitest";
 import { type IptablesPort, NamespaceMissingError, RestoreError } from "../../agent/iptables.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
+import { helperSetDigest } from "../../lib/digest.ts";
 import {
   expectedOwnedLines,
   helperAtLine,
@@ -14,7 +15,9 @@ import {
   JUMP_LINE,
   ownedHelperIds,
   ownedLines,
+  parseOwnedRules,
   planFamily,
+  readBackDigest,
   renderRestore,
   ruleLine,
 } from "../../lib/render.ts";
@@ -93,6 +96,33 @@ export function iptablesPortContract(makePort: () => IptablesPort, prefix: strin
     }
     expect(ownedHelperIds(await port.save(ns, "ipv6"))).not.toContain(helpers[2]!.id);
     expect(ownedHelperIds(await port.save(ns, "ipv4"))).toContain(helpers[2]!.id);
+  });
+
+  it("a read-back parses back into the helpers written; its digest is the set's, and a hand edit changes it", async () => {
+    const helpers = [
+      rule("ftp", "tcp", 21),
+      rule("snmp", "udp", 161),
+      rule("RAS", "udp", 1719),
+      rule("netbios-ns", "udp", 137),
+    ];
+    for (const family of ["ipv4", "ipv6"] as const)
+      await apply(planFamily(helpers, family, catalog).rules, family);
+    const saves = { ipv4: await port.save(ns, "ipv4"), ipv6: await port.save(ns, "ipv6") };
+    const parsed = parseOwnedRules(saves.ipv4);
+    expect(parsed.canonical).toBe(true);
+    expect([...parsed.rules].sort((a, b) => (a.id < b.id ? -1 : 1))).toEqual(
+      [...helpers].sort((a, b) => (a.id < b.id ? -1 : 1)),
+    );
+    expect(readBackDigest(saves, catalog)).toBe(helperSetDigest(helpers));
+    // By hand: the dual-stack ftp rule deleted from ip6tables only. IPv4 still has it; the set is not held.
+    await port.restore(
+      ns,
+      "ipv6",
+      `*raw\n-D CTH-HELPERS ${ruleLine(helpers[0]!).slice("-A CTH-HELPERS ".length)}\nCOMMIT\n`,
+    );
+    const edited = { ...saves, ipv6: await port.save(ns, "ipv6") };
+    expect(readBackDigest(edited, catalog)).not.toBe(helperSetDigest(helpers));
+    expect(readBackDigest(edited, catalog)).toBe(helperSetDigest(helpers.slice(1)));
   });
 
   it("replaces the chain whole and keeps exactly one jump", async () => {

@@ -1,7 +1,14 @@
 import { describe, expect, it } from "vitest";
 import { resolveOptions, usage } from "../../agent/cli.ts";
 
-const required = ["--node", "net-1", "--queue-url", "http://127.0.0.1:1/000000000000/cth-net-1.fifo"];
+const required = [
+  "--node",
+  "net-1",
+  "--queue-url",
+  "http://127.0.0.1:1/000000000000/cth-net-1.fifo",
+  "--verify-keys",
+  "/etc/cth-agent/verify-keys",
+];
 
 describe("agent CLI options", () => {
   it("--help lists every flag with its default and environment variable", () => {
@@ -19,12 +26,14 @@ describe("agent CLI options", () => {
       "--namespace-pattern",
       "--create-namespaces",
       "--backend",
+      "--verify-keys",
     ]) {
       expect(text).toContain(flag);
     }
     expect(text).toContain("(default: qrouter-{router_id})");
     expect(text).toContain("(default: 60)");
     expect(text).toContain("[env CTH_AGENT_QUEUE_URL]");
+    expect(text).toContain("[env CTH_AGENT_VERIFY_KEYS]");
     expect(resolveOptions(["--help"], {})).toEqual({ help: true });
   });
 
@@ -33,6 +42,7 @@ describe("agent CLI options", () => {
     expect(options).toMatchObject({
       help: false,
       node: "net-1",
+      verifyKeysDir: "/etc/cth-agent/verify-keys",
       region: "us-east-1",
       stateDir: "/var/lib/cth-agent",
       metricsPort: 9469,
@@ -52,6 +62,7 @@ describe("agent CLI options", () => {
     const env = {
       CTH_AGENT_NODE: "env-node",
       CTH_AGENT_QUEUE_URL: "http://q/1/env.fifo",
+      CTH_AGENT_VERIFY_KEYS: "/etc/keys",
       CTH_AGENT_STATUS_QUEUE_URL: "http://q/1/status",
       CTH_AGENT_DLQ_URL: "http://q/1/dlq.fifo",
       CTH_AGENT_ENDPOINT: "http://127.0.0.1:4566",
@@ -67,6 +78,7 @@ describe("agent CLI options", () => {
     expect(resolveOptions([], env)).toMatchObject({
       node: "env-node",
       queueUrl: "http://q/1/env.fifo",
+      verifyKeysDir: "/etc/keys",
       statusQueueUrl: "http://q/1/status",
       dlqUrl: "http://q/1/dlq.fifo",
       endpoint: "http://127.0.0.1:4566",
@@ -90,6 +102,13 @@ describe("agent CLI options", () => {
   it("rejects what would be unsafe or meaningless, before starting anything", () => {
     expect(() => resolveOptions([], {})).toThrow(/--node/);
     expect(() => resolveOptions(["--node", "n"], {})).toThrow(/--queue-url/);
+    // Without the dispatcher's keys the agent would have to trust whoever can send to its queue.
+    expect(() => resolveOptions(required.slice(0, 4), {})).toThrow(
+      /--verify-keys \(or CTH_AGENT_VERIFY_KEYS\) is required/,
+    );
+    expect(() => resolveOptions(required.slice(0, 4), { CTH_AGENT_VERIFY_KEYS: "" })).toThrow(
+      /--verify-keys/,
+    );
     expect(() => resolveOptions([...required, "--namespace-pattern", "qrouter"], {})).toThrow(/router_id/);
     expect(() => resolveOptions([...required, "--namespace-pattern", "../{router_id}"], {})).toThrow(
       /unsafe/,
@@ -104,7 +123,9 @@ describe("agent CLI options", () => {
     expect(() => resolveOptions([...required, "--families", "ipv4,arp"], {})).toThrow(/families/);
     expect(() => resolveOptions([...required, "--drift-interval", "0"], {})).toThrow(/drift-interval/);
     expect(() => resolveOptions([...required, "--metrics-port", "x"], {})).toThrow(/metrics-port/);
-    expect(() => resolveOptions(["--node", "bad name", "--queue-url", "u"], {})).toThrow();
+    expect(() =>
+      resolveOptions(["--node", "bad name", "--queue-url", "u", "--verify-keys", "k"], {}),
+    ).toThrow(/letters, digits/);
     expect(() => resolveOptions([...required, "--unknown"], {})).toThrow();
   });
 });

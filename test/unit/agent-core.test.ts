@@ -13,6 +13,7 @@ import { StateStore } from "../../agent/state.ts";
 import type { Family } from "../../lib/catalog.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
+import { helperSetDigest } from "../../lib/digest.ts";
 import {
   type DomainDeps,
   deleteRouter,
@@ -20,7 +21,7 @@ import {
   upsertRouter,
 } from "../../lib/domain/services.ts";
 import type { StatusSink } from "../../lib/ports.ts";
-import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
+import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily, ruleLine } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
 import { admin, notification } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
@@ -109,6 +110,8 @@ describe("agent core (in-memory iptables model)", () => {
         router_id: routerId,
         revision: 1,
         host: NODE,
+        namespace: "qrouter",
+        digest: helperSetDigest(helpers),
         rules: { ipv4: 2, ipv6: 1 },
         errors: [],
       },
@@ -146,6 +149,50 @@ describe("agent core (in-memory iptables model)", () => {
     expect(iptables.restores.get(ns)).toBe(restores);
     expect(sink.sent.map((m) => (m.kind === "applied" ? m.revision : -1))).toEqual([5, 5]);
     expect(state.get(routerId)?.revision).toBe(5);
+  });
+
+  it("a report's digest is of what the read-back found: a hand-edited table digests differently", async () => {
+    const helpers = [helper("ftp", "tcp", 21), helper("tftp", "udp", 69)];
+    await makeCore().apply(snapshot(routerId, 3, helpers));
+    expect(sink.sent.at(-1)).toMatchObject({ revision: 3, digest: helperSetDigest(helpers) });
+    // By hand, behind the agent: tftp's rule replaced by someone else's on another port.
+    const forged = helper("sip", "udp", 5060);
+    const [ftpLine, tftpLine] = planFamily(helpers, "ipv4", catalog).rules.map(ruleLine);
+    for (const family of ["ipv4", "ipv6"] as const) {
+      await iptables.restore(ns, family, `*raw\n-D ${tftpLine!.slice(3)}\n${ruleLine(forged)}\nCOMMIT\n`);
+    }
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([helpers[0]!.id, forged.id]);
+    expect(ftpLine).toContain(helpers[0]!.id);
+    // A restarted agent (nothing read back yet) gets the same revision re-sent: the duplicate path reads.
+    const outcome = await makeCore().apply(snapshot(routerId, 3, helpers));
+    expect(outcome).toEqual({ kind: "duplicate", appliedRevision: 3 });
+    const report = sink.sent.at(-1);
+    expect(report).toMatchObject({ kind: "applied", revision: 3 });
+    expect(report?.kind === "applied" && report.digest).not.toBe(helperSetDigest(helpers));
+    expect(report?.kind === "applied" && report.digest).toBe(helperSetDigest([helpers[0]!, forged]));
+  });
+
+  it("the duplicate of an applied revision re-reports the digest of the last read-back", async () => {
+    const helpers = [helper("irc", "tcp", 6667), helper("sane", "tcp", 6566)];
+    let saves = 0;
+    class Counting extends MemoryIptables {
+      override async save(name: string, family: Family): Promise<string> {
+        saves++;
+        return super.save(name, family);
+      }
+    }
+    iptables = new Counting();
+    await iptables.createNamespace(ns);
+    const core = makeCore();
+    await core.apply(snapshot(routerId, 2, helpers));
+    const afterApply = saves;
+    await core.apply(snapshot(routerId, 2, helpers));
+    // Served from what the apply read back: no further save.
+    expect(saves).toBe(afterApply);
+    expect(sink.sent.map((m) => m.kind === "applied" && m.digest)).toEqual([
+      helperSetDigest(helpers),
+      helperSetDigest(helpers),
+    ]);
   });
 
   it("coalesces a batch to the newest revision per router", () => {
