@@ -1,13 +1,14 @@
 /**
  * The queue is a trust boundary (DESIGN 2.4): hostile router-sync messages go through the real SQS emulator
- * (fauxqs) and the agent's real poller and core; only messages inside the schema may ever reach the iptables
- * port, every other one is parked in the DLQ, and what does reach the port is exactly the snapshot.
+ * (fauxqs) and the agent's real poller and core; only messages the dispatcher signed and inside the schema
+ * may ever reach the iptables port, every other one (unsigned, signed by another key, a signature of another
+ * body) is parked in the DLQ, and what does reach the port is exactly the snapshot.
  * The accepted messages' rules are then proven against the real kernel in a namespace this file creates.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SendMessageBatchCommand, type SQSClient } from "@aws-sdk/client-sqs";
+import { type MessageAttributeValue, SendMessageBatchCommand, type SQSClient } from "@aws-sdk/client-sqs";
 import * as fc from "fast-check";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -16,13 +17,16 @@ import { MemoryIptables } from "../../agent/iptables-memory.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { QueuePoller } from "../../agent/poller.ts";
 import { StateStore } from "../../agent/state.ts";
+import { loadVerifyKeys } from "../../agent/verify-keys.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
 import type { StatusSink } from "../../lib/ports.ts";
 import { expectedOwnedLines, FAMILIES, ownedLines, planFamily } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage, type StatusMessage } from "../../lib/schemas/index.ts";
+import type { VerifyKeys } from "../../lib/signing.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
 import { describeKernel } from "../support/requirements.ts";
+import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
 import {
   allStrings,
   fcParams,
@@ -106,6 +110,31 @@ const bodyArb: fc.Arbitrary<string> = fc.oneof(
   },
 );
 
+/** How a body is sent: signed by the dispatcher (mostly), or one of the ways a forger would try. */
+type Signing = "dispatcher" | "unsigned" | "attacker" | "other-body" | "impostor";
+const signingArb: fc.Arbitrary<Signing> = fc.oneof(
+  { weight: 8, arbitrary: fc.constant<Signing>("dispatcher") },
+  { weight: 1, arbitrary: fc.constantFrom<Signing>("unsigned", "attacker", "other-body", "impostor") },
+);
+const dispatcher = testKey("dispatcher");
+const forgers = { attacker: testKey("attacker"), impostor: testKey("dispatcher") };
+
+async function attributesFor(
+  signing: Signing,
+  body: string,
+): Promise<Record<string, MessageAttributeValue> | undefined> {
+  switch (signing) {
+    case "dispatcher":
+      return signedAttributes(dispatcher, body);
+    case "unsigned":
+      return undefined;
+    case "other-body":
+      return signedAttributes(dispatcher, `${body} `);
+    default:
+      return signedAttributes(forgers[signing], body);
+  }
+}
+
 /** Independent oracle: nothing the schema lets through may carry a character iptables or a shell cares about. */
 const SAFE_TEXT = /^[A-Za-z0-9_.:-]*$/;
 
@@ -147,6 +176,8 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
   let queue: QueuePair;
   let sqs: SQSClient;
   let stateRoot: string;
+  let keysDir: string;
+  let verifyKeys: VerifyKeys;
   const accepted: RouterSyncMessage[] = [];
 
   beforeAll(async () => {
@@ -154,148 +185,183 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
     queue = await emu.createNodeQueue("hostile-agent", { maxReceiveCount: 3 });
     sqs = emu.clients().sqs;
     stateRoot = mkdtempSync(join(process.env.CTH_SHM ?? tmpdir(), "cth-hostile-agent-"));
+    keysDir = verifyKeysDir(dispatcher);
+    verifyKeys = loadVerifyKeys(keysDir);
   });
 
   afterAll(async () => {
     sqs?.destroy();
     await emu?.stop();
     if (stateRoot) rmSync(stateRoot, { recursive: true, force: true });
+    if (keysDir) rmSync(keysDir, { recursive: true, force: true });
   });
 
   it(`parks every message outside the schema and applies exactly the others (${RUNS * BATCH} messages)`, async () => {
     let run = 0;
     let invalidTotal = 0;
+    let unauthenticatedTotal = 0;
     let appliedTotal = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(bodyArb, { minLength: BATCH, maxLength: BATCH }), async (bodies) => {
-        run++;
-        const iptables = new RecordingIptables();
-        const status = new RecordingStatus();
-        const metrics = new AgentMetrics();
-        const logger = pino({ level: "silent" });
-        const node = `hostile-${run}`;
-        const core = new AgentCore({
-          node,
-          catalog,
-          iptables,
-          state: await StateStore.load(stateRoot, node),
-          status,
-          metrics,
-          logger,
-          namespacePattern: "qrouter-{router_id}",
-          createNamespaces: true,
-        });
-        const poller = new QueuePoller({
-          sqs,
-          queueUrl: queue.url,
-          dlqUrl: queue.dlqUrl,
-          core,
-          schema: schemas.routerSync,
-          metrics,
-          logger,
-          waitSeconds: 0,
-          backoffBaseSeconds: 1,
-        });
+      fc.asyncProperty(
+        fc.array(fc.tuple(bodyArb, signingArb), { minLength: BATCH, maxLength: BATCH }),
+        async (cases) => {
+          const bodies = cases.map(([body]) => body);
+          run++;
+          const iptables = new RecordingIptables();
+          const status = new RecordingStatus();
+          const metrics = new AgentMetrics();
+          const logger = pino({ level: "silent" });
+          const node = `hostile-${run}`;
+          const core = new AgentCore({
+            node,
+            catalog,
+            iptables,
+            state: await StateStore.load(stateRoot, node),
+            status,
+            metrics,
+            logger,
+            namespacePattern: "qrouter-{router_id}",
+            createNamespaces: true,
+          });
+          const poller = new QueuePoller({
+            sqs,
+            queueUrl: queue.url,
+            dlqUrl: queue.dlqUrl,
+            core,
+            schema: schemas.routerSync,
+            verifyKeys,
+            metrics,
+            logger,
+            waitSeconds: 0,
+            backoffBaseSeconds: 1,
+          });
 
-        // The oracle's view of each body.
-        const verdicts = bodies.map((body) => {
-          let parsed: unknown;
-          try {
-            parsed = JSON.parse(body);
-          } catch {
-            return { ok: false as const };
+          // The oracle's view of each body: only the dispatcher's signature makes it a candidate at all.
+          const verdicts = cases.map(([body, signing]) => {
+            if (signing !== "dispatcher") return { ok: false as const, forged: true };
+            let parsed: unknown;
+            try {
+              parsed = JSON.parse(body);
+            } catch {
+              return { ok: false as const };
+            }
+            const result = schemas.routerSync.safeParse(parsed);
+            return result.success ? { ok: true as const, message: result.data } : { ok: false as const };
+          });
+          const attributes = await Promise.all(cases.map(([body, signing]) => attributesFor(signing, body)));
+
+          const dlqBefore = await emu.depth(queue.dlqUrl);
+          const sent = await sqs.send(
+            new SendMessageBatchCommand({
+              QueueUrl: queue.url,
+              Entries: bodies.map((body, index) => ({
+                Id: String(index),
+                MessageBody: body,
+                MessageGroupId: `run-${run}-${index}`,
+                MessageDeduplicationId: `run-${run}-${index}`,
+                ...(attributes[index] ? { MessageAttributes: attributes[index] } : {}),
+              })),
+            }),
+          );
+          // SQS itself refuses some bodies (characters outside its alphabet): those never reach the agent.
+          const delivered = new Set((sent.Successful ?? []).map((entry) => Number(entry.Id)));
+          const processed = counter(metrics);
+          for (let attempt = 0; attempt < 20 && (await processed()) < delivered.size; attempt++) {
+            await poller.pollOnce();
           }
-          const result = schemas.routerSync.safeParse(parsed);
-          return result.success ? { ok: true as const, message: result.data } : { ok: false as const };
-        });
+          expect(await processed()).toBe(delivered.size);
 
-        const dlqBefore = await emu.depth(queue.dlqUrl);
-        const sent = await sqs.send(
-          new SendMessageBatchCommand({
-            QueueUrl: queue.url,
-            Entries: bodies.map((body, index) => ({
-              Id: String(index),
-              MessageBody: body,
-              MessageGroupId: `run-${run}-${index}`,
-              MessageDeduplicationId: `run-${run}-${index}`,
-            })),
-          }),
-        );
-        // SQS itself refuses some bodies (characters outside its alphabet): those never reach the agent.
-        const delivered = new Set((sent.Successful ?? []).map((entry) => Number(entry.Id)));
-        const processed = counter(metrics);
-        for (let attempt = 0; attempt < 20 && (await processed()) < delivered.size; attempt++) {
-          await poller.pollOnce();
-        }
-        expect(await processed()).toBe(delivered.size);
+          const validIds = new Set<string>();
+          let invalid = 0;
+          let forged = 0;
+          verdicts.forEach((verdict, index) => {
+            if (!delivered.has(index)) return;
+            if (verdict.ok) validIds.add(verdict.message.router_id);
+            else {
+              invalid++;
+              if (verdict.forged) forged++;
+            }
+          });
+          invalidTotal += invalid - forged;
+          unauthenticatedTotal += forged;
+          const unauthenticated = (await metrics.messages.get()).values.find(
+            (value) => value.labels.outcome === "unauthenticated",
+          );
+          expect(unauthenticated?.value ?? 0).toBe(forged);
 
-        const validIds = new Set<string>();
-        let invalid = 0;
-        verdicts.forEach((verdict, index) => {
-          if (!delivered.has(index)) return;
-          if (verdict.ok) validIds.add(verdict.message.router_id);
-          else invalid++;
-        });
-        invalidTotal += invalid;
-
-        // 1. Nothing outside the schema reached the port; only canonical lines ever did.
-        for (const write of iptables.writes) {
-          expect(validIds.has(write.ns.replace(/^qrouter-/, "")), `write to ${write.ns}`).toBe(true);
-          expect(write.text.split("\n").filter((line) => !RESTORE_LINE.test(line))).toEqual([]);
-        }
-        // 2. Every invalid message is in the DLQ, none is left in the queue.
-        expect((await emu.depth(queue.dlqUrl)) - dlqBefore).toBe(invalid);
-        expect(await emu.depth(queue.url)).toBe(0);
-        // 3. Every accepted message is exactly in place (both families) and reported applied.
-        for (const [index, verdict] of verdicts.entries()) {
-          if (!verdict.ok || !delivered.has(index)) continue;
-          const message = verdict.message;
-          expect(allStrings(message).filter((text) => !SAFE_TEXT.test(text))).toEqual([]);
-          accepted.push(message);
-          appliedTotal++;
-          const ns = `qrouter-${message.router_id}`;
-          for (const family of FAMILIES) {
-            const plan = planFamily(message.helpers, family, catalog);
-            const held = (await iptables.namespaceExists(ns))
-              ? ownedLines(await iptables.save(ns, family))
-              : [];
-            expect(held).toEqual(expectedOwnedLines(plan.rules));
+          // 1. Nothing outside the schema reached the port; only canonical lines ever did.
+          for (const write of iptables.writes) {
+            expect(validIds.has(write.ns.replace(/^qrouter-/, "")), `write to ${write.ns}`).toBe(true);
+            expect(write.text.split("\n").filter((line) => !RESTORE_LINE.test(line))).toEqual([]);
           }
-          expect(
-            status.sent.some(
-              (report) =>
-                report.kind === "applied" &&
-                report.router_id === message.router_id &&
-                report.revision === message.revision,
-            ),
-          ).toBe(true);
-        }
-      }),
+          // 2. Every forged or invalid message is in the DLQ, none is left in the queue.
+          expect((await emu.depth(queue.dlqUrl)) - dlqBefore).toBe(invalid);
+          expect(await emu.depth(queue.url)).toBe(0);
+          // 3. Every accepted message is exactly in place (both families) and reported applied.
+          for (const [index, verdict] of verdicts.entries()) {
+            if (!verdict.ok || !delivered.has(index)) continue;
+            const message = verdict.message;
+            expect(allStrings(message).filter((text) => !SAFE_TEXT.test(text))).toEqual([]);
+            accepted.push(message);
+            appliedTotal++;
+            const ns = `qrouter-${message.router_id}`;
+            for (const family of FAMILIES) {
+              const plan = planFamily(message.helpers, family, catalog);
+              const held = (await iptables.namespaceExists(ns))
+                ? ownedLines(await iptables.save(ns, family))
+                : [];
+              expect(held).toEqual(expectedOwnedLines(plan.rules));
+            }
+            expect(
+              status.sent.some(
+                (report) =>
+                  report.kind === "applied" &&
+                  report.router_id === message.router_id &&
+                  report.revision === message.revision,
+              ),
+            ).toBe(true);
+          }
+        },
+      ),
       fcParams("agent queue messages", RUNS),
     );
     console.log(
-      `[hostile] agent queue: ${RUNS * BATCH} bodies, ${appliedTotal} accepted and applied, ${invalidTotal} parked`,
+      `[hostile] agent queue: ${RUNS * BATCH} bodies, ${appliedTotal} accepted and applied, ${invalidTotal} parked as invalid, ${unauthenticatedTotal} as unauthenticated`,
     );
     // The generator must exercise both sides of the boundary, or the property says little.
     expect(appliedTotal).toBeGreaterThan(RUNS);
     expect(invalidTotal).toBeGreaterThan(RUNS * 3);
+    expect(unauthenticatedTotal).toBeGreaterThan(RUNS / 2);
   }, 240_000);
 
-  it("a schema-valid message that repeats a helper id never reaches the port (renderer refuses it)", async () => {
+  it("a message that repeats a helper id is parked at its first receive and never reaches the port", async () => {
     const iptables = new RecordingIptables();
+    const metrics = new AgentMetrics();
+    const logger = pino({ level: "silent" });
     const core = new AgentCore({
       node: "hostile-dup",
       catalog,
       iptables,
       state: await StateStore.load(stateRoot, "hostile-dup"),
       status: new RecordingStatus(),
-      metrics: new AgentMetrics(),
-      logger: pino({ level: "silent" }),
+      metrics,
+      logger,
       namespacePattern: "qrouter-{router_id}",
       createNamespaces: true,
     });
+    const poller = new QueuePoller({
+      sqs,
+      queueUrl: queue.url,
+      dlqUrl: queue.dlqUrl,
+      core,
+      schema: schemas.routerSync,
+      verifyKeys,
+      metrics,
+      logger,
+      waitSeconds: 1,
+    });
     const id = "6f1d2c3b-4a5e-4f60-8172-93a4b5c6d7e8";
-    const message = schemas.routerSync.parse({
+    const message = {
       v: 1,
       kind: "router-sync",
       router_id: "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
@@ -306,8 +372,33 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
       ],
       correlation_id: "dup",
       issued_at: "2026-11-24T06:00:00.000Z",
-    });
-    await expect(core.apply(message)).rejects.toThrow(/appears twice/);
+    } as const;
+    const result = schemas.routerSync.safeParse(message);
+    expect(result.success).toBe(false);
+    expect(result.error?.issues.map((issue) => issue.path.join("."))).toEqual(["helpers.1.id"]);
+    const body = JSON.stringify(message);
+    const dlqBefore = await emu.depth(queue.dlqUrl);
+    await sqs.send(
+      new SendMessageBatchCommand({
+        QueueUrl: queue.url,
+        Entries: [
+          {
+            Id: "0",
+            MessageBody: body,
+            MessageGroupId: "dup",
+            MessageDeduplicationId: "dup",
+            MessageAttributes: await signedAttributes(dispatcher, body),
+          },
+        ],
+      }),
+    );
+    // One receive: parked there and then, not after maxReceiveCount receives.
+    await poller.pollOnce();
+    expect((await emu.depth(queue.dlqUrl)) - dlqBefore).toBe(1);
+    expect(await emu.depth(queue.url)).toBe(0);
+    expect(iptables.writes).toEqual([]);
+    // The renderer still refuses it on its own, should a message ever get past the schema.
+    await expect(core.apply(message as unknown as RouterSyncMessage)).rejects.toThrow(/appears twice/);
     expect(iptables.writes).toEqual([]);
   });
 });

@@ -6,17 +6,21 @@ import { randomUUID } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { SendMessageCommand } from "@aws-sdk/client-sqs";
+import { type MessageAttributeValue, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { MemoryIptables } from "../../agent/iptables-memory.ts";
 import { type RunningAgent, startAgent } from "../../agent/main.ts";
+import { loadVerifyKeys } from "../../agent/verify-keys.ts";
 import { SqsStatusSink } from "../../lib/aws/sqs-status-sink.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
+import { helperSetDigest } from "../../lib/digest.ts";
 import { ownedHelperIds } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE } from "../../lib/signing.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
+import { signedAttributes, type TestKey, testKey, verifyKeysDir } from "../support/signing.ts";
 
 const NODE = `agent-q-${randomUUID().slice(0, 6)}`;
 
@@ -47,6 +51,23 @@ const snapshot = (routerId: string, revision: number, helpers: HelperRule[]): Ro
   issued_at: new Date().toISOString(),
 });
 
+/** The dispatcher's key and the one it rotates to: the agent trusts both. */
+const dispatcher = testKey("dispatcher-2026");
+const rotated = testKey("dispatcher-2027");
+const keysDir = verifyKeysDir(dispatcher, rotated);
+
+const isKey = (value: TestKey | Record<string, MessageAttributeValue>): value is TestKey =>
+  typeof value.privateKeyPem === "string";
+
+afterAll(async () => {
+  await rm(keysDir, { recursive: true, force: true });
+});
+
+const counterValue = async (agent: RunningAgent, outcome: string): Promise<number> => {
+  const text = await agent.metrics.registry.getSingleMetricAsString("cth_agent_messages_total");
+  return Number(new RegExp(`outcome="${outcome}"\\} (\\d+)`).exec(text)?.[1] ?? 0);
+};
+
 describe("agent poll loop on fauxqs", () => {
   let emu: Emulators;
   let queue: QueuePair;
@@ -55,16 +76,27 @@ describe("agent poll loop on fauxqs", () => {
   let agent: RunningAgent | undefined;
   const iptables = new MemoryIptables();
 
-  const send = async (body: unknown, group: string, dedup = randomUUID()) => {
+  /** Sends `body` signed by `key` (default: the dispatcher's), with the attributes given, or (null) unsigned. */
+  const send = async (
+    body: unknown,
+    group: string,
+    key: TestKey | Record<string, MessageAttributeValue> | null = dispatcher,
+  ) => {
+    const text = typeof body === "string" ? body : JSON.stringify(body);
+    const attributes = key === null ? undefined : isKey(key) ? await signedAttributes(key, text) : key;
     await emu.clients().sqs.send(
       new SendMessageCommand({
         QueueUrl: queue.url,
-        MessageBody: typeof body === "string" ? body : JSON.stringify(body),
+        MessageBody: text,
         MessageGroupId: group,
-        MessageDeduplicationId: dedup,
+        MessageDeduplicationId: randomUUID(),
+        ...(attributes ? { MessageAttributes: attributes } : {}),
       }),
     );
   };
+
+  const reportsFor = async (routerId: string) =>
+    (await emu.drain(status.url)).map((m) => JSON.parse(m.Body!)).filter((r) => r.router_id === routerId);
 
   beforeAll(async () => {
     emu = await startEmulators();
@@ -78,6 +110,7 @@ describe("agent poll loop on fauxqs", () => {
       queueUrl: queue.url,
       status: new SqsStatusSink(sqs, status.url),
       iptables,
+      verifyKeys: loadVerifyKeys(keysDir),
       catalog: new HelperCatalog(),
       limits: DEFAULT_LIMITS,
       logger: pino({ level: "silent" }),
@@ -123,6 +156,7 @@ describe("agent poll loop on fauxqs", () => {
     const mine = reports.filter((r) => r.router_id === routerId);
     expect(mine.length).toBeGreaterThan(0);
     expect(mine.every((r) => r.revision === 3 && r.host === NODE && r.rules.ipv4 === 2)).toBe(true);
+    expect(mine.every((r) => r.digest === helperSetDigest(newest))).toBe(true);
   });
 
   it("parks invalid messages in the DLQ (explicitly, at once) and touches no rule", async () => {
@@ -145,6 +179,140 @@ describe("agent poll loop on fauxqs", () => {
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([]);
     expect(await agent!.metrics.registry.getSingleMetricAsString("cth_agent_messages_total")).toContain(
       `outcome="invalid"} ${invalid.length}`,
+    );
+  });
+
+  /** Waits until the queue is empty and returns what was parked in the DLQ meanwhile. */
+  const parkedAfter = async (count: number, timeoutMs = 5_000) =>
+    eventually(async () => {
+      if ((await emu.depth(queue.url)) !== 0 || (await emu.depth(queue.dlqUrl)) < count) return undefined;
+      return emu.drain(queue.dlqUrl);
+    }, timeoutMs);
+
+  it("finding 1a: a forged r+1 with someone else's helpers is parked, and the real r+1 is still applied", async () => {
+    const routerId = randomUUID();
+    const ns = `qrouter-${routerId}`;
+    await iptables.createNamespace(ns);
+    const real1 = [helper("ftp", "tcp", 21)];
+    await send(snapshot(routerId, 1, real1), routerId);
+    await eventually(async () => ownedHelperIds(await iptables.save(ns, "ipv4")).length === 1);
+    const before = await counterValue(agent!, "unauthenticated");
+    const forged = JSON.stringify(
+      snapshot(routerId, 2, [helper("irc", "tcp", 6667), helper("ftp", "tcp", 2121)]),
+    );
+    await send(forged, routerId, null);
+    // Parked at once (the retry cycle would take 1 + 2 + 4 + 8 s): well within 5 s.
+    const parked = await parkedAfter(1);
+    expect(parked.map((m) => m.Body)).toEqual([forged]);
+    expect(parked[0]?.MessageAttributes?.cth_reason?.StringValue).toBe("unauthenticated:unsigned");
+    expect(await counterValue(agent!, "unauthenticated")).toBe(before + 1);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([real1[0]!.id]);
+    // The tenant's real revision 2 is not taken for a duplicate of the forgery.
+    const real2 = [helper("tftp", "udp", 69)];
+    await send(snapshot(routerId, 2, real2), routerId);
+    await eventually(async () => ownedHelperIds(await iptables.save(ns, "ipv4"))[0] === real2[0]!.id);
+    const reports = await eventually(async () => {
+      const mine = await reportsFor(routerId);
+      return mine.some((r) => r.revision === 2) && mine;
+    });
+    expect(reports.filter((r) => r.revision === 2)).toEqual([
+      expect.objectContaining({ revision: 2, digest: helperSetDigest(real2) }),
+    ]);
+  });
+
+  it("finding 1b: a forged revision 2^53-1 with no helpers removes nothing and blocks no later snapshot", async () => {
+    const routerId = randomUUID();
+    const ns = `qrouter-${routerId}`;
+    await iptables.createNamespace(ns);
+    const held = [helper("sip", "udp", 5060)];
+    await send(snapshot(routerId, 4, held), routerId);
+    await eventually(async () => ownedHelperIds(await iptables.save(ns, "ipv4")).length === 1);
+    const forged = JSON.stringify(snapshot(routerId, Number.MAX_SAFE_INTEGER, []));
+    // Signed, but by a key the agent does not hold.
+    await send(forged, routerId, testKey("dispatcher-2026"));
+    const parked = await parkedAfter(1);
+    expect(parked.map((m) => m.Body)).toEqual([forged]);
+    expect(parked[0]?.MessageAttributes?.cth_reason?.StringValue).toBe("unauthenticated:bad-signature");
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([held[0]!.id]);
+    const later = [helper("sane", "tcp", 6566), helper("amanda", "udp", 10080)];
+    await send(snapshot(routerId, 5, later), routerId);
+    await eventually(async () => ownedHelperIds(await iptables.save(ns, "ipv4")).length === 2);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4")).sort()).toEqual(later.map((h) => h.id).sort());
+  });
+
+  it("unknown keys, tampered bodies and broken signature attributes are parked; neither rotation key is", async () => {
+    const routerId = randomUUID();
+    const ns = `qrouter-${routerId}`;
+    await iptables.createNamespace(ns);
+    const before = await counterValue(agent!, "unauthenticated");
+    const attacker = testKey("attacker");
+    const signedOther = await signedAttributes(dispatcher, JSON.stringify(snapshot(routerId, 1, [])));
+    const tampered = JSON.stringify(snapshot(routerId, 1, [helper("irc", "tcp", 6667)]));
+    const hostile: [string, TestKey | Record<string, MessageAttributeValue>, string][] = [
+      [JSON.stringify(snapshot(routerId, 1, [helper("ftp", "tcp", 21)])), attacker, "unknown-key"],
+      // A valid dispatcher signature, of another body.
+      [tampered, signedOther, "bad-signature"],
+      [
+        JSON.stringify(snapshot(routerId, 1, [helper("ftp", "tcp", 2121)])),
+        { [KEY_ID_ATTRIBUTE]: { DataType: "String", StringValue: dispatcher.keyId } },
+        "unsigned",
+      ],
+      [
+        JSON.stringify(snapshot(routerId, 1, [helper("ftp", "tcp", 2122)])),
+        {
+          [KEY_ID_ATTRIBUTE]: { DataType: "String", StringValue: "../dispatcher-2026" },
+          [SIGNATURE_ATTRIBUTE]: signedOther[SIGNATURE_ATTRIBUTE]!,
+        },
+        "unknown-key",
+      ],
+      [
+        JSON.stringify(snapshot(routerId, 1, [helper("ftp", "tcp", 2123)])),
+        {
+          [KEY_ID_ATTRIBUTE]: signedOther[KEY_ID_ATTRIBUTE]!,
+          [SIGNATURE_ATTRIBUTE]: { DataType: "String", StringValue: "not base64 at all!" },
+        },
+        "bad-signature",
+      ],
+    ];
+    for (const [body, key] of hostile) await send(body, routerId, key);
+    const parked = await parkedAfter(hostile.length);
+    expect(parked.map((m) => m.Body).sort()).toEqual(hostile.map(([body]) => body).sort());
+    const reasons = new Map(parked.map((m) => [m.Body, m.MessageAttributes?.cth_reason?.StringValue]));
+    for (const [body, , reason] of hostile) expect(reasons.get(body)).toBe(`unauthenticated:${reason}`);
+    expect(await counterValue(agent!, "unauthenticated")).toBe(before + hostile.length);
+    expect(iptables.restores.get(ns)).toBeUndefined();
+    // Rotation: both keys in the directory are trusted at once.
+    const old = [helper("ftp", "tcp", 21)];
+    await send(snapshot(routerId, 2, old), routerId, dispatcher);
+    await eventually(async () => ownedHelperIds(await iptables.save(ns, "ipv4"))[0] === old[0]!.id);
+    const next = [helper("tftp", "udp", 69)];
+    await send(snapshot(routerId, 3, next), routerId, rotated);
+    await eventually(async () => ownedHelperIds(await iptables.save(ns, "ipv4"))[0] === next[0]!.id);
+    expect(await emu.depth(queue.dlqUrl)).toBe(0);
+  });
+
+  it("finding 9: a snapshot repeating a helper id is parked at its first receive; nothing is applied", async () => {
+    const routerId = randomUUID();
+    const ns = `qrouter-${routerId}`;
+    await iptables.createNamespace(ns);
+    const id = randomUUID();
+    const body = JSON.stringify(
+      snapshot(routerId, 1, [
+        { id, protocol: "tcp", port: 21, helper: "ftp" },
+        { id, protocol: "udp", port: 69, helper: "tftp" },
+      ]),
+    );
+    const failuresBefore = await agent!.metrics.registry.getSingleMetricAsString(
+      "cth_agent_apply_failures_total",
+    );
+    await send(body, routerId);
+    const parked = await parkedAfter(1, 3_000);
+    expect(parked.map((m) => m.Body)).toEqual([body]);
+    // Parked by the agent (its reason attribute), not by the queue's redrive after maxReceiveCount.
+    expect(parked[0]?.MessageAttributes?.cth_reason?.StringValue).toBe("invalid-router-sync");
+    expect(iptables.restores.get(ns)).toBeUndefined();
+    expect(await agent!.metrics.registry.getSingleMetricAsString("cth_agent_apply_failures_total")).toBe(
+      failuresBefore,
     );
   });
 
@@ -197,6 +365,7 @@ describe("agent poll loop on fauxqs: slow applies", () => {
       sqs: emu.clients().sqs,
       queueUrl: queue.url,
       iptables,
+      verifyKeys: loadVerifyKeys(keysDir),
       catalog: new HelperCatalog(),
       limits: DEFAULT_LIMITS,
       logger: pino({ level: "silent" }),
@@ -216,12 +385,14 @@ describe("agent poll loop on fauxqs: slow applies", () => {
   });
 
   const sendSnapshot = async (routerId: string, revision: number, helpers: HelperRule[]) => {
+    const body = JSON.stringify(snapshot(routerId, revision, helpers));
     await emu.clients().sqs.send(
       new SendMessageCommand({
         QueueUrl: queue.url,
-        MessageBody: JSON.stringify(snapshot(routerId, revision, helpers)),
+        MessageBody: body,
         MessageGroupId: routerId,
         MessageDeduplicationId: randomUUID(),
+        MessageAttributes: await signedAttributes(dispatcher, body),
       }),
     );
   };

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { SqsStatusSink } from "../../lib/aws/sqs-status-sink.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
+import { helperSetDigest } from "../../lib/digest.ts";
 import { ServiceUnavailableError } from "../../lib/errors.ts";
 import { buildSchemas, type StatusMessage } from "../../lib/schemas/index.ts";
 import { type Emulators, startEmulators } from "../support/emulators.ts";
@@ -26,6 +27,8 @@ describe("SqsStatusSink on fauxqs", () => {
     router_id: randomUUID(),
     revision: 3,
     host: "net-1",
+    namespace: "qrouter",
+    digest: helperSetDigest([]),
     rules: { ipv4: 2, ipv6: 1 },
     errors: [{ helper_id: randomUUID(), code: "helper_unavailable", message: "ipv4: the kernel lacks snmp" }],
   });
