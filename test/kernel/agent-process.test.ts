@@ -10,15 +10,19 @@ import { join } from "node:path";
 import { type Message, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { HelperCatalog } from "../../lib/catalog.ts";
+import { helperSetDigest } from "../../lib/digest.ts";
 import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
 import { descendantPids, eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
+import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
 import { AgentProcess } from "./agent-support.ts";
 
 const catalog = new HelperCatalog();
 const DRIFT_SECONDS = 2;
+/** The dispatcher's key: every snapshot this suite sends is signed with it, as the dispatcher does. */
+const dispatcher = testKey("dispatcher");
 
 const helper = (
   name: string,
@@ -56,19 +60,23 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
   let queue: QueuePair;
   let status: QueuePair;
   let stateDir: string;
+  let keysDir: string;
   let agent: AgentProcess;
   let flags: string[];
   let env: NodeJS.ProcessEnv;
   const pristine: Record<string, string> = {};
   const reports: Record<string, unknown>[] = [];
 
-  const send = async (body: unknown, group: string) => {
+  /** Sends `body` signed by the dispatcher, or by `key` (null: unsigned). */
+  const send = async (body: unknown, group: string, key: ReturnType<typeof testKey> | null = dispatcher) => {
+    const text = typeof body === "string" ? body : JSON.stringify(body);
     await emu.clients().sqs.send(
       new SendMessageCommand({
         QueueUrl: queue.url,
-        MessageBody: typeof body === "string" ? body : JSON.stringify(body),
+        MessageBody: text,
         MessageGroupId: group,
         MessageDeduplicationId: randomUUID(),
+        ...(key ? { MessageAttributes: await signedAttributes(key, text) } : {}),
       }),
     );
   };
@@ -88,6 +96,7 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     queue = await emu.createNodeQueue(node);
     status = await emu.createStatusQueue(`cth-status-${sandbox.tag}`);
     stateDir = await mkdtemp(join(tmpdir(), "cth-agent-k-"));
+    keysDir = verifyKeysDir(dispatcher);
     await sandbox.namespace("", nsA);
     await sandbox.namespace("", nsB);
     for (const ns of [nsA, nsB]) {
@@ -102,6 +111,8 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
       status.url,
       "--state-dir",
       stateDir,
+      "--verify-keys",
+      keysDir,
       "--metrics-port",
       "0",
       "--drift-interval",
@@ -121,6 +132,7 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     await sandbox.cleanup();
     await emu?.stop();
     if (stateDir) await rm(stateDir, { recursive: true, force: true });
+    if (keysDir) await rm(keysDir, { recursive: true, force: true });
   });
 
   const v1 = [
@@ -141,6 +153,9 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
       router_id: routerA,
       revision: 1,
       host: node,
+      namespace: "qrouter",
+      // Parsed back out of the real iptables-save of both families.
+      digest: helperSetDigest(v1),
       rules: { ipv4: 6, ipv6: 4 },
       errors: [],
     });
@@ -241,6 +256,27 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     expect(metrics).toMatch(/cth_agent_messages_total\{outcome="(stale|superseded)"\} [1-9]/);
     expect(await rawSave(nsA, "ipv4", true)).toBe(before);
     expect(await rawSave(nsA, "ipv6", true)).toBe(before6);
+  });
+
+  it("a forged snapshot (unsigned, or signed by another key) is parked and counted; the kernel is untouched", async () => {
+    const before = await rawSave(nsA, "ipv4", true);
+    const before6 = await rawSave(nsA, "ipv6", true);
+    const dlqBefore = await emu.depth(queue.dlqUrl);
+    await send(snapshot(routerA, 2 ** 40, [helper("irc", "tcp", 6668)]), routerA, null);
+    await send(snapshot(routerA, Number.MAX_SAFE_INTEGER, []), routerA, testKey("dispatcher"));
+    await eventually(
+      async () => (await emu.depth(queue.dlqUrl)) - dlqBefore === 2 && (await emu.depth(queue.url)) === 0,
+      10_000,
+      "forgeries parked",
+    );
+    const metrics = await (await fetch(`http://127.0.0.1:${agent.metricsPort()}/metrics`)).text();
+    expect(metrics).toContain('cth_agent_messages_total{outcome="unauthenticated"} 2');
+    expect(await rawSave(nsA, "ipv4", true)).toBe(before);
+    expect(await rawSave(nsA, "ipv6", true)).toBe(before6);
+    // Logged with the reason, never with the body.
+    const line = await agent.waitFor((l) => l.msg === "unauthenticated queue message, parking it in the DLQ");
+    expect(line.reason).toBe("unsigned");
+    expect(JSON.stringify(agent.logs)).not.toContain("6668");
   });
 
   it("Neutron defect 2: two helpers whose ids share 7 characters; deleting one keeps the other", async () => {
