@@ -41,6 +41,11 @@ export interface Config {
   /** Queue URL per node: the template's `{node}` is replaced by the host name. */
   readonly nodeQueueUrlTemplate: string;
   readonly statusQueueUrl: string;
+  /**
+   * Name of each node's status queue, `{node}` standing for the host: the status function reads the
+   * reporting host from the queue a record came in on (its eventSourceARN), never from the report.
+   */
+  readonly statusQueueNameTemplate: string;
   /** Where the events function parks refused EventBridge events (SQS); unset: the log line is the record. */
   readonly eventsParkQueueUrl?: string | undefined;
   /** Accounts whose events of each kind the events function accepts (the envelope's `account`). */
@@ -89,6 +94,14 @@ export function flag(env: Env, name: string, fallback: boolean): boolean {
   if (["1", "true", "on", "yes"].includes(raw)) return true;
   if (["0", "false", "off", "no"].includes(raw)) return false;
   throw new Error(`${name} must be true or false, got "${env[name]}"`);
+}
+
+/** A queue-name template with exactly one `{node}` (the host is read back out of it). */
+export function queueNameTemplate(raw: string, name: string): string {
+  if (raw.split("{node}").length !== 2 || !/^[A-Za-z0-9_{}-]+$/.test(raw)) {
+    throw new Error(`${name} must be a queue name with exactly one {node}, got "${raw}"`);
+  }
+  return raw;
 }
 
 /** Comma-separated 12-digit accounts; `none` for nobody; unset or empty: "own". */
@@ -161,6 +174,10 @@ export function loadConfig(env: Env = process.env): Config {
     nodeQueueUrlTemplate:
       env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
     statusQueueUrl: env.CTH_STATUS_QUEUE_URL ?? "http://127.0.0.1:9324/000000000000/cth-status",
+    statusQueueNameTemplate: queueNameTemplate(
+      env.CTH_STATUS_QUEUE_NAME_TEMPLATE ?? "cth-node-{node}-status",
+      "CTH_STATUS_QUEUE_NAME_TEMPLATE",
+    ),
     eventsParkQueueUrl: env.CTH_EVENTS_PARK_QUEUE_URL || undefined,
     eventAccounts: loadEventAccounts(env),
     reconcileStaleSeconds: positiveInt(env, "CTH_RECONCILE_STALE_SECONDS", 900),
