@@ -66,6 +66,8 @@ export class Harness {
   nodeQueueUrl = "";
   nodeDlqUrl = "";
   statusQueueUrl = "";
+  /** The node's status queue's ARN: what Lambda's event source mapping puts in each record. */
+  statusQueueArn = "";
   statusDlqUrl = "";
   http!: ReturnType<typeof makeHandler>;
   reconcile!: ReturnType<typeof makeReconcileHandler>;
@@ -135,6 +137,9 @@ export class Harness {
     h.nodeQueueUrl = nodeQ.url;
     h.nodeDlqUrl = nodeQ.dlq;
     h.statusQueueUrl = statusQ.url;
+    h.statusQueueArn = (
+      await sqs.send(new GetQueueAttributesCommand({ QueueUrl: statusQ.url, AttributeNames: ["QueueArn"] }))
+    ).Attributes!.QueueArn!;
     h.statusDlqUrl = statusQ.dlq;
     const template = nodeQ.url.replace(`cth-${node}.fifo`, "cth-{node}.fifo");
     const store = new DynamoRoutersStore(dynamo, config.routersTable, {
@@ -164,7 +169,15 @@ export class Harness {
       staleAfterSeconds: 3600,
       logger: silent,
     });
-    h.status = makeStatusHandler({ store, queue, clock: systemClock, schemas, logger: silent });
+    h.status = makeStatusHandler({
+      store,
+      queue,
+      clock: systemClock,
+      schemas,
+      logger: silent,
+      statusQueueNameTemplate: "cth-status-{node}",
+      metrics: { count: (name) => h.note(`metric ${name}`) },
+    });
     h.statusLoop = h.runStatusConsumer();
     return h;
   }
@@ -211,6 +224,7 @@ export class Harness {
           ...sqsTemplate,
           messageId: m.MessageId!,
           receiptHandle: m.ReceiptHandle!,
+          eventSourceARN: this.statusQueueArn,
           body: m.Body ?? "",
         }));
         const result = await this.status({ Records: records }, lambdaContext());
