@@ -11,3 +11,7 @@ export function localDir(env: NodeJS.ProcessEnv = process.env): string {
 /** The running stack's coordinates (written when ready, removed on stop): read by `npm run emit`. */
 export const stackFile = (dir: string): string => resolve(dir, "stack.json");
 export const signingKeyFile = (dir: string): string => resolve(dir, "dev-signing-key.json");
+/** The local dispatcher's snapshot signing key (private, 0600 in a 0700 dir), new every start. */
+export const snapshotSigningDir = (dir: string): string => resolve(dir, "snapshot-signing");
+/** Its public half, the local agent's --verify-keys directory. */
+export const verifyKeysDir = (dir: string): string => resolve(dir, "verify-keys");

@@ -1,8 +1,9 @@
 /**
  * The whole system on one machine, loopback only: dynalite + fauxqs (test/support/emulators.ts, the one way
- * this project starts them), the tables and queues the deployment creates, the real function handlers behind
- * a JWT-verifying API Gateway stand-in, the status queue consumer, the reconciler on a short period, and one
- * agent for node `local` as a child process.
+ * this project starts them), the tables and queues the deployment creates (per node: command queue, DLQ and
+ * status queue), the real function handlers behind a JWT-verifying API Gateway stand-in, one status consumer
+ * per node status queue, the reconciler on a short period, and one agent for node `local` as a child process.
+ * Snapshots are signed with a key pair made fresh at every start; the agent trusts only its public half.
  */
 import { randomBytes, randomUUID } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -10,15 +11,16 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
-import { CreateQueueCommand, GetQueueAttributesCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
+import { CreateQueueCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { ScanCommand } from "@aws-sdk/lib-dynamodb";
 import type { Context, EventBridgeEvent, ScheduledEvent } from "aws-lambda";
-import { type Emulators, startEmulators } from "../../test/support/emulators.ts";
+import { type Emulators, startEmulators, statusQueueNameTemplate } from "../../test/support/emulators.ts";
+import { generateSigningKeyPair, writeLocalKeyPair } from "../signing-key.ts";
 import { type AgentProcess, spawnAgent } from "./agent-process.ts";
 import { loadOrCreateSigningKey, type SigningKey, signToken } from "./auth.ts";
 import { type Gateway, type HttpHandler, lambdaContext, startGateway } from "./gateway.ts";
 import { deleteNamespace, listNamespaces, realBackendMissing } from "./kernel.ts";
-import { localDir, signingKeyFile, stackFile } from "./paths.ts";
+import { localDir, signingKeyFile, snapshotSigningDir, stackFile, verifyKeysDir } from "./paths.ts";
 import { type Poller, type SqsHandler, startStatusPoller } from "./status-poller.ts";
 
 export const LOCAL_NODE = "local";
@@ -78,12 +80,24 @@ export interface StackInfo {
   readonly demoRouterId: string;
   /** The emulators' endpoint and the queues, for operators and soak tests that inspect them (DLQ depth). */
   readonly awsEndpoint: string;
+  /** Node `local`'s queues (`status` is its own status queue; `statusDlq` is shared by every node's). */
   readonly queues: {
     readonly node: string;
     readonly nodeDlq: string;
     readonly status: string;
     readonly statusDlq: string;
   };
+  /** Every node's queues, each named with the host it belongs to. */
+  readonly nodes: readonly StackNode[];
+  /** The key id snapshots are signed with, and the agent's --verify-keys directory. */
+  readonly signing: { readonly keyId: string; readonly verifyKeysDir: string };
+}
+
+export interface StackNode {
+  readonly host: string;
+  readonly queue: string;
+  readonly dlq: string;
+  readonly status_queue: string;
 }
 
 export interface RunningStack {
@@ -201,13 +215,30 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       options.dataDir ? { dynamoPath: join(options.dataDir, "dynamodb") } : {},
     );
     cleanups.push(() => emu.stop());
+    // Queue names follow the deployed rule (infra/nodes.cjs): the status function takes the reporting host
+    // from the name of the status queue a record arrived on.
     const node = await emu.createNodeQueue(LOCAL_NODE, { prefix: `${PREFIX}-node-` });
-    const status = await emu.createStatusQueue(`${PREFIX}-status`);
+    const status = await emu.createNodeStatusQueue(LOCAL_NODE, PREFIX);
+    const nodes: StackNode[] = [
+      { host: LOCAL_NODE, queue: node.url, dlq: node.dlqUrl, status_queue: status.url },
+    ];
+    const statusQueues = [status];
+    // A fresh snapshot signing pair every start: the functions sign with the private half (a 0600 file),
+    // the agent verifies with the public half alone.
+    const snapshotKey = generateSigningKeyPair(`local-${randomBytes(4).toString("hex")}`);
+    const verifyDir = verifyKeysDir(options.dir);
+    const { privateKeyFile } = await writeLocalKeyPair(
+      snapshotKey,
+      snapshotSigningDir(options.dir),
+      verifyDir,
+    );
     const config = emu.makeConfig({
       routersTable: `${PREFIX}-routers`,
       idempotencyTable: `${PREFIX}-idempotency`,
       nodeQueueUrlTemplate: `${node.url.slice(0, node.url.lastIndexOf("/") + 1)}${PREFIX}-node-{node}.fifo`,
       statusQueueUrl: status.url,
+      statusQueueNameTemplate: statusQueueNameTemplate(PREFIX),
+      signingKey: { kind: "file", path: privateKeyFile, keyId: snapshotKey.keyId },
     });
     await emu.createTables(config);
     const clients = emu.clients(config);
@@ -217,11 +248,6 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     });
     const eventsDlq = (await clients.sqs.send(new CreateQueueCommand({ QueueName: `${PREFIX}-events-dlq` })))
       .QueueUrl!;
-    const statusArn = (
-      await clients.sqs.send(
-        new GetQueueAttributesCommand({ QueueUrl: status.url, AttributeNames: ["QueueArn"] }),
-      )
-    ).Attributes!.QueueArn!;
 
     // The functions read their configuration on first invocation, from the environment, as in Lambda.
     Object.assign(process.env, emu.env(config));
@@ -262,6 +288,8 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
             node.url,
             "--status-queue-url",
             status.url,
+            "--verify-keys",
+            verifyDir,
             "--endpoint",
             emu.endpoint,
             "--region",
@@ -276,7 +304,10 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
             backend,
             ...(backend === "iptables" ? ["--create-namespaces"] : []),
           ],
-          env: { ...process.env },
+          // The private key's location is the dispatcher's business, never a node's.
+          env: Object.fromEntries(
+            Object.entries(process.env).filter(([name]) => !name.startsWith("CTH_SIGNING_KEY_")),
+          ),
           print,
           onExit: (code, signal) => {
             log({ level: "error", msg: "agent exited unexpectedly; restarting in 2 s", code, signal });
@@ -378,15 +409,19 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     });
     const controlUrl = `http://127.0.0.1:${(control.address() as AddressInfo).port}`;
 
-    const poller: Poller = startStatusPoller({
-      sqs: clients.sqs,
-      queueUrl: status.url,
-      queueArn: statusArn,
-      region: config.region,
-      handler: statusFn.handler,
-      log,
-    });
-    cleanups.push(() => poller.stop());
+    // One poller per node status queue, as one Lambda event source mapping per queue: each record carries
+    // its queue's real ARN in eventSourceARN.
+    for (const queue of statusQueues) {
+      const poller: Poller = startStatusPoller({
+        sqs: clients.sqs,
+        queueUrl: queue.url,
+        queueArn: queue.arn,
+        region: config.region,
+        handler: statusFn.handler,
+        log,
+      });
+      cleanups.push(() => poller.stop());
+    }
 
     let sweeping: Promise<void> | undefined;
     const sweep = () => {
@@ -455,6 +490,8 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       demoRouterId: options.demoRouterId,
       awsEndpoint: emu.endpoint,
       queues: { node: node.url, nodeDlq: node.dlqUrl, status: status.url, statusDlq: status.dlqUrl },
+      nodes,
+      signing: { keyId: snapshotKey.keyId, verifyKeysDir: verifyDir },
     };
     await writeFile(infoFile, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 });
     cleanups.push(() => rm(infoFile, { force: true }));

@@ -6,15 +6,23 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
+import {
+  DeleteMessageCommand,
+  ReceiveMessageCommand,
+  SendMessageCommand,
+  SQSClient,
+} from "@aws-sdk/client-sqs";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { loadOrCreateSigningKey, type SigningKey, signToken } from "../../scripts/local/auth.ts";
 import type { StackInfo } from "../../scripts/local/stack.ts";
+import { EMULATOR_CREDENTIALS } from "../support/emulators.ts";
 import { describeKernel } from "../support/requirements.ts";
+import { signedAttributes, testKey } from "../support/signing.ts";
 
 const run = promisify(execFile);
 const root = resolve(import.meta.dirname, "../..");
@@ -202,6 +210,106 @@ describeKernel("npm start (local stack) end to end", () => {
         conntrack_helpers: [{ id: randomUUID(), router_id: router, protocol, port, helper }],
       }),
     });
+
+  it("stack.json names each per-node queue with its host; the signing key is private, the agent holds only its public half", () => {
+    expect(info.nodes).toEqual([
+      {
+        host: "local",
+        queue: info.queues.node,
+        dlq: info.queues.nodeDlq,
+        status_queue: info.queues.status,
+      },
+    ]);
+    // The deployed naming rule: the status function reads the host out of the status queue's name.
+    expect(info.queues.status).toMatch(/\/cth-local-node-local-status$/);
+    expect(info.queues.node).toMatch(/\/cth-local-node-local\.fifo$/);
+    const mode = (path: string) => statSync(path).mode & 0o777;
+    const privateKey = join(dir, "snapshot-signing", `${info.signing.keyId}.pem`);
+    expect(mode(join(dir, "snapshot-signing"))).toBe(0o700);
+    expect(mode(privateKey)).toBe(0o600);
+    expect(readFileSync(privateKey, "utf8")).toContain("BEGIN PRIVATE KEY");
+    expect(info.signing.verifyKeysDir).toBe(join(dir, "verify-keys"));
+    expect(readdirSync(info.signing.verifyKeysDir)).toEqual([`${info.signing.keyId}.pem`]);
+    expect(readFileSync(join(info.signing.verifyKeysDir, `${info.signing.keyId}.pem`), "utf8")).toMatch(
+      /^-----BEGIN PUBLIC KEY-----[\s\S]+-----END PUBLIC KEY-----\s*$/,
+    );
+  });
+
+  it("the agent applies only what the stack signed: unsigned and wrongly signed snapshots land in the node DLQ", async () => {
+    const sqs = new SQSClient({
+      region: "us-east-1",
+      endpoint: info.awsEndpoint,
+      credentials: EMULATOR_CREDENTIALS,
+      useQueueUrlAsEndpoint: false,
+    });
+    try {
+      const forged = (tag: string) =>
+        JSON.stringify({
+          v: 1,
+          kind: "router-sync",
+          router_id: routerId,
+          revision: Number.MAX_SAFE_INTEGER,
+          helpers: [],
+          correlation_id: `forged-${tag}`,
+          issued_at: new Date().toISOString(),
+        });
+      // Right key id, wrong key: whoever can SendMessage still cannot choose what the kernel holds.
+      const impostor = testKey(info.signing.keyId);
+      const bodies = [forged("unsigned"), forged("impostor")];
+      for (const [index, body] of bodies.entries()) {
+        await sqs.send(
+          new SendMessageCommand({
+            QueueUrl: info.queues.node,
+            MessageBody: body,
+            MessageGroupId: routerId,
+            MessageDeduplicationId: randomUUID(),
+            ...(index === 1 ? { MessageAttributes: await signedAttributes(impostor, body) } : {}),
+          }),
+        );
+      }
+      const parked: string[] = [];
+      await until("both forgeries parked in the node DLQ", 30_000, async () => {
+        const got = await sqs.send(
+          new ReceiveMessageCommand({
+            QueueUrl: info.queues.nodeDlq,
+            MaxNumberOfMessages: 10,
+            WaitTimeSeconds: 1,
+            MessageAttributeNames: ["All"],
+          }),
+        );
+        // FIFO: the next message of the router's group shows only once this one is deleted.
+        for (const message of got.Messages ?? []) {
+          parked.push(message.Body ?? "");
+          await sqs.send(
+            new DeleteMessageCommand({
+              QueueUrl: info.queues.nodeDlq,
+              ReceiptHandle: message.ReceiptHandle!,
+            }),
+          );
+        }
+        return parked.length >= 2 ? true : undefined;
+      });
+      expect(parked.sort()).toEqual([...bodies].sort());
+      // The kernel still holds the tenant's rule and the API still tells the truth about it.
+      expect(await rawTable(`qrouter-${routerId}`)).toContain("--helper ftp");
+      const owner = await signToken(key, { projectId: PROJECT });
+      // The next real change still applies: the forged revision 2^53-1 poisoned nothing.
+      const post = await addHelper(owner, routerId, "udp", 69, "tftp");
+      expect(post.status).toBe(202);
+      await until("the tftp rule next to the ftp one", 60_000, async () => {
+        const text = await rawTable(`qrouter-${routerId}`);
+        return text.includes("--helper tftp") && text.includes("--helper ftp") ? true : undefined;
+      });
+      await until("in_sync again", 60_000, async () => {
+        const body = (await (await api(`/v1/routers/${routerId}/conntrack-helpers`, owner)).json()) as {
+          in_sync: boolean;
+        };
+        return body.in_sync ? true : undefined;
+      });
+    } finally {
+      sqs.destroy();
+    }
+  });
 
   it("npm run emit delivers a real EventBridge envelope to the events function", async () => {
     const { stdout, stderr } = await run(

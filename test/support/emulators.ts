@@ -5,7 +5,8 @@
  *   const config = emu.makeConfig();            // Config pointing at them (unique table names)
  *   await emu.createTables(config);              // routers + idempotency tables from lib/aws/tables.ts
  *   const { url, dlqUrl } = await emu.createNodeQueue("node-a");   // FIFO queue + FIFO DLQ + redrive
- *   const status = await emu.createStatusQueue(); // standard status queue + DLQ
+ *   const status = await emu.createNodeStatusQueue("node-a"); // cth-node-node-a-status (+ shared DLQ, ARN)
+ *   const park = await emu.createStatusQueue("name"); // any standard queue + DLQ
  *   const clients = emu.clients(config);         // AWS SDK clients with the emulators' dummy credentials
  *   emu.env(config)                              // the same as environment variables, for child processes
  *   await emu.stop();                            // in afterAll
@@ -60,6 +61,14 @@ export interface QueuePair {
   readonly dlqUrl: string;
 }
 
+/** A node's own status queue: its ARN is what the status function reads the reporting host from. */
+export interface NodeStatusQueue extends QueuePair {
+  readonly arn: string;
+}
+
+/** The deployed naming rule (infra/nodes.cjs): `<prefix>-node-<node>-status`, one DLQ for all of them. */
+export const statusQueueNameTemplate = (prefix: string): string => `${prefix}-node-{node}-status`;
+
 export interface Emulators {
   /** One endpoint for both services (Config.awsEndpoint / CTH_AWS_ENDPOINT). */
   readonly endpoint: string;
@@ -77,8 +86,13 @@ export interface Emulators {
   createTables(config: Pick<Config, "routersTable" | "idempotencyTable">): Promise<void>;
   /** FIFO queue `cth-<host>.fifo` (matching makeConfig's template) with a FIFO DLQ and redrive. */
   createNodeQueue(host: string, options?: { maxReceiveCount?: number; prefix?: string }): Promise<QueuePair>;
-  /** Standard queue for agents' status reports, with a DLQ. */
+  /** A standard queue with a DLQ (park queues, one-off status queues). */
   createStatusQueue(name?: string): Promise<QueuePair>;
+  /**
+   * Node `node`'s status queue `<prefix>-node-<node>-status` (prefix default `cth`, matching makeConfig's
+   * statusQueueNameTemplate), redriving to the shared `<prefix>-status-dlq`, as deployed.
+   */
+  createNodeStatusQueue(node: string, prefix?: string): Promise<NodeStatusQueue>;
   /** Receives and deletes every message currently on `url` (FIFO: deleting unblocks the next of a group). */
   drain(url: string): Promise<Message[]>;
   /** ApproximateNumberOfMessages + NotVisible + Delayed. */
@@ -276,6 +290,7 @@ export async function startEmulators(options: { dynamoPath?: string } = {}): Pro
         idempotencyTable: `cth-idempotency-${unique}`,
         nodeQueueUrlTemplate: `${queueUrlBase}/cth-{node}.fifo`,
         statusQueueUrl: `${queueUrlBase}/cth-status`,
+        statusQueueNameTemplate: statusQueueNameTemplate("cth"),
         ...overrides,
       };
     },
@@ -291,6 +306,24 @@ export async function startEmulators(options: { dynamoPath?: string } = {}): Pro
     },
     createStatusQueue(name = "cth-status") {
       return createQueuePair(shared.sqs, name, false, 5);
+    },
+    async createNodeStatusQueue(node, prefix = "cth") {
+      // CreateQueue with the same attributes returns the existing queue: every node shares this DLQ.
+      const dlqUrl = (await shared.sqs.send(new CreateQueueCommand({ QueueName: `${prefix}-status-dlq` })))
+        .QueueUrl!;
+      const dlqArn = (await queueAttributes(shared.sqs, dlqUrl)).QueueArn;
+      const url = (
+        await shared.sqs.send(
+          new CreateQueueCommand({
+            QueueName: statusQueueNameTemplate(prefix).replace("{node}", node),
+            Attributes: {
+              VisibilityTimeout: "30",
+              RedrivePolicy: JSON.stringify({ deadLetterTargetArn: dlqArn, maxReceiveCount: 5 }),
+            },
+          }),
+        )
+      ).QueueUrl!;
+      return { url, dlqUrl, arn: (await queueAttributes(shared.sqs, url)).QueueArn! };
     },
     drain: (url) => drainQueue(shared.sqs, url),
     async depth(url) {
@@ -312,6 +345,13 @@ export async function startEmulators(options: { dynamoPath?: string } = {}): Pro
         CTH_IDEMPOTENCY_TABLE: config.idempotencyTable,
         CTH_NODE_QUEUE_URL_TEMPLATE: config.nodeQueueUrlTemplate,
         CTH_STATUS_QUEUE_URL: config.statusQueueUrl,
+        CTH_STATUS_QUEUE_NAME_TEMPLATE: config.statusQueueNameTemplate,
+        ...(config.signingKey?.kind === "file"
+          ? { CTH_SIGNING_KEY_FILE: config.signingKey.path, CTH_SIGNING_KEY_ID: config.signingKey.keyId }
+          : {}),
+        ...(config.signingKey?.kind === "ssm"
+          ? { CTH_SIGNING_KEY_PARAMETER: config.signingKey.parameterName }
+          : {}),
       };
     },
     async stop() {
