@@ -35,6 +35,7 @@ import {
   EMULATOR_REGION,
   type Emulators,
   startEmulators,
+  statusQueueNameTemplate,
 } from "../support/emulators.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext } from "../support/events.ts";
 import { testKey, verifyKeysDir } from "../support/signing.ts";
@@ -133,7 +134,8 @@ export class Harness {
       return { url, dlq };
     };
     const nodeQ = await pair(`cth-${node}`, true);
-    const statusQ = await pair(`cth-status-${node}`, false);
+    // The deployed naming rule (infra/nodes.cjs): the status function reads the host out of the name.
+    const statusQ = await pair(`cth-node-${node}-status`, false);
     h.nodeQueueUrl = nodeQ.url;
     h.nodeDlqUrl = nodeQ.dlq;
     h.statusQueueUrl = statusQ.url;
@@ -175,7 +177,7 @@ export class Harness {
       clock: systemClock,
       schemas,
       logger: silent,
-      statusQueueNameTemplate: "cth-status-{node}",
+      statusQueueNameTemplate: statusQueueNameTemplate("cth"),
       metrics: { count: (name) => h.note(`metric ${name}`) },
     });
     h.statusLoop = h.runStatusConsumer();
