@@ -15,7 +15,6 @@ import type { RouterRecord, RoutersStore } from "../../lib/ports.ts";
 import { httpApiClaims, httpApiEvent } from "../support/events.ts";
 import { newId, PROJECT_A, storedHelper, wireHelper } from "../support/factories.ts";
 import { MemoryRoutersStore } from "../support/memory.ts";
-import { testKey } from "../support/signing.ts";
 import { bodyOf, type Core, FAST_QUEUE, startCore } from "./core-harness.ts";
 
 let core: Core;
@@ -44,7 +43,7 @@ function queueOver(sqs: ReturnType<Core["emu"]["clients"]>["sqs"]) {
   return new SqsCommandQueue(
     sqs,
     (host) => queueUrlFromTemplate(core.config.nodeQueueUrlTemplate, host),
-    testKey().signer,
+    core.key.signer,
     FAST_QUEUE,
   );
 }
