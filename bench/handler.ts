@@ -3,8 +3,10 @@
  * JSON, claims, schema, authorization, merge, conditional write, snapshot) on the in-memory stores, inside the
  * recorded HTTP API v2 envelope. Floor, same run, same bodies: JSON.parse plus the zod parse of the body.
  */
-import { randomUUID } from "node:crypto";
+import { generateKeyPairSync, randomUUID } from "node:crypto";
+import type { SQSClient } from "@aws-sdk/client-sqs";
 import { makeHandler } from "../functions/http.ts";
+import { SqsCommandQueue } from "../lib/aws/command-queue.ts";
 import { HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
 import { RevisionConflictError } from "../lib/errors.ts";
@@ -12,9 +14,11 @@ import type { CommandQueue, RouterRecord, RoutersStore } from "../lib/ports.ts";
 import { systemClock } from "../lib/ports.ts";
 import type { RouterSyncMessage } from "../lib/schemas/index.ts";
 import { buildSchemas, parseNotificationBody } from "../lib/schemas/index.ts";
+import type { SnapshotSigner } from "../lib/signing.ts";
+import { keySigner, publicKeyFromPem, verifyBody } from "../lib/signing.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext } from "../test/support/events.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../test/support/memory.ts";
-import { summarize } from "./stats.ts";
+import { median, summarize } from "./stats.ts";
 
 /**
  * Ports with no copying at all (records are frozen, so a domain that mutated one would throw): they isolate
@@ -80,9 +84,14 @@ export interface HandlerRow {
 
 const PROJECT = "0f2c4a6e8b1d3f5a7c9e0b2d4f6a8c1e";
 
+/** A queue the bench can count: what every accepted notification sent. */
+type CountedQueue = CommandQueue & { all(): readonly RouterSyncMessage[] };
+
 export async function benchHandler(options: {
   requests: Record<number, number>;
   stores?: readonly ("memory" | "lean")[];
+  /** Overrides the queue (signing rows); default: the store kind's own fake. */
+  queue?: () => CountedQueue;
 }): Promise<HandlerRow[]> {
   const limits = loadLimits();
   const schemas = buildSchemas(limits, new HelperCatalog());
@@ -92,7 +101,7 @@ export async function benchHandler(options: {
     for (const [sizeText, count] of Object.entries(options.requests)) {
       const size = Number(sizeText);
       const store = kind === "memory" ? new MemoryRoutersStore() : new LeanStore();
-      const queue = kind === "memory" ? new MemoryCommandQueue() : new LeanQueue();
+      const queue = options.queue?.() ?? (kind === "memory" ? new MemoryCommandQueue() : new LeanQueue());
       const handler = makeHandler({
         domain: { store, queue, clock: systemClock, limits, log: silent },
         schemas,
@@ -179,5 +188,129 @@ export async function benchHandler(options: {
         bodyBytes: Buffer.byteLength(bodies[0]!),
       });
     }
+  return rows;
+}
+
+export interface SigningRow {
+  readonly helpers: number;
+  readonly requests: number;
+  /** Handler with SqsCommandQueue signing every entry (ECDSA P-256), over an SQS client that answers at once. */
+  readonly signedPerSecond: number;
+  readonly signedP50Ms: number;
+  /** The same queue and client with a signer that returns a constant: everything but the signature. */
+  readonly baselinePerSecond: number;
+  readonly baselineP50Ms: number;
+  /** Mean time per request, signed minus baseline: the added cost per snapshot (one per request here). */
+  readonly addedUsPerSnapshot: number;
+  /** keySigner.sign over this size's snapshot body alone, and the agent's verifyBody for comparison. */
+  readonly signP50Us: number;
+  readonly signMeanUs: number;
+  readonly verifyMeanUs: number;
+  readonly snapshotBytes: number;
+}
+
+/** SendMessageBatch answered in process: the bench measures our CPU, not a network. */
+const instantSqs = {
+  send: async (command: { input: { Entries?: { Id?: string }[] } }) => ({
+    Successful: (command.input.Entries ?? []).map((entry) => ({ Id: entry.Id })),
+    Failed: [],
+  }),
+} as unknown as SQSClient;
+
+class CountingQueue implements CountedQueue {
+  private readonly sent: RouterSyncMessage[] = [];
+  private readonly inner: SqsCommandQueue;
+  constructor(signer: SnapshotSigner) {
+    this.inner = new SqsCommandQueue(
+      instantSqs,
+      (host) => `https://sqs.invalid/000000000000/cth-${host}.fifo`,
+      signer,
+    );
+  }
+  async send(host: string, commands: readonly RouterSyncMessage[]) {
+    await this.inner.send(host, commands);
+    this.sent.push(...commands);
+  }
+  all() {
+    return this.sent;
+  }
+}
+
+/**
+ * The added cost of signing per snapshot, in one run: the handler (no-copy stores) with a signing
+ * SqsCommandQueue against the same queue with a constant signer, alternated `rounds` times so drift hits
+ * both alike; then signing (and verifying) a snapshot body alone.
+ */
+export async function benchSigning(options: {
+  requests: Record<number, number>;
+  rounds: number;
+  signs: number;
+}): Promise<SigningRow[]> {
+  const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const pem = privateKey.export({ format: "pem", type: "pkcs8" }).toString();
+  const signer = keySigner("bench-key", pem);
+  const constant: SnapshotSigner = { sign: async () => ({ keyId: "bench-key", signature: "AAAA" }) };
+  const keys = new Map([
+    ["bench-key", publicKeyFromPem(publicKey.export({ format: "pem", type: "spki" }).toString())],
+  ]);
+  const rows: SigningRow[] = [];
+  for (const [sizeText, count] of Object.entries(options.requests)) {
+    const size = Number(sizeText);
+    const signed: HandlerRow[] = [];
+    const baseline: HandlerRow[] = [];
+    for (let round = 0; round < options.rounds; round++) {
+      const one = { [size]: count };
+      baseline.push(
+        ...(await benchHandler({
+          requests: one,
+          stores: ["lean"],
+          queue: () => new CountingQueue(constant),
+        })),
+      );
+      signed.push(
+        ...(await benchHandler({ requests: one, stores: ["lean"], queue: () => new CountingQueue(signer) })),
+      );
+    }
+    const meanMs = (list: HandlerRow[]) => median(list.map((row) => 1000 / row.perSecond));
+    const body = JSON.stringify({
+      v: 1,
+      kind: "router-sync",
+      router_id: randomUUID(),
+      revision: 42,
+      helpers: Array.from({ length: size }, (_, k) => ({
+        id: randomUUID(),
+        protocol: "tcp",
+        port: 1024 + k,
+        helper: "ftp",
+      })),
+      correlation_id: randomUUID(),
+      issued_at: new Date().toISOString(),
+    });
+    const signTimes: number[] = [];
+    const verifyTimes: number[] = [];
+    for (let i = 0; i < options.signs; i++) {
+      const started = performance.now();
+      const { signature } = await signer.sign(body);
+      const signedAt = performance.now();
+      if (!verifyBody(keys, body, "bench-key", signature).ok)
+        throw new Error("bench signature does not verify");
+      verifyTimes.push(performance.now() - signedAt);
+      signTimes.push(signedAt - started);
+    }
+    const sign = summarize(signTimes);
+    rows.push({
+      helpers: size,
+      requests: count,
+      signedPerSecond: 1000 / meanMs(signed),
+      signedP50Ms: median(signed.map((row) => row.p50Ms)),
+      baselinePerSecond: 1000 / meanMs(baseline),
+      baselineP50Ms: median(baseline.map((row) => row.p50Ms)),
+      addedUsPerSnapshot: (meanMs(signed) - meanMs(baseline)) * 1000,
+      signP50Us: sign.p50 * 1000,
+      signMeanUs: sign.mean * 1000,
+      verifyMeanUs: summarize(verifyTimes).mean * 1000,
+      snapshotBytes: Buffer.byteLength(body),
+    });
+  }
   return rows;
 }

@@ -11,7 +11,7 @@ import { resolve } from "node:path";
 import { type ApplyRow, benchAgentApply } from "./agent-apply.ts";
 import { benchColdStart, type ColdRow } from "./cold-start.ts";
 import { benchEndToEnd, type EndToEndResult } from "./e2e.ts";
-import { benchHandler, type HandlerRow } from "./handler.ts";
+import { benchHandler, benchSigning, type HandlerRow, type SigningRow } from "./handler.ts";
 import { fmt, run } from "./stats.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
@@ -117,6 +117,27 @@ function handlerGoals(rows: readonly HandlerRow[]): Goal[] {
   });
 }
 
+function signingGoals(rows: readonly SigningRow[]): Goal[] {
+  return rows.flatMap((row) => [
+    {
+      name: `snapshot signing in the handler: ${row.helpers}-helper notification, one snapshot each (${row.requests} requests, median of rounds)`,
+      measured: `signing queue ${fmt(row.signedPerSecond, "/s")}, p50 ${fmt(row.signedP50Ms, " ms")}; +${fmt(row.addedUsPerSnapshot, " µs")} per snapshot`,
+      baseline: `same queue, constant signer ${fmt(row.baselinePerSecond, "/s")}, p50 ${fmt(row.baselineP50Ms, " ms")}`,
+      ratio: `${fmt(row.baselinePerSecond / row.signedPerSecond, "x")} baseline (time per request)`,
+      goal: "(reported; no goal)",
+      met: undefined,
+    },
+    {
+      name: `signing alone: ECDSA P-256 over a ${row.snapshotBytes} B snapshot body`,
+      measured: `sign p50 ${fmt(row.signP50Us, " µs")}, mean ${fmt(row.signMeanUs, " µs")}`,
+      baseline: `agent verify mean ${fmt(row.verifyMeanUs, " µs")}; baseline request ${fmt(1_000_000 / row.baselinePerSecond, " µs")}`,
+      ratio: `${fmt(row.signMeanUs / (1_000_000 / row.baselinePerSecond), "x")} of a baseline request`,
+      goal: "(reported; no goal)",
+      met: undefined,
+    },
+  ]);
+}
+
 function e2eGoals(result: EndToEndResult): Goal[] {
   if (result.skipped) {
     return [
@@ -190,6 +211,14 @@ async function main(): Promise<void> {
     });
     result.handler = rows;
     goals.push(...handlerGoals(rows));
+    log("snapshot signing cost ...");
+    const signing = await benchSigning({
+      requests: flags.quick ? { 1: 2_000, 64: 300 } : { 1: 10_000, 64: 1_500 },
+      rounds: flags.quick ? 2 : 5,
+      signs: flags.quick ? 2_000 : 10_000,
+    });
+    result.signing = signing;
+    goals.push(...signingGoals(signing));
   }
   if (flags.only.has("cold")) {
     log("cold start ...");

@@ -4,7 +4,7 @@
  */
 import { DynamoDBClient } from "@aws-sdk/client-dynamodb";
 import { SQSClient } from "@aws-sdk/client-sqs";
-import { SSMClient } from "@aws-sdk/client-ssm";
+import type { SSMClient } from "@aws-sdk/client-ssm";
 import { DynamoDBDocumentClient } from "@aws-sdk/lib-dynamodb";
 import type { Config } from "../config.ts";
 
@@ -13,8 +13,17 @@ export interface AwsClients {
   /** The low-level client under `dynamo`, for libraries that want one (Powertools idempotency). */
   readonly dynamoRaw: DynamoDBClient;
   readonly sqs: SQSClient;
-  /** Parameter Store, for the snapshot signing key (lib/aws/signing-key.ts). */
-  readonly ssm: SSMClient;
+  /**
+   * Parameter Store, for the snapshot signing key (lib/aws/signing-key.ts). Loaded on first use: importing
+   * the SSM client costs about 30 ms of every cold start, and only a function that sends pays it.
+   */
+  readonly ssm: LazyClient<SSMClient>;
+}
+
+export interface LazyClient<T> {
+  get(): Promise<T>;
+  /** Destroys the client if it was ever built. */
+  destroy(): void;
 }
 
 export interface ClientOverrides {
@@ -39,6 +48,13 @@ export function makeAwsClients(
   });
   // Emulators hand out queue URLs whose host is not resolvable; the endpoint override must win.
   const sqs = new SQSClient({ ...common, ...(config.awsEndpoint ? { useQueueUrlAsEndpoint: false } : {}) });
-  const ssm = new SSMClient(common);
+  let ssmClient: Promise<SSMClient> | undefined;
+  const ssm: LazyClient<SSMClient> = {
+    get: () => {
+      ssmClient ??= import("@aws-sdk/client-ssm").then(({ SSMClient }) => new SSMClient(common));
+      return ssmClient;
+    },
+    destroy: () => void ssmClient?.then((client) => client.destroy()),
+  };
   return { dynamo, dynamoRaw, sqs, ssm };
 }

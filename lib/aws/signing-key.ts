@@ -5,17 +5,18 @@
  * sends costs no SSM call. Locally and in tests: a PEM file. Signing itself stays in process (lib/signing.ts).
  */
 import { readFile } from "node:fs/promises";
-import { SSMProvider } from "@aws-lambda-powertools/parameters/ssm";
+import { BaseProvider } from "@aws-lambda-powertools/parameters/base";
 import type { SSMClient } from "@aws-sdk/client-ssm";
 import { SIGNING_KEY_VARIABLES, type SigningKeySource } from "../config.ts";
 import { keySigner, lazySigner, type SnapshotSigner } from "../signing.ts";
+import type { LazyClient } from "./clients.ts";
 
 /** How long a fetched key is used before the parameter is read again (rotation without redeploy). */
 export const SIGNING_KEY_MAX_AGE_SECONDS = 300;
 
-/** The slice of Powertools' SSMProvider this module uses (tests count calls through it). */
+/** The slice of a Powertools provider this module uses. */
 export interface ParameterReader {
-  get(name: string, options: { decrypt: boolean; maxAge: number }): Promise<unknown>;
+  get(name: string, options: { maxAge: number }): Promise<unknown>;
 }
 
 const describe = (error: unknown) =>
@@ -57,7 +58,7 @@ export function ssmSigner(
   let current: { readonly value: unknown; readonly signer: SnapshotSigner } | undefined;
   let inflight: Promise<unknown> | undefined;
   const fetchValue = () => {
-    inflight ??= reader.get(parameterName, { decrypt: true, maxAge: maxAgeSeconds }).finally(() => {
+    inflight ??= reader.get(parameterName, { maxAge: maxAgeSeconds }).finally(() => {
       inflight = undefined;
     });
     return inflight;
@@ -104,13 +105,38 @@ export function fileSigner(path: string, keyId: string): SnapshotSigner {
   });
 }
 
+/**
+ * A Powertools Parameters provider (BaseProvider: its cache, maxAge and error wrapping) for one SecureString,
+ * always decrypted. Not Powertools' stock SSMProvider: that module imports the SSM client statically, which
+ * the bundler hoists into every function's cold start (about 30 ms of import, bench/RESULTS.md); here the
+ * client (external to the bundle, from the runtime) is loaded on the first read, by functions that send.
+ */
+export class SecureStringProvider extends BaseProvider {
+  constructor(private readonly ssm: LazyClient<SSMClient>) {
+    super({});
+  }
+
+  protected async _get(name: string): Promise<string | undefined> {
+    const [{ GetParameterCommand }, client] = await Promise.all([
+      import("@aws-sdk/client-ssm"),
+      this.ssm.get(),
+    ]);
+    const reply = await client.send(new GetParameterCommand({ Name: name, WithDecryption: true }));
+    return reply.Parameter?.Value;
+  }
+
+  protected async _getMultiple(): Promise<Record<string, unknown> | undefined> {
+    throw new Error("SecureStringProvider reads one parameter by name");
+  }
+}
+
 /** The production signer for `source`; throws the configuration error when no key is configured. */
-export function signerFor(source: SigningKeySource | undefined, ssm: SSMClient): SnapshotSigner {
+export function signerFor(source: SigningKeySource | undefined, ssm: LazyClient<SSMClient>): SnapshotSigner {
   if (!source) {
     throw new Error(
       `no snapshot signing key configured: set ${SIGNING_KEY_VARIABLES} (agents refuse unsigned snapshots)`,
     );
   }
   if (source.kind === "file") return fileSigner(source.path, source.keyId);
-  return ssmSigner(new SSMProvider({ awsSdkV3Client: ssm }), source.parameterName);
+  return ssmSigner(new SecureStringProvider(ssm), source.parameterName);
 }

@@ -9,9 +9,9 @@ import { join } from "node:path";
 import type { Message } from "@aws-sdk/client-sqs";
 import { PutParameterCommand, type SSMClient } from "@aws-sdk/client-ssm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { makeAwsClients } from "../../lib/aws/clients.ts";
+import { type LazyClient, makeAwsClients } from "../../lib/aws/clients.ts";
 import { queueUrlFromTemplate, SqsCommandQueue } from "../../lib/aws/command-queue.ts";
-import { signerFor, ssmSigner } from "../../lib/aws/signing-key.ts";
+import { SecureStringProvider, signerFor, ssmSigner } from "../../lib/aws/signing-key.ts";
 import { type Config, loadConfig, loadSigningKeySource } from "../../lib/config.ts";
 import { productionPorts } from "../../lib/production.ts";
 import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
@@ -216,16 +216,19 @@ describe("signing key configuration", () => {
 
 describeNeeding(motoMissing(), "signing key in SSM Parameter Store (moto_server)", () => {
   let moto: Awaited<ReturnType<typeof startMotoServer>>;
+  /** As production wires it (lib/aws/clients.ts), and the client it builds, for counting and setup. */
+  let lazy: LazyClient<SSMClient>;
   let ssm: SSMClient;
   /** GetParameter calls that reached the server, counted on the real client. */
   let fetches = 0;
 
   beforeAll(async () => {
     moto = await startMotoServer();
-    ssm = makeAwsClients(
+    lazy = makeAwsClients(
       { region: "us-east-1", awsEndpoint: moto.endpoint },
       { credentials: EMULATOR_CREDENTIALS },
     ).ssm;
+    ssm = await lazy.get();
     ssm.middlewareStack.add(
       (next, context) => async (args) => {
         if (context.commandName === "GetParameterCommand") fetches++;
@@ -248,7 +251,7 @@ describeNeeding(motoMissing(), "signing key in SSM Parameter Store (moto_server)
     const key = testKey("prod-2026-12");
     const name = `/cth/test/${randomUUID()}/signing-key`;
     await putKey(name, parameterValue(key));
-    const signer = signerFor(loadSigningKeySource({ CTH_SIGNING_KEY_PARAMETER: name }), ssm);
+    const signer = signerFor(loadSigningKeySource({ CTH_SIGNING_KEY_PARAMETER: name }), lazy);
     const { host, pair, queue } = await queueWith(signer);
     const before = fetches;
     // Concurrent first sends share one fetch; later sends read the cache.
@@ -273,9 +276,7 @@ describeNeeding(motoMissing(), "signing key in SSM Parameter Store (moto_server)
     const [oldKey, newKey] = [testKey("old-key"), testKey("new-key")];
     const name = `/cth/test/${randomUUID()}/signing-key`;
     await putKey(name, parameterValue(oldKey));
-    const reader = new (await import("@aws-lambda-powertools/parameters/ssm")).SSMProvider({
-      awsSdkV3Client: ssm,
-    });
+    const reader = new SecureStringProvider(lazy);
     const signer = ssmSigner(reader, name, 1);
     expect((await signer.sign("a")).keyId).toBe("old-key");
     await putKey(name, parameterValue(newKey), true);
@@ -291,7 +292,7 @@ describeNeeding(motoMissing(), "signing key in SSM Parameter Store (moto_server)
 
   it("a missing parameter is a clear error naming it, and nothing is sent", async () => {
     const name = `/cth/test/${randomUUID()}/absent`;
-    const { host, pair, queue } = await queueWith(signerFor({ kind: "ssm", parameterName: name }, ssm));
+    const { host, pair, queue } = await queueWith(signerFor({ kind: "ssm", parameterName: name }, lazy));
     await expect(queue.send(host, [snapshot(1), snapshot(2)])).rejects.toThrow(
       new RegExp(`could not read signing key parameter ${name} \\(CTH_SIGNING_KEY_PARAMETER\\)`),
     );
@@ -323,7 +324,7 @@ describeNeeding(motoMissing(), "signing key in SSM Parameter Store (moto_server)
     async (_, value, message) => {
       const name = `/cth/test/${randomUUID()}/bad`;
       await putKey(name, value);
-      const { host, pair, queue } = await queueWith(signerFor({ kind: "ssm", parameterName: name }, ssm));
+      const { host, pair, queue } = await queueWith(signerFor({ kind: "ssm", parameterName: name }, lazy));
       const failure = await queue.send(host, [snapshot(1)]).then(
         () => undefined,
         (error: unknown) => error as Error,
@@ -342,6 +343,6 @@ describeNeeding(motoMissing(), "signing key in SSM Parameter Store (moto_server)
       .toString();
     const name = `/cth/test/${randomUUID()}/rsa`;
     await putKey(name, JSON.stringify({ key_id: "rsa", private_key_pem: rsa }));
-    await expect(signerFor({ kind: "ssm", parameterName: name }, ssm).sign("x")).rejects.toThrow(/P-256/);
+    await expect(signerFor({ kind: "ssm", parameterName: name }, lazy).sign("x")).rejects.toThrow(/P-256/);
   });
 });
