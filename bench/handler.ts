@@ -46,10 +46,13 @@ class LeanStore implements RoutersStore {
   async delete(id: string) {
     this.rows.delete(id);
   }
-  async lastRevision(id: string) {
-    return this.rows.get(id)?.revision ?? 0;
+  async tombstone() {
+    return undefined;
   }
-  async recordApplied() {
+  async recordReplica() {
+    return false;
+  }
+  async confirmDrained() {
     return false;
   }
   async listByHost() {
@@ -123,7 +126,8 @@ export async function benchHandler(options: {
             host: "node-a",
             revision: 0,
             helpers: [],
-            appliedRevision: 0,
+            replicas: {},
+            draining: {},
             updatedAt: new Date().toISOString(),
           },
           undefined,

@@ -43,6 +43,7 @@ let store: DynamoRoutersStore;
 let direct: ReturnType<typeof makeAwsClients>;
 let handler: ReturnType<typeof makeHandler>;
 let events: ReturnType<typeof makeEventsHandler>;
+const PUBLISHER = String(eventBridgeEvent("Router Deleted", {}).account);
 let logger: RecordingLogger;
 const parked: string[] = [];
 const claims = httpApiClaims(PROJECT_A);
@@ -86,6 +87,8 @@ beforeAll(async () => {
     schemas,
     logger,
     metrics: { parked: (type, code) => void parked.push(`${type}/${code}`) },
+    // The publisher's account must be allowed, so the outage (not the account check) decides.
+    accounts: { lifecycle: new Set([PUBLISHER]), notification: new Set([PUBLISHER]) },
   });
 });
 
