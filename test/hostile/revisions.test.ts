@@ -251,7 +251,7 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
                     );
                   case "put":
                     return upsertRouter(deps, admin(), ROUTER, { project_id: PROJECT_A, host: op.host }, cid);
-                  case "delete":
+                  default:
                     return deleteRouter(deps, admin(), ROUTER, cid);
                 }
               }),
