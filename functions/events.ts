@@ -17,6 +17,7 @@ import { type DomainDeps, deleteRouter, submitNotification, upsertRouter } from 
 import { ForbiddenError, isAppError, NotFoundError } from "../lib/errors.ts";
 import { correlationIdFrom } from "../lib/http/api-event.ts";
 import type { AppLogger } from "../lib/http/middlewares.ts";
+import { emfCounter } from "../lib/metrics.ts";
 import { domainWiring, lazyHandler } from "../lib/production.ts";
 import { parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
 
@@ -159,30 +160,11 @@ export function makeHandler(deps: EventsDeps) {
 }
 
 /** CloudWatch Embedded Metric Format: one JSON line per parked event becomes the ParkedEvents metric. */
-export function emfMetrics(
-  write: (line: string) => void = (line) => process.stdout.write(`${line}\n`),
-): EventMetrics {
+export function emfMetrics(write?: (line: string) => void): EventMetrics {
+  const counter = emfCounter("events", write);
   return {
-    parked(detailType, code) {
-      write(
-        JSON.stringify({
-          _aws: {
-            Timestamp: Date.now(),
-            CloudWatchMetrics: [
-              {
-                Namespace: "ConntrackHelpers",
-                Dimensions: [["Function", "DetailType"]],
-                Metrics: [{ Name: "ParkedEvents", Unit: "Count" }],
-              },
-            ],
-          },
-          Function: "events",
-          DetailType: detailType,
-          Code: code,
-          ParkedEvents: 1,
-        }),
-      );
-    },
+    parked: (detailType, code) =>
+      counter.count("ParkedEvents", 1, { DetailType: detailType }, { Code: code }),
   };
 }
 

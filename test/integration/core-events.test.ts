@@ -382,5 +382,7 @@ describe("metrics", () => {
     const entry = JSON.parse(lines[0]!);
     expect(entry).toMatchObject({ ParkedEvents: 1, DetailType: "Router Upserted", Function: "events" });
     expect(entry._aws.CloudWatchMetrics[0].Metrics).toEqual([{ Name: "ParkedEvents", Unit: "Count" }]);
+    expect(entry._aws.CloudWatchMetrics[0].Dimensions).toEqual([["Function", "DetailType"]]);
+    expect(entry.Code).toBe("validation_failed");
   });
 });
