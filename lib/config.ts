@@ -40,7 +40,6 @@ export interface Config {
   readonly idempotencyTable: string;
   /** Queue URL per node: the template's `{node}` is replaced by the host name. */
   readonly nodeQueueUrlTemplate: string;
-  readonly statusQueueUrl: string;
   /**
    * Name of each node's status queue, `{node}` standing for the host: the status function reads the
    * reporting host from the queue a record came in on (its eventSourceARN), never from the report.
@@ -173,7 +172,6 @@ export function loadConfig(env: Env = process.env): Config {
     idempotencyTable: env.CTH_IDEMPOTENCY_TABLE ?? "cth-idempotency",
     nodeQueueUrlTemplate:
       env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
-    statusQueueUrl: env.CTH_STATUS_QUEUE_URL ?? "http://127.0.0.1:9324/000000000000/cth-status",
     statusQueueNameTemplate: queueNameTemplate(
       env.CTH_STATUS_QUEUE_NAME_TEMPLATE ?? "cth-node-{node}-status",
       "CTH_STATUS_QUEUE_NAME_TEMPLATE",

@@ -236,7 +236,6 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       routersTable: `${PREFIX}-routers`,
       idempotencyTable: `${PREFIX}-idempotency`,
       nodeQueueUrlTemplate: `${node.url.slice(0, node.url.lastIndexOf("/") + 1)}${PREFIX}-node-{node}.fifo`,
-      statusQueueUrl: status.url,
       statusQueueNameTemplate: statusQueueNameTemplate(PREFIX),
       signingKey: { kind: "file", path: privateKeyFile, keyId: snapshotKey.keyId },
     });

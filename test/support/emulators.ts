@@ -289,7 +289,6 @@ export async function startEmulators(options: { dynamoPath?: string } = {}): Pro
         routerTransactions: false,
         idempotencyTable: `cth-idempotency-${unique}`,
         nodeQueueUrlTemplate: `${queueUrlBase}/cth-{node}.fifo`,
-        statusQueueUrl: `${queueUrlBase}/cth-status`,
         statusQueueNameTemplate: statusQueueNameTemplate("cth"),
         ...overrides,
       };
@@ -344,7 +343,6 @@ export async function startEmulators(options: { dynamoPath?: string } = {}): Pro
         CTH_ROUTERS_TRANSACTIONS: String(config.routerTransactions),
         CTH_IDEMPOTENCY_TABLE: config.idempotencyTable,
         CTH_NODE_QUEUE_URL_TEMPLATE: config.nodeQueueUrlTemplate,
-        CTH_STATUS_QUEUE_URL: config.statusQueueUrl,
         CTH_STATUS_QUEUE_NAME_TEMPLATE: config.statusQueueNameTemplate,
         ...(config.signingKey?.kind === "file"
           ? { CTH_SIGNING_KEY_FILE: config.signingKey.path, CTH_SIGNING_KEY_ID: config.signingKey.keyId }
