@@ -196,6 +196,37 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
     if (keysDir) rmSync(keysDir, { recursive: true, force: true });
   });
 
+  /** An agent core and poller on the shared queue, with recording ports, as node `node`. */
+  async function agentOn(node: string, timing: { waitSeconds: number; backoffBaseSeconds?: number }) {
+    const iptables = new RecordingIptables();
+    const status = new RecordingStatus();
+    const metrics = new AgentMetrics();
+    const logger = pino({ level: "silent" });
+    const core = new AgentCore({
+      node,
+      catalog,
+      iptables,
+      state: await StateStore.load(stateRoot, node),
+      status,
+      metrics,
+      logger,
+      namespacePattern: "qrouter-{router_id}",
+      createNamespaces: true,
+    });
+    const poller = new QueuePoller({
+      sqs,
+      queueUrl: queue.url,
+      dlqUrl: queue.dlqUrl,
+      core,
+      schema: schemas.routerSync,
+      verifyKeys,
+      metrics,
+      logger,
+      ...timing,
+    });
+    return { iptables, status, metrics, core, poller };
+  }
+
   it(`parks every message outside the schema and applies exactly the others (${RUNS * BATCH} messages)`, async () => {
     let run = 0;
     let invalidTotal = 0;
@@ -207,31 +238,7 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
         async (cases) => {
           const bodies = cases.map(([body]) => body);
           run++;
-          const iptables = new RecordingIptables();
-          const status = new RecordingStatus();
-          const metrics = new AgentMetrics();
-          const logger = pino({ level: "silent" });
-          const node = `hostile-${run}`;
-          const core = new AgentCore({
-            node,
-            catalog,
-            iptables,
-            state: await StateStore.load(stateRoot, node),
-            status,
-            metrics,
-            logger,
-            namespacePattern: "qrouter-{router_id}",
-            createNamespaces: true,
-          });
-          const poller = new QueuePoller({
-            sqs,
-            queueUrl: queue.url,
-            dlqUrl: queue.dlqUrl,
-            core,
-            schema: schemas.routerSync,
-            verifyKeys,
-            metrics,
-            logger,
+          const { iptables, status, metrics, poller } = await agentOn(`hostile-${run}`, {
             waitSeconds: 0,
             backoffBaseSeconds: 1,
           });
@@ -335,31 +342,7 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
   }, 240_000);
 
   it("a message that repeats a helper id is parked at its first receive and never reaches the port", async () => {
-    const iptables = new RecordingIptables();
-    const metrics = new AgentMetrics();
-    const logger = pino({ level: "silent" });
-    const core = new AgentCore({
-      node: "hostile-dup",
-      catalog,
-      iptables,
-      state: await StateStore.load(stateRoot, "hostile-dup"),
-      status: new RecordingStatus(),
-      metrics,
-      logger,
-      namespacePattern: "qrouter-{router_id}",
-      createNamespaces: true,
-    });
-    const poller = new QueuePoller({
-      sqs,
-      queueUrl: queue.url,
-      dlqUrl: queue.dlqUrl,
-      core,
-      schema: schemas.routerSync,
-      verifyKeys,
-      metrics,
-      logger,
-      waitSeconds: 1,
-    });
+    const { iptables, core, poller } = await agentOn("hostile-dup", { waitSeconds: 1 });
     const id = "6f1d2c3b-4a5e-4f60-8172-93a4b5c6d7e8";
     const message = {
       v: 1,

@@ -14,7 +14,7 @@ import { isTombstone, type RouterRecord, type Tombstone } from "../../lib/ports.
 import { FAMILIES, planFamily } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
-import { fixedClock, PROJECT_A, PROJECT_B } from "../support/factories.ts";
+import { fixedClock, PROJECT_A, PROJECT_B, routerRecord } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 import {
   allStrings,
@@ -60,36 +60,30 @@ async function seedStore(): Promise<MemoryRoutersStore> {
     helper: "tftp",
   }));
   const rows: RouterRecord[] = [
-    {
+    routerRecord({
       routerId: R_A,
       projectId: PROJECT_A,
       host: "node-a",
       revision: 2,
       helpers: [],
-      replicas: {},
-      draining: {},
       updatedAt: T0,
-    },
-    {
+    }),
+    routerRecord({
       routerId: R_A_FULL,
       projectId: PROJECT_A,
       host: "node-b",
       revision: 9,
       helpers: full,
-      replicas: {},
-      draining: {},
       updatedAt: T0,
-    },
-    {
+    }),
+    routerRecord({
       routerId: R_B,
       projectId: PROJECT_B,
       host: "node-a",
       revision: 1,
       helpers: [],
-      replicas: {},
-      draining: {},
       updatedAt: T0,
-    },
+    }),
   ];
   for (const row of rows) await store.put(row, undefined);
   return store;
