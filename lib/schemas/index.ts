@@ -151,6 +151,8 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     kind: z.literal("router-sync"),
     router_id: uuid,
     revision,
+    /** Where the router lives on the receiving host; absent (messages queued before bindings) means qrouter. */
+    namespace: z.optional(namespaceKind),
     // A repeated id is refused here, not by the renderer: a message that can never apply is parked at once
     // instead of burning every retry on its way to the DLQ.
     helpers: list(queuedHelper, 0, limits.maxHelpersPerRouter).check((ctx) => {
