@@ -117,7 +117,9 @@ describe("command helper process", () => {
     const runner = new HelperRunner();
     const slow = runner.run(node, ["-e", "setTimeout(() => console.log('finished'), 500)"]);
     await until(() => runner.pid !== undefined);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // The command running means the helper's signal handlers are in (set before it reads a request); a
+    // fixed delay was too short on a loaded machine.
+    await until(() => descendantPids(runner.pid!).length > 0);
     process.kill(runner.pid!, "SIGTERM");
     expect((await slow).stdout).toBe("finished\n");
     runner.close();
