@@ -18,7 +18,13 @@ import {
   renderRestore,
   sameLines,
 } from "../lib/render.ts";
-import type { ApplyError, HelperRule, RouterSyncMessage } from "../lib/schemas/index.ts";
+import {
+  type ApplyError,
+  type HelperRule,
+  type NamespaceKind,
+  namespaceKind,
+  type RouterSyncMessage,
+} from "../lib/schemas/index.ts";
 import { type IptablesPort, NamespaceMissingError, RestoreError } from "./iptables.ts";
 import type { AgentMetrics } from "./metrics.ts";
 import type { RouterState, StateStore } from "./state.ts";
@@ -34,7 +40,12 @@ export type ApplyOutcome =
   | { readonly kind: "stale"; readonly appliedRevision: number }
   /** revision == last applied: dropped, the applied report is sent again (the first may have been lost). */
   | { readonly kind: "duplicate"; readonly appliedRevision: number }
-  | { readonly kind: "namespace-missing"; readonly namespace: string };
+  | { readonly kind: "namespace-missing"; readonly namespace: string }
+  /**
+   * Not applied and never will be under this configuration: nothing touched or recorded, a report with the
+   * reason sent. The message is done with (the reconciler re-sends once the node is reconfigured).
+   */
+  | { readonly kind: "refused"; readonly reason: "namespace_unsupported" };
 
 /** The rules could not be made to match the snapshot; the message stays queued for a retry. */
 export class ApplyFailedError extends Error {
@@ -56,7 +67,10 @@ export interface AgentCoreOptions {
   readonly status: StatusSink;
   readonly metrics: AgentMetrics;
   readonly logger: Logger;
-  /** `{router_id}` is replaced by the router's (schema-validated) UUID. */
+  /**
+   * `{router_id}` is replaced by the router's (schema-validated) UUID, `{namespace}` by the snapshot's
+   * namespace kind. A pattern without `{namespace}` names qrouter namespaces only.
+   */
   readonly namespacePattern: string;
   readonly createNamespaces?: boolean;
   /** Address families this node manages (default both); a host without IPv6 netfilter runs with ipv4 only. */
@@ -73,8 +87,25 @@ interface FamilyResult {
   readonly save?: string | undefined;
 }
 
+/** Where one router's snapshot goes on this host. */
+interface Placement {
+  readonly kind: NamespaceKind;
+  readonly ns: string;
+}
+
 /** What a namespace that is gone holds: nothing. */
 const EMPTY_DIGEST = helperSetDigest([]);
+
+export const DEFAULT_NAMESPACE_PATTERN = "{namespace}-{router_id}";
+
+export function renderNamespace(pattern: string, routerId: string, kind: NamespaceKind): string {
+  return pattern.replaceAll("{namespace}", kind).replaceAll("{router_id}", routerId);
+}
+
+/** The kinds a pattern can tell apart: without `{namespace}` only qrouter (the names before DVR support). */
+export function namespaceKindsOf(pattern: string): readonly NamespaceKind[] {
+  return pattern.includes("{namespace}") ? namespaceKind.options : ["qrouter"];
+}
 
 /** Within one batch only the newest revision per router matters; the rest are superseded. */
 export function coalesce<T>(
@@ -97,6 +128,7 @@ export function coalesce<T>(
 export class AgentCore {
   readonly unavailable: Record<Family, Set<string>>;
   private readonly families: readonly Family[];
+  private readonly kinds: readonly NamespaceKind[];
   /** Tail of each router's queue of transactions (see exclusive). */
   private readonly locks = new Map<string, Promise<unknown>>();
   private drifting = false;
@@ -106,10 +138,15 @@ export class AgentCore {
   constructor(private readonly options: AgentCoreOptions) {
     this.unavailable = options.unavailable ?? { ipv4: new Set(), ipv6: new Set() };
     this.families = options.families ?? FAMILIES;
+    this.kinds = namespaceKindsOf(options.namespacePattern);
   }
 
-  namespaceFor(routerId: string): string {
-    return this.options.namespacePattern.replaceAll("{router_id}", routerId);
+  /** The router's namespace of `kind` (absent: qrouter, as on the wire); throws for a kind it cannot name. */
+  namespaceFor(routerId: string, kind: NamespaceKind = "qrouter"): string {
+    if (!this.kinds.includes(kind)) {
+      throw new Error(`--namespace-pattern ${this.options.namespacePattern} cannot name a ${kind} namespace`);
+    }
+    return renderNamespace(this.options.namespacePattern, routerId, kind);
   }
 
   /**
@@ -146,23 +183,59 @@ export class AgentCore {
         );
         return { kind: "stale", appliedRevision: last.revision };
       }
+      const kind = snapshot.namespace ?? "qrouter";
+      if (!this.kinds.includes(kind)) return this.refuse(snapshot, kind);
       if (last && snapshot.revision === last.revision) {
         this.options.metrics.messages.inc({ outcome: "duplicate" });
         await this.report(snapshot.router_id, last);
         return { kind: "duplicate", appliedRevision: last.revision };
       }
-      return this.converge(snapshot.router_id, snapshot.revision, snapshot.helpers, snapshot.correlation_id);
+      return this.converge(
+        snapshot.router_id,
+        snapshot.revision,
+        snapshot.helpers,
+        { kind, ns: this.namespaceFor(snapshot.router_id, kind) },
+        snapshot.correlation_id,
+      );
     });
+  }
+
+  /**
+   * A pattern without `{namespace}` renders a DVR router's snat namespace as its qrouter one: writing there
+   * would put the rules in the wrong namespace, so the snapshot is refused and the control plane told why
+   * (an error without helper_id: this replica is not in sync).
+   */
+  private async refuse(snapshot: RouterSyncMessage, kind: NamespaceKind): Promise<ApplyOutcome> {
+    const { logger, metrics, namespacePattern } = this.options;
+    const reason = "namespace_unsupported";
+    metrics.messages.inc({ outcome: reason });
+    const message =
+      `--namespace-pattern "${namespacePattern}" has no {namespace} placeholder, so this agent cannot tell ` +
+      `a DVR router's ${kind} namespace; set e.g. ${DEFAULT_NAMESPACE_PATTERN}`;
+    logger.warn(
+      { router_id: snapshot.router_id, revision: snapshot.revision, namespace_kind: kind, reason },
+      message,
+    );
+    await this.sendReport({
+      routerId: snapshot.router_id,
+      revision: snapshot.revision,
+      kind,
+      rules: { ipv4: 0, ipv6: 0 },
+      errors: [{ code: reason, message }],
+      digest: EMPTY_DIGEST,
+    });
+    return { kind: "refused", reason };
   }
 
   private async converge(
     routerId: string,
     revision: number,
     helpers: readonly HelperRule[],
+    placement: Placement,
     correlationId?: string,
   ): Promise<ApplyOutcome> {
     const { iptables, logger, metrics, state } = this.options;
-    const ns = this.namespaceFor(routerId);
+    const { kind, ns } = placement;
     const previous = state.get(routerId);
     let created = previous?.createdNamespace === true && previous.namespace === ns;
     const started = performance.now();
@@ -172,18 +245,20 @@ export class AgentCore {
         // A namespace that comes back is a new, empty one: what was last read back no longer holds.
         this.forget(ns);
         if (helpers.length === 0) {
-          // Nothing to remove from a namespace that is gone: the empty snapshot holds already.
+          // Nothing to remove from a namespace that is gone: the empty snapshot holds there already.
+          await this.vacate(routerId, ns, previous);
           await state.set(routerId, {
             revision,
             helpers: [],
             namespace: ns,
+            kind,
             appliedAt: new Date().toISOString(),
           });
           const nothing = { ipv4: 0, ipv6: 0 };
           return this.finish(
             routerId,
             revision,
-            ns,
+            placement,
             started,
             false,
             nothing,
@@ -197,17 +272,9 @@ export class AgentCore {
         created = true;
         logger.info({ router_id: routerId, namespace: ns }, "namespace created");
       }
-      // The families are independent tables: converge them concurrently (each step is a process spawn).
-      // Both settle before anything is decided, so no family is still being written once the lock is released.
       // What this agent last wrote here (state file), the guess for a namespace it has not read yet.
       const assumed = previous?.namespace === ns ? previous.helpers : [];
-      const [ipv4, ipv6] = await Promise.allSettled([
-        this.convergeFamily(ns, "ipv4", helpers, assumed),
-        this.convergeFamily(ns, "ipv6", helpers, assumed),
-      ]);
-      if (ipv4.status === "rejected") throw ipv4.reason;
-      if (ipv6.status === "rejected") throw ipv6.reason;
-      const results: Record<Family, FamilyResult> = { ipv4: ipv4.value, ipv6: ipv6.value };
+      const results = await this.convergeFamilies(ns, helpers, assumed);
       const changed = results.ipv4.changed || results.ipv6.changed;
       const errors = [...results.ipv4.errors, ...results.ipv6.errors];
       if (helpers.length === 0 && created) {
@@ -216,10 +283,13 @@ export class AgentCore {
         created = false;
         logger.info({ router_id: routerId, namespace: ns }, "namespace this agent created removed");
       }
+      // Only after the new namespace is verified: a move that fails halfway leaves the old rules, never none.
+      await this.vacate(routerId, ns, previous);
       await state.set(routerId, {
         revision,
         helpers: [...helpers],
         namespace: ns,
+        kind,
         appliedAt: new Date().toISOString(),
         createdNamespace: created || undefined,
       });
@@ -229,7 +299,17 @@ export class AgentCore {
         { ipv4: results.ipv4.save, ipv6: results.ipv6.save },
         this.options.catalog,
       );
-      return this.finish(routerId, revision, ns, started, changed, rules, errors, digest, correlationId);
+      return this.finish(
+        routerId,
+        revision,
+        placement,
+        started,
+        changed,
+        rules,
+        errors,
+        digest,
+        correlationId,
+      );
     } catch (error) {
       if (error instanceof NamespaceMissingError) {
         this.forget(ns);
@@ -247,6 +327,63 @@ export class AgentCore {
     }
   }
 
+  /**
+   * The families are independent tables: converged concurrently (each step is a process spawn). Both settle
+   * before anything is decided, so no family is still being written once the lock is released.
+   */
+  private async convergeFamilies(
+    ns: string,
+    helpers: readonly HelperRule[],
+    assumed: readonly HelperRule[],
+  ): Promise<Record<Family, FamilyResult>> {
+    const [ipv4, ipv6] = await Promise.allSettled([
+      this.convergeFamily(ns, "ipv4", helpers, assumed),
+      this.convergeFamily(ns, "ipv6", helpers, assumed),
+    ]);
+    if (ipv4.status === "rejected") throw ipv4.reason;
+    if (ipv6.status === "rejected") throw ipv6.reason;
+    return { ipv4: ipv4.value, ipv6: ipv6.value };
+  }
+
+  /**
+   * Namespaces this router may have left on this host: the one the state file names if it is not `ns` (a
+   * legacy router turned DVR, or back); with no state (lost, or a new router), the router's namespaces of
+   * the other kinds, so an agent that forgot still leaves rules only where the control plane wants them.
+   */
+  private formerNamespaces(routerId: string, ns: string, previous: RouterState | undefined): string[] {
+    if (previous) return previous.namespace === ns ? [] : [previous.namespace];
+    return this.kinds.map((kind) => this.namespaceFor(routerId, kind)).filter((name) => name !== ns);
+  }
+
+  /**
+   * Converges the router's former namespaces to the empty set (our chains only; Neutron's rules are never
+   * touched) and removes one the agent created itself. A namespace that is gone holds nothing.
+   */
+  private async vacate(routerId: string, ns: string, previous: RouterState | undefined): Promise<void> {
+    const { iptables, logger } = this.options;
+    for (const former of this.formerNamespaces(routerId, ns, previous)) {
+      try {
+        if (!(await iptables.namespaceExists(former))) {
+          this.forget(former);
+          continue;
+        }
+        const assumed = previous?.namespace === former ? previous.helpers : [];
+        const results = await this.convergeFamilies(former, [], assumed);
+        if (results.ipv4.changed || results.ipv6.changed) {
+          logger.info({ router_id: routerId, namespace: former, now: ns }, "router moved: old rules removed");
+        }
+        if (previous?.namespace === former && previous.createdNamespace) {
+          await iptables.deleteNamespace(former);
+          this.forget(former);
+          logger.info({ router_id: routerId, namespace: former }, "namespace this agent created removed");
+        }
+      } catch (error) {
+        if (!(error instanceof NamespaceMissingError)) throw error;
+        this.forget(former);
+      }
+    }
+  }
+
   private missing(routerId: string, revision: number, ns: string): ApplyOutcome {
     this.options.metrics.namespaceMissing.inc();
     this.options.logger.warn({ router_id: routerId, revision, namespace: ns }, "router namespace missing");
@@ -256,7 +393,7 @@ export class AgentCore {
   private async finish(
     routerId: string,
     revision: number,
-    ns: string,
+    placement: Placement,
     started: number,
     changed: boolean,
     rules: { ipv4: number; ipv6: number },
@@ -273,7 +410,7 @@ export class AgentCore {
       {
         router_id: routerId,
         revision,
-        namespace: ns,
+        namespace: placement.ns,
         changed,
         rules,
         errors: errors.length,
@@ -282,11 +419,10 @@ export class AgentCore {
       },
       changed ? "snapshot applied" : "snapshot already in place, nothing written",
     );
-    await this.sendReport(routerId, revision, rules, errors, digest);
+    await this.sendReport({ routerId, revision, kind: placement.kind, rules, errors, digest });
     return { kind: "applied", changed, rules, errors };
   }
 
-  /** One family: render against the current save, restore, leave out helpers the kernel lacks, verify. */
   /**
    * One family: render against what the table holds, restore, leave out helpers the kernel lacks, read back
    * and compare. "What the table holds" is the last read-back of this namespace when there is one (saves a
@@ -383,13 +519,14 @@ export class AgentCore {
         ? (this.lastSeen.get(`${last.namespace}\n${family}`) ?? (await this.readBack(last.namespace, family)))
         : "";
     }
-    await this.sendReport(
+    await this.sendReport({
       routerId,
-      last.revision,
+      revision: last.revision,
+      kind: last.kind ?? "qrouter",
       rules,
       errors,
-      readBackDigest(saves, this.options.catalog),
-    );
+      digest: readBackDigest(saves, this.options.catalog),
+    });
   }
 
   private async readBack(ns: string, family: Family): Promise<string> {
@@ -403,13 +540,15 @@ export class AgentCore {
     }
   }
 
-  private async sendReport(
-    routerId: string,
-    revision: number,
-    rules: { ipv4: number; ipv6: number },
-    errors: readonly ApplyError[],
-    digest: string,
-  ): Promise<void> {
+  private async sendReport(report: {
+    readonly routerId: string;
+    readonly revision: number;
+    readonly kind: NamespaceKind;
+    readonly rules: { ipv4: number; ipv6: number };
+    readonly errors: readonly ApplyError[];
+    readonly digest: string;
+  }): Promise<void> {
+    const { routerId, revision, kind, rules, errors, digest } = report;
     try {
       await this.options.status.send({
         v: 1,
@@ -418,7 +557,7 @@ export class AgentCore {
         revision,
         // Kept for readers of the queue; the status side takes the host from the queue itself.
         host: this.options.node,
-        namespace: "qrouter",
+        namespace: kind,
         digest,
         rules,
         errors: [...errors],
@@ -452,7 +591,11 @@ export class AgentCore {
               { router_id: routerId, namespace: last.namespace },
               "drift found, re-applying",
             );
-            await this.converge(routerId, last.revision, last.helpers);
+            // Repaired where it was applied: only a new snapshot moves a router.
+            await this.converge(routerId, last.revision, last.helpers, {
+              kind: last.kind ?? "qrouter",
+              ns: last.namespace,
+            });
             repaired.push(routerId);
           } catch (error) {
             this.options.logger.error({ router_id: routerId, err: error }, "drift repair failed");

@@ -29,7 +29,10 @@ export class AgentMetrics {
     help: "Unix time of the last verified apply",
     registers: [this.registry],
   });
-  /** outcome: stale | duplicate | unauthenticated | invalid | superseded. */
+  /**
+   * outcome: stale | duplicate | unauthenticated | invalid | superseded | namespace_unsupported (a snat
+   * snapshot and a --namespace-pattern without {namespace}: refused, reported, not retried).
+   */
   readonly messages = new Counter({
     name: "cth_agent_messages_total",
     help: "Queue messages not applied, by reason",

@@ -49,6 +49,22 @@ interface Valid {
   readonly snapshot: RouterSyncMessage;
 }
 
+/**
+ * Whether the message is done with: applied, made obsolete, or refused (nothing a retry could change; the
+ * reconciler re-sends). Only a missing namespace is worth retrying the same message for.
+ */
+function isSettled(outcome: ApplyOutcome): boolean {
+  switch (outcome.kind) {
+    case "applied":
+    case "stale":
+    case "duplicate":
+    case "refused":
+      return true;
+    case "namespace-missing":
+      return false;
+  }
+}
+
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
     const timer = setTimeout(resolve, ms);
@@ -259,7 +275,7 @@ export class QueuePoller {
                   logger.error({ err: error }, "unexpected apply error");
               }
               inHand.delete(newest.message);
-              if (outcome && outcome.kind !== "namespace-missing") {
+              if (outcome && isSettled(outcome)) {
                 if (outcome.kind === "applied") {
                   // The apply itself is logged at info by the core; this per-message line is for debugging.
                   logger.debug(

@@ -10,14 +10,16 @@ import { constants } from "node:fs";
 import { mkdir, open, readdir, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import * as z from "zod/mini";
-import type { HelperRule } from "../lib/schemas/index.ts";
-import { primitives } from "../lib/schemas/index.ts";
+import type { HelperRule, NamespaceKind } from "../lib/schemas/index.ts";
+import { namespaceKind, primitives } from "../lib/schemas/index.ts";
 import { assertPrivatePath } from "./private-path.ts";
 
 export interface RouterState {
   readonly revision: number;
   readonly helpers: readonly HelperRule[];
   readonly namespace: string;
+  /** The kind `namespace` was rendered for; absent (state written before DVR support) means qrouter. */
+  readonly kind?: NamespaceKind | undefined;
   readonly appliedAt: string;
   /** The agent created this namespace itself (--create-namespaces), so it may remove it again. */
   readonly createdNamespace?: boolean | undefined;
@@ -39,6 +41,7 @@ const stateFile = z.strictObject({
         }),
       ),
       namespace: z.string().check(z.maxLength(64)),
+      kind: z.optional(namespaceKind),
       appliedAt: z.string().check(z.maxLength(40)),
       createdNamespace: z.optional(z.boolean()),
     }),

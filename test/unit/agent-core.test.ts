@@ -22,7 +22,7 @@ import {
 } from "../../lib/domain/services.ts";
 import type { StatusSink } from "../../lib/ports.ts";
 import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily, ruleLine } from "../../lib/render.ts";
-import type { HelperRule, RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
+import type { HelperRule, NamespaceKind, RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
 import { admin, notification } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
@@ -48,15 +48,25 @@ const helper = (
   helper: name,
 });
 
-const snapshot = (routerId: string, revision: number, helpers: HelperRule[]): RouterSyncMessage => ({
+const snapshot = (
+  routerId: string,
+  revision: number,
+  helpers: HelperRule[],
+  namespace?: NamespaceKind,
+): RouterSyncMessage => ({
   v: 1,
   kind: "router-sync",
   router_id: routerId,
   revision,
+  ...(namespace ? { namespace } : {}),
   helpers,
   correlation_id: `c-${revision}`,
   issued_at: "2026-11-24T05:00:00.000Z",
 });
+
+/** What Neutron's L3 agent keeps in a router's raw table: not ours, never to be touched. */
+const NEUTRON_RAW =
+  "*raw\n:neutron-l3-agent-PREROUTING - [0:0]\n-A PREROUTING -j neutron-l3-agent-PREROUTING\nCOMMIT\n";
 
 describe("agent core (in-memory iptables model)", () => {
   let dir: string;
@@ -578,5 +588,203 @@ describe("agent core (in-memory iptables model)", () => {
       [2, 0],
       [3, 1],
     ]);
+  });
+
+  describe("namespace kinds (qrouter and a DVR router's snat)", () => {
+    const BY_KIND = "{namespace}-{router_id}";
+    let snat: string;
+
+    beforeEach(() => {
+      snat = `snat-${routerId}`;
+    });
+
+    const holds = async (name: string) => ({
+      ipv4: ownedHelperIds(await iptables.save(name, "ipv4")),
+      ipv6: ownedHelperIds(await iptables.save(name, "ipv6")),
+    });
+
+    it("the default pattern applies a snat snapshot in snat-<id> and writes nothing in qrouter-<id>", async () => {
+      // A dvr_snat node: both namespaces exist, Neutron's rules in qrouter's raw table.
+      await iptables.createNamespace(snat);
+      await iptables.restore(ns, "ipv4", NEUTRON_RAW);
+      const neutron = await iptables.save(ns, "ipv4");
+      const restoresBefore = iptables.restores.get(ns);
+      const ftp = helper("ftp", "tcp", 21);
+      const core = makeCore({ namespacePattern: BY_KIND });
+      expect(core.namespaceFor(routerId, "snat")).toBe(snat);
+      expect(await core.apply(snapshot(routerId, 1, [ftp], "snat"))).toMatchObject({
+        kind: "applied",
+        changed: true,
+      });
+      expect(await holds(snat)).toEqual({ ipv4: [ftp.id], ipv6: [ftp.id] });
+      expect(await holds(ns)).toEqual({ ipv4: [], ipv6: [] });
+      expect(iptables.restores.get(ns)).toBe(restoresBefore);
+      expect((await iptables.save(ns, "ipv4")).split("\n").slice(1)).toEqual(neutron.split("\n").slice(1));
+      expect(state.get(routerId)).toMatchObject({ revision: 1, namespace: snat, kind: "snat" });
+    });
+
+    it("legacy to DVR: the rules move to snat-<id>; qrouter-<id> keeps Neutron's rules and none of ours", async () => {
+      await iptables.createNamespace(snat);
+      await iptables.restore(ns, "ipv4", NEUTRON_RAW);
+      const core = makeCore({ namespacePattern: BY_KIND });
+      const helpers = [helper("ftp", "tcp", 21), helper("tftp", "udp", 69)];
+      await core.apply(snapshot(routerId, 1, helpers));
+      expect(await holds(ns)).toEqual({ ipv4: helpers.map((h) => h.id), ipv6: helpers.map((h) => h.id) });
+      await core.apply(snapshot(routerId, 2, helpers, "snat"));
+      expect(await holds(snat)).toEqual({ ipv4: helpers.map((h) => h.id), ipv6: helpers.map((h) => h.id) });
+      expect(await holds(ns)).toEqual({ ipv4: [], ipv6: [] });
+      // Emptied, not removed (the agent did not create it), and Neutron's chain is still there.
+      expect(await iptables.save(ns, "ipv4")).toContain("-A PREROUTING -j neutron-l3-agent-PREROUTING");
+      expect(ownedLines(await iptables.save(ns, "ipv4"))).toEqual([]);
+      expect(state.get(routerId)).toMatchObject({ revision: 2, namespace: snat, kind: "snat" });
+    });
+
+    it("DVR back to legacy: a snat namespace the agent created is deleted once qrouter holds the rules", async () => {
+      const core = makeCore({ namespacePattern: BY_KIND, createNamespaces: true });
+      const sip = helper("sip", "udp", 5060);
+      await core.apply(snapshot(routerId, 1, [sip], "snat"));
+      expect(await iptables.namespaceExists(snat)).toBe(true);
+      expect(state.get(routerId)?.createdNamespace).toBe(true);
+      await core.apply(snapshot(routerId, 2, [sip], "qrouter"));
+      expect(await holds(ns)).toEqual({ ipv4: [sip.id], ipv6: [sip.id] });
+      expect(await iptables.namespaceExists(snat)).toBe(false);
+      // qrouter-<id> existed already: not the agent's to remove later.
+      expect(state.get(routerId)).toMatchObject({
+        namespace: ns,
+        kind: "qrouter",
+        createdNamespace: undefined,
+      });
+    });
+
+    it("the old namespace is left alone while the new one is missing: the rules are never in neither", async () => {
+      const core = makeCore({ namespacePattern: BY_KIND });
+      const ftp = helper("ftp", "tcp", 21);
+      await core.apply(snapshot(routerId, 1, [ftp]));
+      expect(await core.apply(snapshot(routerId, 2, [ftp], "snat"))).toEqual({
+        kind: "namespace-missing",
+        namespace: snat,
+      });
+      expect(await holds(ns)).toEqual({ ipv4: [ftp.id], ipv6: [ftp.id] });
+      expect(state.get(routerId)).toMatchObject({ revision: 1, namespace: ns });
+    });
+
+    it("with no state for the router, the other kind's namespace is emptied too (an agent that lost its state)", async () => {
+      await iptables.createNamespace(snat);
+      const stale = [helper("ftp", "tcp", 21)];
+      await makeCore({ namespacePattern: BY_KIND }).apply(snapshot(routerId, 1, stale));
+      const amnesiac = makeCore({
+        namespacePattern: BY_KIND,
+        state: await StateStore.load(await mkdtemp(join(tmpdir(), "cth-lost-")), NODE),
+      });
+      const wanted = [helper("tftp", "udp", 69)];
+      await amnesiac.apply(snapshot(routerId, 2, wanted, "snat"));
+      expect(await holds(snat)).toEqual({ ipv4: [wanted[0]!.id], ipv6: [wanted[0]!.id] });
+      expect(await holds(ns)).toEqual({ ipv4: [], ipv6: [] });
+    });
+
+    it("an empty snapshot with no state leaves nothing in either namespace, even when its own is missing", async () => {
+      const left = [helper("irc", "tcp", 6667)];
+      await makeCore({ namespacePattern: BY_KIND }).apply(snapshot(routerId, 1, left));
+      const amnesiac = makeCore({
+        namespacePattern: BY_KIND,
+        state: await StateStore.load(await mkdtemp(join(tmpdir(), "cth-lost-")), NODE),
+      });
+      expect(await amnesiac.apply(snapshot(routerId, 2, [], "snat"))).toMatchObject({
+        kind: "applied",
+        rules: { ipv4: 0, ipv6: 0 },
+      });
+      expect(await iptables.namespaceExists(snat)).toBe(false);
+      expect(await holds(ns)).toEqual({ ipv4: [], ipv6: [] });
+      expect(sink.sent.at(-1)).toMatchObject({ revision: 2, namespace: "snat", digest: helperSetDigest([]) });
+    });
+
+    it("a pattern without {namespace} refuses a snat snapshot: nothing touched or recorded, a report says why", async () => {
+      await iptables.createNamespace(snat);
+      const core = makeCore({ namespacePattern: "qrouter-{router_id}" });
+      const outcome = await core.apply(snapshot(routerId, 4, [helper("ftp", "tcp", 21)], "snat"));
+      expect(outcome).toEqual({ kind: "refused", reason: "namespace_unsupported" });
+      expect(iptables.restores.size).toBe(0);
+      expect(await holds(ns)).toEqual({ ipv4: [], ipv6: [] });
+      expect(await holds(snat)).toEqual({ ipv4: [], ipv6: [] });
+      expect(state.get(routerId)).toBeUndefined();
+      expect(sink.sent).toEqual([
+        {
+          v: 1,
+          kind: "applied",
+          router_id: routerId,
+          revision: 4,
+          host: NODE,
+          namespace: "snat",
+          digest: helperSetDigest([]),
+          rules: { ipv4: 0, ipv6: 0 },
+          errors: [
+            {
+              code: "namespace_unsupported",
+              message:
+                '--namespace-pattern "qrouter-{router_id}" has no {namespace} placeholder, so this agent cannot ' +
+                "tell a DVR router's snat namespace; set e.g. {namespace}-{router_id}",
+            },
+          ],
+        },
+      ]);
+      expect(await metrics.registry.getSingleMetricAsString("cth_agent_messages_total")).toContain(
+        'outcome="namespace_unsupported"} 1',
+      );
+      expect(() => core.namespaceFor(routerId, "snat")).toThrow(/cannot name a snat namespace/);
+    });
+
+    it("a pattern without {namespace} still applies qrouter snapshots, named or not, into its namespace", async () => {
+      const core = makeCore({ namespacePattern: "qrouter-{router_id}" });
+      const ftp = helper("ftp", "tcp", 21);
+      const tftp = helper("tftp", "udp", 69);
+      await core.apply(snapshot(routerId, 1, [ftp]));
+      expect(await holds(ns)).toEqual({ ipv4: [ftp.id], ipv6: [ftp.id] });
+      await core.apply(snapshot(routerId, 2, [tftp], "qrouter"));
+      expect(await holds(ns)).toEqual({ ipv4: [tftp.id], ipv6: [tftp.id] });
+      expect(sink.sent.map((m) => m.kind === "applied" && m.namespace)).toEqual(["qrouter", "qrouter"]);
+    });
+
+    it("reports carry the kind applied, a duplicate's re-report the kind from the state", async () => {
+      await iptables.createNamespace(snat);
+      const core = makeCore({ namespacePattern: BY_KIND });
+      const helpers = [helper("ftp", "tcp", 21)];
+      await core.apply(snapshot(routerId, 1, helpers, "snat"));
+      expect(await core.apply(snapshot(routerId, 1, helpers, "snat"))).toEqual({
+        kind: "duplicate",
+        appliedRevision: 1,
+      });
+      expect(sink.sent.map((m) => m.kind === "applied" && [m.revision, m.namespace, m.digest])).toEqual([
+        [1, "snat", helperSetDigest(helpers)],
+        [1, "snat", helperSetDigest(helpers)],
+      ]);
+    });
+
+    it("a state file written before namespace kinds loads; its routers count as qrouter", async () => {
+      const ftp = helper("ftp", "tcp", 21);
+      await makeCore().apply(snapshot(routerId, 3, [ftp]));
+      // The same router as an agent without namespace kinds recorded it.
+      await writeFile(
+        join(dir, `agent-${NODE}.json`),
+        JSON.stringify({
+          v: 1,
+          node: NODE,
+          routers: {
+            [routerId]: { revision: 3, helpers: [ftp], namespace: ns, appliedAt: "2026-11-24T05:00:00.000Z" },
+          },
+        }),
+      );
+      const loaded = await StateStore.load(dir, NODE, (error) => {
+        throw error;
+      });
+      expect(loaded.get(routerId)).toMatchObject({ revision: 3, namespace: ns });
+      expect(loaded.get(routerId)?.kind).toBeUndefined();
+      const core = makeCore({ namespacePattern: BY_KIND, state: loaded });
+      expect(await core.apply(snapshot(routerId, 3, [ftp]))).toMatchObject({ kind: "duplicate" });
+      expect(sink.sent.at(-1)).toMatchObject({
+        revision: 3,
+        namespace: "qrouter",
+        digest: helperSetDigest([ftp]),
+      });
+    });
   });
 });

@@ -1,0 +1,117 @@
+/**
+ * What the poller does with each apply outcome's message: a refused snapshot is done with (deleted, never
+ * retried into the DLQ), a missing namespace is retried later. SQS is a recording stub.
+ */
+import { randomUUID } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  ChangeMessageVisibilityCommand,
+  DeleteMessageBatchCommand,
+  type Message,
+  type SQSClient,
+} from "@aws-sdk/client-sqs";
+import { pino } from "pino";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { AgentCore } from "../../agent/core.ts";
+import { MemoryIptables } from "../../agent/iptables-memory.ts";
+import { AgentMetrics } from "../../agent/metrics.ts";
+import { QueuePoller } from "../../agent/poller.ts";
+import { StateStore } from "../../agent/state.ts";
+import { HelperCatalog } from "../../lib/catalog.ts";
+import { DEFAULT_LIMITS } from "../../lib/config.ts";
+import { buildSchemas, type RouterSyncMessage, type StatusMessage } from "../../lib/schemas/index.ts";
+import { publicKeyFromPem } from "../../lib/signing.ts";
+import { signedAttributes, testKey } from "../support/signing.ts";
+
+const NODE = "poller-node";
+const catalog = new HelperCatalog();
+const dispatcher = testKey("dispatcher");
+
+/** Records every command and answers each with an empty response (a delete with no failures). */
+class RecordingSqs {
+  readonly commands: unknown[] = [];
+  async send(command: unknown): Promise<unknown> {
+    this.commands.push(command);
+    return {};
+  }
+  of<T>(type: abstract new (...args: never[]) => T): T[] {
+    return this.commands.filter((command): command is T => command instanceof type);
+  }
+}
+
+const sync = (routerId: string, namespace?: "snat"): RouterSyncMessage => ({
+  v: 1,
+  kind: "router-sync",
+  router_id: routerId,
+  revision: 1,
+  ...(namespace ? { namespace } : {}),
+  helpers: [{ id: randomUUID(), protocol: "tcp", port: 21, helper: "ftp" }],
+  correlation_id: "c-1",
+  issued_at: "2026-11-24T05:00:00.000Z",
+});
+
+async function signed(body: RouterSyncMessage, receipt: string): Promise<Message> {
+  const text = JSON.stringify(body);
+  const attributes = await signedAttributes(dispatcher, text);
+  return {
+    MessageId: randomUUID(),
+    ReceiptHandle: receipt,
+    Body: text,
+    Attributes: { ApproximateReceiveCount: "1" },
+    MessageAttributes: attributes,
+  };
+}
+
+describe("agent poller: apply outcomes and their messages", () => {
+  let dir: string;
+  let sqs: RecordingSqs;
+  let reports: StatusMessage[];
+  let poller: QueuePoller;
+
+  beforeEach(async () => {
+    dir = await mkdtemp(join(tmpdir(), "cth-agent-poller-"));
+    sqs = new RecordingSqs();
+    reports = [];
+    const metrics = new AgentMetrics();
+    const logger = pino({ level: "silent" });
+    const core = new AgentCore({
+      node: NODE,
+      catalog,
+      iptables: new MemoryIptables(),
+      state: await StateStore.load(dir, NODE),
+      status: { send: async (message) => void reports.push(message) },
+      metrics,
+      logger,
+      namespacePattern: "qrouter-{router_id}",
+    });
+    poller = new QueuePoller({
+      sqs: sqs as unknown as SQSClient,
+      queueUrl: "http://127.0.0.1:1/000000000000/cth-poller-node.fifo",
+      dlqUrl: "http://127.0.0.1:1/000000000000/cth-poller-node-dlq.fifo",
+      core,
+      schema: buildSchemas(DEFAULT_LIMITS, catalog).routerSync,
+      verifyKeys: new Map([[dispatcher.keyId, publicKeyFromPem(dispatcher.publicKeyPem)]]),
+      metrics,
+      logger,
+    });
+  });
+
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("a refused snapshot's message is deleted; a missing namespace's is left queued with a retry delay", async () => {
+    const refused = await signed(sync(randomUUID(), "snat"), "refused-receipt");
+    const missing = await signed(sync(randomUUID()), "missing-receipt");
+    await poller.handleBatch([refused, missing], performance.now());
+    expect(reports).toMatchObject([
+      { kind: "applied", namespace: "snat", errors: [{ code: "namespace_unsupported" }] },
+    ]);
+    const deleted = sqs.of(DeleteMessageBatchCommand).flatMap((command) => command.input.Entries ?? []);
+    expect(deleted.map((entry) => entry.ReceiptHandle)).toEqual(["refused-receipt"]);
+    const delayed = sqs.of(ChangeMessageVisibilityCommand).map((command) => command.input.ReceiptHandle);
+    expect(delayed).toEqual(["missing-receipt"]);
+  });
+});
