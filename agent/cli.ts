@@ -10,8 +10,9 @@ import { pino } from "pino";
 import { SqsStatusSink } from "../lib/aws/sqs-status-sink.ts";
 import { type Family, HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
-import { primitives } from "../lib/schemas/index.ts";
+import { namespaceKind, primitives } from "../lib/schemas/index.ts";
 import type { VerifyKeys } from "../lib/signing.ts";
+import { DEFAULT_NAMESPACE_PATTERN, renderNamespace } from "./core.ts";
 import { DirectRunner, HelperRunner } from "./exec-helper.ts";
 import { assertNamespaceName, ExecIptables, type IptablesPort } from "./iptables.ts";
 import { DryRunIptables } from "./iptables-memory.ts";
@@ -76,8 +77,10 @@ const FLAGS = {
   "namespace-pattern": {
     env: "CTH_AGENT_NAMESPACE_PATTERN",
     type: "string",
-    default: "qrouter-{router_id}",
-    help: "router namespace name",
+    default: DEFAULT_NAMESPACE_PATTERN,
+    help:
+      "router namespace name: {router_id} (required) is the router's UUID, {namespace} its kind (qrouter, " +
+      "or snat for a DVR router); without {namespace} only qrouter routers apply; a rendered name has at most 64 characters",
   },
   "create-namespaces": {
     env: "CTH_AGENT_CREATE_NAMESPACES",
@@ -183,7 +186,17 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
   const namespacePattern = str("namespace-pattern")!;
   if (!namespacePattern.includes("{router_id}"))
     throw new Error("--namespace-pattern must contain {router_id}");
-  assertNamespaceName(namespacePattern.replaceAll("{router_id}", "00000000-0000-4000-8000-000000000000"));
+  for (const kind of namespaceKind.options) {
+    const sample = renderNamespace(namespacePattern, "00000000-0000-4000-8000-000000000000", kind);
+    try {
+      assertNamespaceName(sample);
+    } catch {
+      throw new Error(
+        `--namespace-pattern "${namespacePattern}" gives the unsafe or too long name "${sample}" for a ` +
+          `${kind} router: a namespace name is 1 to 64 of A-Z a-z 0-9 _ . -`,
+      );
+    }
+  }
   const backend = str("backend");
   if (backend !== "iptables" && backend !== "dry-run")
     throw new Error("--backend must be iptables or dry-run");

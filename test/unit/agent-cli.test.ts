@@ -30,7 +30,8 @@ describe("agent CLI options", () => {
     ]) {
       expect(text).toContain(flag);
     }
-    expect(text).toContain("(default: qrouter-{router_id})");
+    expect(text).toContain("(default: {namespace}-{router_id})");
+    expect(text).toMatch(/\{namespace\} its kind \(qrouter, or snat for a DVR router\)/);
     expect(text).toContain("(default: 60)");
     expect(text).toContain("[env CTH_AGENT_QUEUE_URL]");
     expect(text).toContain("[env CTH_AGENT_VERIFY_KEYS]");
@@ -47,7 +48,7 @@ describe("agent CLI options", () => {
       stateDir: "/var/lib/cth-agent",
       metricsPort: 9469,
       driftIntervalSeconds: 60,
-      namespacePattern: "qrouter-{router_id}",
+      namespacePattern: "{namespace}-{router_id}",
       createNamespaces: false,
       backend: "iptables",
       spawner: "helper",
@@ -99,6 +100,24 @@ describe("agent CLI options", () => {
     });
   });
 
+  it("a pattern without {router_id} is refused: every router would share one namespace", () => {
+    expect(() => resolveOptions([...required, "--namespace-pattern", "{namespace}-router"], {})).toThrow(
+      "--namespace-pattern must contain {router_id}",
+    );
+  });
+
+  it("a pattern whose rendered name exceeds 64 characters is refused, naming the flag and the name", () => {
+    // 21 + 7 ("qrouter", the longer kind) + 36 = 64: just fits.
+    const fits = `${"p".repeat(20)}-{namespace}{router_id}`;
+    expect(resolveOptions([...required, "--namespace-pattern", fits], {})).toMatchObject({
+      namespacePattern: fits,
+    });
+    const tooLong = `${"p".repeat(21)}-{namespace}{router_id}`;
+    expect(() => resolveOptions([...required, "--namespace-pattern", tooLong], {})).toThrow(
+      `--namespace-pattern "${tooLong}" gives the unsafe or too long name "${"p".repeat(21)}-qrouter00000000-0000-4000-8000-000000000000" for a qrouter router`,
+    );
+  });
+
   it("rejects what would be unsafe or meaningless, before starting anything", () => {
     expect(() => resolveOptions([], {})).toThrow(/--node/);
     expect(() => resolveOptions(["--node", "n"], {})).toThrow(/--queue-url/);
@@ -117,6 +136,9 @@ describe("agent CLI options", () => {
       /unsafe/,
     );
     expect(() => resolveOptions([...required, "--backend", "nft"], {})).toThrow(/backend/);
+    expect(() => resolveOptions([...required, "--namespace-pattern", "{namespace}/{router_id}"], {})).toThrow(
+      /unsafe/,
+    );
     expect(() => resolveOptions([...required, "--spawner", "sh"], {})).toThrow(
       /--spawner must be helper or direct/,
     );
