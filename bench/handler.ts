@@ -123,7 +123,7 @@ export async function benchHandler(options: {
           {
             routerId,
             projectId: PROJECT,
-            host: "node-a",
+            bindings: [{ host: "node-a", namespace: "qrouter" }],
             revision: 0,
             helpers: [],
             replicas: {},

@@ -2,7 +2,13 @@
  * Every side effect sits behind one of these small interfaces. Adapters live in lib/aws (DynamoDB, SQS),
  * agent/ (iptables) and test/support (stateful in-memory fakes with their own contract tests).
  */
-import type { ApplyError, HelperRule, RouterSyncMessage, StatusMessage } from "./schemas/index.ts";
+import type {
+  ApplyError,
+  HelperRule,
+  NamespaceKind,
+  RouterSyncMessage,
+  StatusMessage,
+} from "./schemas/index.ts";
 
 /** A helper as stored on its router; `project_id` is the owner's project, kept for audit. */
 export type StoredHelper = HelperRule;
@@ -26,6 +32,15 @@ export interface ReplicaStatus {
 
 export type ReplicaContent = "match" | "partial" | "mismatch" | "behind";
 
+/**
+ * One host a router lives on, and the kind of namespace it lives in there: an L3 HA router has one per
+ * replica (`qrouter`), a DVR router its SNAT node(s) (`snat`).
+ */
+export interface Binding {
+  readonly host: string;
+  readonly namespace: NamespaceKind;
+}
+
 /** Hosts that may still hold a router's rules, each with the revision of the empty snapshot it must confirm. */
 export type Draining = Readonly<Record<string, number>>;
 
@@ -36,13 +51,14 @@ export type Draining = Readonly<Record<string, number>>;
 export interface RouterRecord {
   readonly routerId: string;
   readonly projectId: string;
-  readonly host: string;
+  /** 1..MAX_BINDINGS hosts, unique, in the order they were registered; every change goes to each. */
+  readonly bindings: readonly Binding[];
   /** Desired-state revision: +1 on every change, the condition of every write. */
   readonly revision: number;
   readonly helpers: readonly StoredHelper[];
   /** Applied status per reporting host (written only by the status path). */
   readonly replicas: Readonly<Record<string, ReplicaStatus>>;
-  /** Hosts the router left (moves): re-sent an empty snapshot until each confirms it. */
+  /** Hosts the router left (unbound, moved): re-sent an empty snapshot until each confirms it. */
   readonly draining: Draining;
   readonly updatedAt: string;
 }
@@ -108,11 +124,15 @@ export interface RoutersStore {
    * that (live router or tombstone). Returns false when there was no such entry.
    */
   confirmDrained(routerId: string, host: string, revision: number): Promise<boolean>;
-  /** Every live router a node carries. */
+  /** Every live router bound to a host (read consistently, so each is bound to it as returned). */
   listByHost(host: string): Promise<RouterRecord[]>;
   /** Every live router and every tombstone still draining (reconciler); adapters page through the table. */
   listAll(): AsyncIterable<RouterRecord | Tombstone>;
 }
+
+/** The binding of `host`, if the router is bound to it. */
+export const bindingOf = (record: RouterRecord, host: string): Binding | undefined =>
+  record.bindings.find((binding) => binding.host === host);
 
 /** Tells a tombstone from a live router in listAll's output. */
 export const isTombstone = (entry: RouterRecord | Tombstone): entry is Tombstone => "deleted" in entry;

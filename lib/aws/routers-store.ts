@@ -18,6 +18,7 @@ import {
 } from "@aws-sdk/lib-dynamodb";
 import { RevisionConflictError, ServiceUnavailableError } from "../errors.ts";
 import type {
+  Binding,
   Draining,
   ReplicaContent,
   ReplicaReport,
@@ -28,7 +29,7 @@ import type {
   Tombstone,
 } from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
-import { ROUTERS_BY_HOST_INDEX } from "./tables.ts";
+import { BINDING_SLOTS, bindingSlotAttribute, bindingSlotIndex } from "./tables.ts";
 
 interface ReplicaItem {
   revision: number;
@@ -40,7 +41,7 @@ interface ReplicaItem {
 interface RouterItem {
   router_id: string;
   project_id: string;
-  host: string;
+  bindings: Binding[];
   revision: number;
   helpers: { id: string; protocol: "tcp" | "udp"; port: number; helper: string }[];
   replicas: Record<string, ReplicaItem>;
@@ -48,11 +49,17 @@ interface RouterItem {
   updated_at: string;
 }
 
-function toItem(record: RouterRecord): RouterItem {
+/** The index attributes of a router's bindings: `host` for the first, `host_<i>` for the i-th. */
+function slotValues(bindings: readonly Binding[]): Record<string, string> {
+  return Object.fromEntries(bindings.map((binding, slot) => [bindingSlotAttribute(slot), binding.host]));
+}
+
+function toItem(record: RouterRecord): RouterItem & Record<string, unknown> {
   return {
     router_id: record.routerId,
     project_id: record.projectId,
-    host: record.host,
+    bindings: record.bindings.map(({ host, namespace }) => ({ host, namespace })),
+    ...slotValues(record.bindings),
     revision: record.revision,
     helpers: record.helpers.map(({ id, protocol, port, helper }) => ({ id, protocol, port, helper })),
     replicas: Object.fromEntries(
@@ -78,12 +85,18 @@ function drainingOf(raw: unknown): Draining {
   return Object.fromEntries(Object.entries(raw).map(([host, revision]) => [host, Number(revision)]));
 }
 
+function bindingsOf(row: Partial<RouterItem> & { host?: unknown }): Binding[] {
+  // Items written before bindings name one host: a qrouter binding.
+  if (!Array.isArray(row.bindings)) return [{ host: String(row.host), namespace: "qrouter" }];
+  return row.bindings.map((binding) => ({ host: String(binding.host), namespace: binding.namespace }));
+}
+
 function fromItem(item: Record<string, unknown>): RouterRecord {
   const row = item as unknown as Partial<RouterItem> & { router_id: string };
   return {
     routerId: row.router_id,
     projectId: String(row.project_id),
-    host: String(row.host),
+    bindings: bindingsOf(row),
     revision: Number(row.revision),
     helpers: (row.helpers ?? []).map((h) => ({
       id: h.id,
@@ -284,23 +297,50 @@ export class DynamoRoutersStore implements RoutersStore {
       };
     }
     const item = toItem(next);
+    const names: Record<string, string> = {};
+    const values: Record<string, unknown> = {
+      ":expected": expectedRevision,
+      ":project": item.project_id,
+      ":bindings": item.bindings,
+      ":revision": item.revision,
+      ":helpers": item.helpers,
+      ":draining": item.draining,
+      ":updated": item.updated_at,
+    };
+    const set = [
+      "project_id = :project",
+      "bindings = :bindings",
+      "revision = :revision",
+      "helpers = :helpers",
+      "draining = :draining",
+      "updated_at = :updated",
+    ];
+    const remove: string[] = [];
+    for (let slot = 0; slot < BINDING_SLOTS; slot++) {
+      names[`#slot${slot}`] = bindingSlotAttribute(slot);
+      const binding = next.bindings[slot];
+      if (binding) {
+        set.push(`#slot${slot} = :slot${slot}`);
+        values[`:slot${slot}`] = binding.host;
+      } else remove.push(`#slot${slot}`);
+    }
+    // The applied status of hosts the router no longer lives on says nothing any more: keep the item small.
+    // Those are the hosts of the writer's read and the hosts just left (draining); removing an absent key is
+    // a no-op.
+    [...new Set([...Object.keys(next.replicas), ...Object.keys(next.draining)])]
+      .filter((host) => !next.bindings.some((binding) => binding.host === host))
+      .forEach((host, index) => {
+        names[`#unbound${index}`] = host;
+        remove.push(`replicas.#unbound${index}`);
+      });
     return {
       Update: {
         TableName: this.tableName,
         Key: { router_id: next.routerId },
         ConditionExpression: "revision = :expected AND attribute_not_exists(deleted_at)",
-        UpdateExpression:
-          "SET project_id = :project, #host = :host, revision = :revision, helpers = :helpers, draining = :draining, updated_at = :updated",
-        ExpressionAttributeNames: { "#host": "host" },
-        ExpressionAttributeValues: {
-          ":expected": expectedRevision,
-          ":project": item.project_id,
-          ":host": item.host,
-          ":revision": item.revision,
-          ":helpers": item.helpers,
-          ":draining": item.draining,
-          ":updated": item.updated_at,
-        },
+        UpdateExpression: `SET ${set.join(", ")} REMOVE ${remove.join(", ")}`,
+        ExpressionAttributeNames: names,
+        ExpressionAttributeValues: values,
       },
     };
   }
@@ -407,25 +447,32 @@ export class DynamoRoutersStore implements RoutersStore {
   }
 
   async listByHost(host: string): Promise<RouterRecord[]> {
-    const records: RouterRecord[] = [];
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const page = await guard(
-        this.client.send(
-          new QueryCommand({
-            TableName: this.tableName,
-            IndexName: ROUTERS_BY_HOST_INDEX,
-            KeyConditionExpression: "#host = :host",
-            ExpressionAttributeNames: { "#host": "host" },
-            ExpressionAttributeValues: { ":host": host },
-            ExclusiveStartKey: startKey,
-          }),
-        ),
-      );
-      for (const item of page.Items ?? []) if (!isTombstoneItem(item)) records.push(fromItem(item));
-      startKey = page.LastEvaluatedKey;
-    } while (startKey);
-    return records;
+    // Index reads are eventually consistent: re-read every router found, and keep those bound to `host`.
+    const ids = new Set<string>();
+    await Promise.all(
+      Array.from({ length: BINDING_SLOTS }, async (_, slot) => {
+        let startKey: Record<string, unknown> | undefined;
+        do {
+          const page = await guard(
+            this.client.send(
+              new QueryCommand({
+                TableName: this.tableName,
+                IndexName: bindingSlotIndex(slot),
+                KeyConditionExpression: "#host = :host",
+                ExpressionAttributeNames: { "#host": bindingSlotAttribute(slot) },
+                ExpressionAttributeValues: { ":host": host },
+                ProjectionExpression: "router_id",
+                ExclusiveStartKey: startKey,
+              }),
+            ),
+          );
+          for (const item of page.Items ?? []) ids.add(String(item.router_id));
+          startKey = page.LastEvaluatedKey;
+        } while (startKey);
+      }),
+    );
+    const fresh = await this.getMany([...ids]);
+    return [...fresh.values()].filter((record) => record.bindings.some((binding) => binding.host === host));
   }
 
   async *listAll(): AsyncIterable<RouterRecord | Tombstone> {

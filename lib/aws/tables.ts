@@ -6,22 +6,35 @@ import type { CreateTableCommandInput } from "@aws-sdk/client-dynamodb";
 
 export const ROUTERS_BY_HOST_INDEX = "by-host";
 
+/**
+ * A router's i-th binding's host is kept in attribute `host` (i = 0, the index that predates bindings) or
+ * `host_<i>`, each with its own index: DynamoDB cannot index the members of a list, and one item per router
+ * keeps every write a single conditional write. Only the first index projects the item; the others give
+ * keys, which listByHost re-reads consistently anyway.
+ */
+export const BINDING_SLOTS = 8;
+
+export const bindingSlotAttribute = (slot: number): string => (slot === 0 ? "host" : `host_${slot}`);
+
+export const bindingSlotIndex = (slot: number): string =>
+  slot === 0 ? ROUTERS_BY_HOST_INDEX : `${ROUTERS_BY_HOST_INDEX}-${slot}`;
+
+const slots = Array.from({ length: BINDING_SLOTS }, (_, slot) => slot);
+
 export function routersTableDefinition(tableName: string): CreateTableCommandInput {
   return {
     TableName: tableName,
     BillingMode: "PAY_PER_REQUEST",
     AttributeDefinitions: [
       { AttributeName: "router_id", AttributeType: "S" },
-      { AttributeName: "host", AttributeType: "S" },
+      ...slots.map((slot) => ({ AttributeName: bindingSlotAttribute(slot), AttributeType: "S" as const })),
     ],
     KeySchema: [{ AttributeName: "router_id", KeyType: "HASH" }],
-    GlobalSecondaryIndexes: [
-      {
-        IndexName: ROUTERS_BY_HOST_INDEX,
-        KeySchema: [{ AttributeName: "host", KeyType: "HASH" }],
-        Projection: { ProjectionType: "ALL" },
-      },
-    ],
+    GlobalSecondaryIndexes: slots.map((slot) => ({
+      IndexName: bindingSlotIndex(slot),
+      KeySchema: [{ AttributeName: bindingSlotAttribute(slot), KeyType: "HASH" as const }],
+      Projection: { ProjectionType: slot === 0 ? ("ALL" as const) : ("KEYS_ONLY" as const) },
+    })),
   };
 }
 

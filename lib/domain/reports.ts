@@ -8,6 +8,7 @@
  */
 import { helperSetDigest } from "../digest.ts";
 import type {
+  Binding,
   Clock,
   CommandQueue,
   ReplicaContent,
@@ -16,7 +17,7 @@ import type {
   RoutersStore,
   Tombstone,
 } from "../ports.ts";
-import { isTombstone } from "../ports.ts";
+import { bindingOf, isTombstone } from "../ports.ts";
 import type { AppliedReport, ApplyError, RouterSyncMessage } from "../schemas/index.ts";
 import { buildEmptySnapshot, buildSnapshot } from "./snapshot.ts";
 
@@ -44,9 +45,15 @@ export const EMPTY_DIGEST = helperSetDigest([]);
 /** The error entry a content mismatch adds to the replica's applied_errors. */
 export const CONTENT_MISMATCH = "content_mismatch";
 
-/** How a report's digest compares with the router's desired set. */
-export function judgeContent(record: RouterRecord, report: AppliedReport): ReplicaContent {
+/**
+ * How a report compares with what the binding wants: the namespace kind it applied in, and its digest with
+ * the router's desired set. An error that names no helper (the agent could not place the router at all,
+ * e.g. `namespace_unsupported`) means this replica holds no verified set.
+ */
+export function judgeContent(record: RouterRecord, binding: Binding, report: AppliedReport): ReplicaContent {
   if (report.revision < record.revision) return "behind";
+  if ((report.namespace ?? "qrouter") !== binding.namespace) return "mismatch";
+  if (report.errors.some((error) => error.helper_id === undefined)) return "mismatch";
   if (report.digest === helperSetDigest(record.helpers)) return "match";
   // The kernel may lack a helper module: the agent leaves it out and names it. The rest must then be exact.
   const missing = new Set(report.errors.flatMap((error) => (error.helper_id ? [error.helper_id] : [])));
@@ -85,14 +92,15 @@ export async function recordAppliedReport(
     const entry: RouterRecord | Tombstone | undefined =
       record ?? (await deps.store.tombstone(report.router_id));
     if (!entry) return "unknown-router";
+    const binding = record && bindingOf(record, host);
     const asked = entry.draining[host];
-    if (asked !== undefined && (!record || record.host !== host)) {
+    if (asked !== undefined && !binding) {
       if (report.revision < asked || report.digest !== EMPTY_DIGEST) return "older";
       return (await deps.store.confirmDrained(report.router_id, host, report.revision)) ? "drained" : "older";
     }
-    if (!record || record.host !== host) return "unbound-host";
+    if (!record || !binding) return "unbound-host";
     if (report.revision > record.revision) return "future-revision";
-    const content = judgeContent(record, report);
+    const content = judgeContent(record, binding, report);
     // The verdict holds whatever changes next: a revision names one helper set, ever, and in_sync compares
     // the replica's revision with the desired one.
     const recorded = await deps.store.recordReplica({
@@ -108,15 +116,15 @@ export async function recordAppliedReport(
   return "older";
 }
 
-/** The current host's status, the one `in_sync` speaks of. */
-export const currentReplica = (record: RouterRecord): ReplicaStatus | undefined =>
-  record.replicas[record.host];
-
-/** True only when the current host reported this very revision and its kernel holds exactly the desired set. */
-export function inSync(record: RouterRecord): boolean {
-  const replica = currentReplica(record);
+/** True only when `host` reported this very revision and its kernel holds exactly the desired set. */
+export function replicaInSync(record: RouterRecord, host: string): boolean {
+  const replica = record.replicas[host];
   return replica !== undefined && replica.revision >= record.revision && replica.content === "match";
 }
+
+/** True only when every host the router is bound to is in sync (hosts still draining do not count). */
+export const inSync = (record: RouterRecord): boolean =>
+  record.bindings.every((binding) => replicaInSync(record, binding.host));
 
 /** The empty snapshots still owed to hosts the router left, each at the revision that host must confirm. */
 export function drainSnapshots(
@@ -126,20 +134,18 @@ export function drainSnapshots(
 ): Map<string, RouterSyncMessage[]> {
   const byHost = new Map<string, RouterSyncMessage[]>();
   for (const [host, revision] of Object.entries(entry.draining)) {
-    if (!isTombstone(entry) && host === entry.host) continue;
+    if (!isTombstone(entry) && bindingOf(entry, host)) continue;
     byHost.set(host, [buildEmptySnapshot(entry.routerId, revision, correlationId, clock)]);
   }
   return byHost;
 }
 
-/** An agent (re)started: send the current snapshot of every router its host carries. */
+/** An agent (re)started: send the current snapshot of every router bound to its host, for that binding. */
 export async function resyncHost(deps: ReportDeps, host: string, correlationId: string): Promise<number> {
-  const routers = await deps.store.listByHost(host);
-  // The GSI read may lag; re-read each router consistently so no stale revision goes out.
-  const fresh = await deps.store.getMany(routers.map((router) => router.routerId));
-  const snapshots = [...fresh.values()]
-    .filter((router) => router.host === host)
-    .map((router) => buildSnapshot(router, correlationId, deps.clock));
+  const snapshots = (await deps.store.listByHost(host)).flatMap((router) => {
+    const binding = bindingOf(router, host);
+    return binding ? [buildSnapshot(router, binding, correlationId, deps.clock)] : [];
+  });
   if (snapshots.length > 0) await deps.queue.send(host, snapshots, { resendScope: correlationId });
   return snapshots.length;
 }
@@ -159,8 +165,14 @@ export interface ReconcileSummary {
   readonly failedHosts: readonly string[];
 }
 
-export function needsResend(router: RouterRecord, now: Date, staleAfterSeconds: number): boolean {
-  const replica = currentReplica(router);
+/** Whether `host`'s replica of the router is behind, holds other content or has been silent too long. */
+export function needsResend(
+  router: RouterRecord,
+  host: string,
+  now: Date,
+  staleAfterSeconds: number,
+): boolean {
+  const replica = router.replicas[host];
   // Registered but never given a helper: there is nothing an agent could have applied or could report.
   if (router.revision === 0 && !replica) return false;
   if (!replica || replica.revision < router.revision) return true;
@@ -168,7 +180,7 @@ export function needsResend(router: RouterRecord, now: Date, staleAfterSeconds: 
   return now.getTime() - Date.parse(replica.at) > staleAfterSeconds * 1000;
 }
 
-/** Re-sends snapshots for routers that are behind, hold other content or whose agent has been silent, and
+/** Re-sends snapshots for replicas that are behind, hold other content or whose agent has been silent, and
  * empty snapshots owed to drained hosts; one host's failure does not stop the others. */
 export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Promise<ReconcileSummary> {
   const now = deps.clock.now();
@@ -186,8 +198,12 @@ export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Pr
       drains += snapshots.length;
       add(host, snapshots);
     }
-    if (isTombstone(entry) || !needsResend(entry, now, options.staleAfterSeconds)) continue;
-    add(entry.host, [buildSnapshot(entry, options.correlationId, deps.clock)]);
+    if (isTombstone(entry)) continue;
+    // Per replica: a silent node is re-sent its copy, the replicas that are in sync are left alone.
+    for (const binding of entry.bindings) {
+      if (!needsResend(entry, binding.host, now, options.staleAfterSeconds)) continue;
+      add(binding.host, [buildSnapshot(entry, binding, options.correlationId, deps.clock)]);
+    }
   }
   let resent = 0;
   const failedHosts: string[] = [];

@@ -7,6 +7,7 @@
 import type { Limits } from "../config.ts";
 import { RevisionConflictError, routerNotFound, ServiceUnavailableError } from "../errors.ts";
 import type {
+  Binding,
   Clock,
   CommandQueue,
   Draining,
@@ -19,7 +20,7 @@ import type { Notification, RouterSyncMessage, RouterUpsert } from "../schemas/i
 import { authorizeHelperProject, authorizeRouter, requireAdmin } from "./authorize.ts";
 import { applyChanges, type HelperOp, type IndexedChange, revertOps } from "./changes.ts";
 import { type Identity, isAdmin, isService } from "./identity.ts";
-import { currentReplica, drainSnapshots, inSync } from "./reports.ts";
+import { drainSnapshots, inSync, replicaInSync } from "./reports.ts";
 import { buildSnapshot, sortHelpers } from "./snapshot.ts";
 
 export interface RetryPolicy {
@@ -102,7 +103,7 @@ function plan(
 function nextRevision(
   deps: Pick<DomainDeps, "clock">,
   record: RouterRecord,
-  changes: Partial<Pick<RouterRecord, "helpers" | "projectId" | "host" | "draining">>,
+  changes: Partial<Pick<RouterRecord, "helpers" | "projectId" | "bindings" | "draining">>,
 ): RouterRecord {
   return { ...record, ...changes, revision: record.revision + 1, updatedAt: deps.clock.now().toISOString() };
 }
@@ -158,15 +159,13 @@ async function compensate(
         if (!reverted.changed) break;
         const next = nextRevision(deps, current, { helpers: reverted.helpers });
         await deps.store.put(next, current.revision);
-        // The agent never saw the undone revision; this snapshot brings it level (the reconciler would too).
-        await deps.queue
-          .send(next.host, [buildSnapshot(next, correlationId, deps.clock)])
-          .catch((error: unknown) =>
-            deps.log?.warn("compensation snapshot not queued", {
-              routerId: next.routerId,
-              error: String(error),
-            }),
-          );
+        // The agents never saw the undone revision; this snapshot brings them level (the reconciler would too).
+        await enqueueByHost(deps, routerSnapshots(next, correlationId, deps)).catch((error: unknown) =>
+          deps.log?.warn("compensation snapshot not queued", {
+            routerId: next.routerId,
+            error: String(error),
+          }),
+        );
         break;
       } catch (error) {
         if (error instanceof RevisionConflictError) continue;
@@ -175,6 +174,29 @@ async function compensate(
       }
     }
   }
+}
+
+/** The router's snapshot for each of its bindings, keyed by host. */
+function routerSnapshots(
+  record: RouterRecord,
+  correlationId: string,
+  deps: Pick<DomainDeps, "clock">,
+): Map<string, RouterSyncMessage[]> {
+  return new Map(
+    record.bindings.map((binding) => [
+      binding.host,
+      [buildSnapshot(record, binding, correlationId, deps.clock)],
+    ]),
+  );
+}
+
+/** Adds `more` to `byHost`, host by host. */
+function mergeByHost(
+  byHost: Map<string, RouterSyncMessage[]>,
+  more: ReadonlyMap<string, readonly RouterSyncMessage[]>,
+): Map<string, RouterSyncMessage[]> {
+  for (const [host, snapshots] of more) byHost.set(host, [...(byHost.get(host) ?? []), ...snapshots]);
+  return byHost;
 }
 
 async function enqueueByHost(
@@ -279,11 +301,7 @@ export async function submitNotification(
       ? await commitAtomically(deps, deps.store.putAll, identity, notification, groups, records)
       : await commitInTurn(deps, identity, notification, groups, records, correlationId);
   const byHost = new Map<string, RouterSyncMessage[]>();
-  for (const { record } of committed) {
-    const list = byHost.get(record.host) ?? [];
-    list.push(buildSnapshot(record, correlationId, deps.clock));
-    byHost.set(record.host, list);
-  }
+  for (const { record } of committed) mergeByHost(byHost, routerSnapshots(record, correlationId, deps));
   await enqueueByHost(deps, byHost);
   return {
     routers: committed.map(({ record }) => ({ router_id: record.routerId, revision: record.revision })),
@@ -293,25 +311,33 @@ export async function submitNotification(
 export interface RouterView {
   readonly router_id: string;
   readonly project_id: string;
+  /** The first binding's host, for clients of the single-host form. */
   readonly host: string;
+  readonly bindings: { host: string; namespace: Binding["namespace"] }[];
   readonly revision: number;
 }
 
 const view = (record: RouterRecord): RouterView => ({
   router_id: record.routerId,
   project_id: record.projectId,
-  host: record.host,
+  host: record.bindings[0]!.host,
+  bindings: record.bindings.map(({ host, namespace }) => ({ host, namespace })),
   revision: record.revision,
 });
 
-/** `draining` without `host`: a router that comes back to a host it left owes that host no empty snapshot. */
-function withoutHost(draining: Draining, host: string): Draining {
-  const { [host]: _left, ...rest } = draining;
-  return rest;
+/** `draining` without the bound hosts: a router that comes back to a host owes that host no empty snapshot. */
+function withoutBound(draining: Draining, bindings: readonly Binding[]): Draining {
+  return Object.fromEntries(
+    Object.entries(draining).filter(([host]) => !bindings.some((binding) => binding.host === host)),
+  );
 }
 
+const sameBindings = (a: readonly Binding[], b: readonly Binding[]): boolean =>
+  a.length === b.length &&
+  a.every((binding, index) => binding.host === b[index]!.host && binding.namespace === b[index]!.namespace);
+
 /**
- * The full set for the router's node, and the empty set owed to every host it left and that has not yet
+ * The full set for every bound host, and the empty set owed to every host the router left that has not yet
  * confirmed it (draining: kept in the table, re-sent by the reconciler until confirmed).
  */
 function placementSnapshots(
@@ -319,12 +345,17 @@ function placementSnapshots(
   correlationId: string,
   deps: DomainDeps,
 ): Map<string, RouterSyncMessage[]> {
-  const byHost = drainSnapshots(after, correlationId, deps.clock);
-  byHost.set(after.host, [buildSnapshot(after, correlationId, deps.clock)]);
-  return byHost;
+  return mergeByHost(
+    drainSnapshots(after, correlationId, deps.clock),
+    routerSnapshots(after, correlationId, deps),
+  );
 }
 
-/** PUT: creates or moves a router (admin). A move empties the old node and sends the full set to the new. */
+/**
+ * PUT: creates a router or changes its bindings (admin). Every bound host gets the full set (a host added,
+ * at once; a kind changed, into its new namespace, and the agent empties the old one); every host removed
+ * gets the empty set until it confirms.
+ */
 export async function upsertRouter(
   deps: DomainDeps,
   identity: Identity,
@@ -348,11 +379,11 @@ export async function upsertRouter(
         const created: RouterRecord = {
           routerId,
           projectId: body.project_id,
-          host: body.host,
+          bindings: body.bindings,
           revision: tombstone?.revision ?? 0,
           helpers: [],
           replicas: {},
-          draining: withoutHost(tombstone?.draining ?? {}, body.host),
+          draining: withoutBound(tombstone?.draining ?? {}, body.bindings),
           updatedAt: now,
         };
         await deps.store.put(created, undefined);
@@ -362,20 +393,19 @@ export async function upsertRouter(
           await enqueueByHost(deps, placementSnapshots(created, correlationId, deps), correlationId);
         return { created: true, router: view(created) };
       }
-      const unchanged = current.projectId === body.project_id && current.host === body.host;
-      // A move leaves the old host draining at the new revision: the empty snapshot it is sent (after the
+      const unchanged =
+        current.projectId === body.project_id && sameBindings(current.bindings, body.bindings);
+      // Every host unbound is left draining at the new revision: the empty snapshot it is sent (after the
       // commit) is re-sent until that host confirms it.
+      const left = Object.fromEntries(
+        current.bindings.map((binding) => [binding.host, current.revision + 1] as const),
+      );
       const next = unchanged
         ? current
         : nextRevision(deps, current, {
             projectId: body.project_id,
-            host: body.host,
-            draining: withoutHost(
-              current.host === body.host
-                ? current.draining
-                : { ...current.draining, [current.host]: current.revision + 1 },
-              body.host,
-            ),
+            bindings: body.bindings,
+            draining: withoutBound({ ...current.draining, ...left }, body.bindings),
           });
       if (!unchanged) await deps.store.put(next, current.revision);
       // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
@@ -423,7 +453,10 @@ export async function deleteRouter(
       deleted: true,
       routerId,
       revision: current.revision + 1,
-      draining: { ...current.draining, [current.host]: current.revision + 1 },
+      draining: {
+        ...current.draining,
+        ...Object.fromEntries(current.bindings.map((binding) => [binding.host, current.revision + 1])),
+      },
     };
     try {
       await deps.store.delete(routerId, current.revision, deps.clock.now().toISOString(), tombstone.draining);
@@ -437,15 +470,30 @@ export async function deleteRouter(
   throw busy(routerId);
 }
 
+export interface ReplicaView {
+  readonly host?: string;
+  readonly namespace: Binding["namespace"];
+  readonly applied_revision: number;
+  readonly in_sync: boolean;
+  readonly applied_at?: string;
+  readonly applied_errors: { helper_id?: string | undefined; code: string; message: string }[];
+}
+
 export interface RouterState {
   readonly router_id: string;
+  /** The first binding's host (operators only), as before bindings. */
   readonly host?: string;
   readonly revision: number;
+  /** Of the least advanced replica, the one holding `in_sync` back (a single-host router reads as before). */
   readonly applied_revision: number;
   readonly in_sync: boolean;
   readonly helpers: { id: string; protocol: "tcp" | "udp"; port: number; helper: string }[];
   readonly applied_errors: { helper_id?: string | undefined; code: string; message: string }[];
   readonly applied_at?: string;
+  /** One per binding, in binding order. */
+  readonly replicas: ReplicaView[];
+  /** Hosts the router left that have not yet confirmed their empty snapshot. */
+  readonly draining: { host?: string; revision: number }[];
 }
 
 /** GET: desired and applied state; ownership-checked like every other path (seed finding 6). */
@@ -457,12 +505,29 @@ export async function readRouterState(
   const record = authorizeRouter(identity, routerId, await deps.store.get(routerId));
   // Node names are infrastructure detail: only operators and control planes see them.
   const operator = isAdmin(identity) || isService(identity);
-  const replica = currentReplica(record);
+  const replicas = record.bindings.map((binding): ReplicaView => {
+    const replica = record.replicas[binding.host];
+    return {
+      ...(operator ? { host: binding.host } : {}),
+      namespace: binding.namespace,
+      applied_revision: replica?.revision ?? 0,
+      in_sync: replicaInSync(record, binding.host),
+      ...(replica ? { applied_at: replica.at } : {}),
+      applied_errors: [...(replica?.errors ?? [])],
+    };
+  });
+  // The first replica that is out of sync with the lowest revision; every replica in sync: the first.
+  const laggard = replicas.reduce((worst, replica) =>
+    (!replica.in_sync && worst.in_sync) ||
+    (replica.in_sync === worst.in_sync && replica.applied_revision < worst.applied_revision)
+      ? replica
+      : worst,
+  );
   return {
     router_id: record.routerId,
-    ...(operator ? { host: record.host } : {}),
+    ...(operator ? { host: record.bindings[0]!.host } : {}),
     revision: record.revision,
-    applied_revision: replica?.revision ?? 0,
+    applied_revision: laggard.applied_revision,
     in_sync: inSync(record),
     helpers: sortHelpers(record.helpers).map(({ id, protocol, port, helper }) => ({
       id,
@@ -470,7 +535,11 @@ export async function readRouterState(
       port,
       helper,
     })),
-    applied_errors: [...(replica?.errors ?? [])],
-    ...(replica ? { applied_at: replica.at } : {}),
+    applied_errors: laggard.applied_errors,
+    ...(laggard.applied_at !== undefined ? { applied_at: laggard.applied_at } : {}),
+    replicas,
+    draining: Object.entries(record.draining)
+      .filter(([host]) => !record.bindings.some((binding) => binding.host === host))
+      .map(([host, revision]) => ({ ...(operator ? { host } : {}), revision })),
   };
 }

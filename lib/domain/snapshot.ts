@@ -1,4 +1,4 @@
-import type { Clock, RouterRecord, StoredHelper } from "../ports.ts";
+import type { Binding, Clock, RouterRecord, StoredHelper } from "../ports.ts";
 // The renderer's order (protocol, port, id by code point, never locale-dependent): snapshots and rules agree.
 import { compareRules } from "../render.ts";
 import type { RouterSyncMessage } from "../schemas/index.ts";
@@ -21,13 +21,22 @@ export function insertSorted(helpers: StoredHelper[], helper: StoredHelper): voi
   else helpers.splice(at, 0, helper);
 }
 
-/** The router's complete desired helper set at its revision (level-triggered, never a delta). */
-export function buildSnapshot(record: RouterRecord, correlationId: string, clock: Clock): RouterSyncMessage {
+/**
+ * The router's complete desired helper set at its revision (level-triggered, never a delta), for one of its
+ * bindings: the namespace kind tells that host's agent where the rules go.
+ */
+export function buildSnapshot(
+  record: RouterRecord,
+  binding: Binding,
+  correlationId: string,
+  clock: Clock,
+): RouterSyncMessage {
   return {
     v: 1,
     kind: "router-sync",
     router_id: record.routerId,
     revision: record.revision,
+    namespace: binding.namespace,
     helpers: sortHelpers(record.helpers).map(({ id, protocol, port, helper }) => ({
       id,
       protocol,
@@ -39,7 +48,10 @@ export function buildSnapshot(record: RouterRecord, correlationId: string, clock
   };
 }
 
-/** Removes everything a node holds for the router (router deleted or moved away). */
+/**
+ * Removes everything a node holds for the router (router deleted, or the host unbound). It names no
+ * namespace: the agent empties wherever it last applied the router, whatever kind that was.
+ */
 export function buildEmptySnapshot(
   routerId: string,
   revision: number,

@@ -28,7 +28,57 @@ export type NotificationEvent = z.infer<typeof notificationEvent>;
 export const namespaceKind = z.enum(["qrouter", "snat"]);
 export type NamespaceKind = z.infer<typeof namespaceKind>;
 
+/** At most this many hosts per router (Neutron's max_l3_agents_per_router is commonly 2 or 3). */
+export const MAX_BINDINGS = 8;
+
+/** One host a router lives on and the kind of namespace it has there. */
+export const binding = z.strictObject({ host, namespace: namespaceKind });
+
+/** 1..MAX_BINDINGS bindings with unique hosts; a repeated host is named by its path (`bindings.1.host`). */
+export const bindings = list(binding, 1, MAX_BINDINGS).check((ctx) => {
+  const seen = new Set<string>();
+  for (const [index, item] of ctx.value.entries()) {
+    if (seen.has(item.host)) {
+      ctx.issues.push({
+        code: "custom",
+        input: item.host,
+        path: [index, "host"],
+        message: `host "${item.host}" is bound more than once`,
+      });
+    }
+    seen.add(item.host);
+  }
+});
+
 type Ctx = z.core.ParsePayload;
+type Binding = z.infer<typeof binding>;
+
+/** The two ways to say where a router lives, before toBindings normalises them. */
+const placementFields = { host: z.optional(host), bindings: z.optional(bindings) };
+
+/**
+ * Where a router lives: `bindings`, or the single-host form `host` (one qrouter binding). Normalised to
+ * `bindings`; both or neither is an error on `bindings`.
+ */
+function toBindings<T extends { host?: string | undefined; bindings?: Binding[] | undefined }>(
+  value: T,
+  ctx: Ctx,
+): Omit<T, "host" | "bindings"> & { bindings: Binding[] } {
+  const { host: single, bindings: many, ...rest } = value;
+  if ((single === undefined) === (many === undefined)) {
+    ctx.issues.push({
+      code: "custom",
+      input: value,
+      path: ["bindings"],
+      message:
+        single === undefined
+          ? "required: the hosts the router lives on (or `host` for a single qrouter binding)"
+          : "give either `bindings` or `host`, not both",
+    });
+    return z.NEVER;
+  }
+  return { ...rest, bindings: many ?? [{ host: single!, namespace: "qrouter" }] };
+}
 
 /** A helper as the dispatcher stores and ships it: canonical kernel helper name. */
 export interface HelperRule {
@@ -117,7 +167,10 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     }),
   );
 
-  const routerUpsert = z.strictObject({ project_id: projectId, host });
+  const routerUpsert = z.pipe(
+    z.strictObject({ project_id: projectId, ...placementFields }),
+    z.transform(toBindings),
+  );
 
   const eventDetails = {
     "Conntrack Helper Notification": z.strictObject({
@@ -125,7 +178,10 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
       conntrack_helpers: helperList,
       project_id: projectId,
     }),
-    "Router Upserted": z.strictObject({ router_id: uuid, project_id: projectId, host }),
+    "Router Upserted": z.pipe(
+      z.strictObject({ router_id: uuid, project_id: projectId, ...placementFields }),
+      z.transform(toBindings),
+    ),
     "Router Deleted": z.strictObject({ router_id: uuid }),
   } as const;
 

@@ -12,6 +12,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DETAIL_TYPES, EVENT_SOURCE } from "../../functions/events.ts";
+import { BINDING_SLOTS, bindingSlotIndex, routersTableDefinition } from "../../lib/aws/tables.ts";
 import { ROUTES } from "../../scripts/local/gateway.ts";
 
 const run = promisify(execFile);
@@ -269,7 +270,9 @@ describe("least privilege", () => {
       "dynamodb:BatchGetItem": [routers],
       "dynamodb:UpdateItem": [routers],
       // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
-      "dynamodb:Query": [JSON.stringify({ "Fn::Sub": "${RoutersTable.Arn}/index/by-host" })],
+      "dynamodb:Query": Array.from({ length: BINDING_SLOTS }, (_, slot) =>
+        JSON.stringify({ "Fn::Sub": `\${RoutersTable.Arn}/index/${bindingSlotIndex(slot)}` }),
+      ),
       "sqs:SendMessage": nodeQueues,
       "sqs:ReceiveMessage": statusQueues,
       "sqs:DeleteMessage": statusQueues,
@@ -548,6 +551,15 @@ describe("queues", () => {
 });
 
 describe("tables", () => {
+  it("routers: the binding-slot indexes and attributes are exactly those the store queries", () => {
+    const definition = routersTableDefinition("routers");
+    expect(resources.RoutersTable!.Properties).toMatchObject({
+      AttributeDefinitions: definition.AttributeDefinitions,
+      GlobalSecondaryIndexes: definition.GlobalSecondaryIndexes,
+    });
+    expect(definition.GlobalSecondaryIndexes).toHaveLength(BINDING_SLOTS);
+  });
+
   it("routers: key router_id, GSI by-host, PITR, SSE, retained", () => {
     const table = resources.RoutersTable!;
     expect((table as unknown as { DeletionPolicy: string }).DeletionPolicy).toBe("Retain");
@@ -556,10 +568,10 @@ describe("tables", () => {
       KeySchema: [{ AttributeName: "router_id", KeyType: "HASH" }],
       PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
       SSESpecification: { SSEEnabled: true },
-      GlobalSecondaryIndexes: [
-        { IndexName: "by-host", KeySchema: [{ AttributeName: "host", KeyType: "HASH" }] },
-      ],
     });
+    expect(
+      (table.Properties as { GlobalSecondaryIndexes: unknown[] }).GlobalSecondaryIndexes[0],
+    ).toMatchObject({ IndexName: "by-host", KeySchema: [{ AttributeName: "host", KeyType: "HASH" }] });
   });
 
   it("idempotency: key id, TTL on expiration, PITR, SSE", () => {

@@ -28,7 +28,15 @@ import {
 } from "../../scripts/local/gateway.ts";
 import { REPO_ROOT, signingKeyFile } from "../../scripts/local/paths.ts";
 import { parseTokenArgs } from "../../scripts/token.ts";
-import { fixedClock, newId, PROJECT_A, PROJECT_B, routerRecord, wireHelper } from "../support/factories.ts";
+import {
+  fixedClock,
+  newId,
+  PROJECT_A,
+  PROJECT_B,
+  qrouters,
+  routerRecord,
+  wireHelper,
+} from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
 const ROUTER = "0b3a4c3e-58a3-4f5e-9b61-2f0f0c6a9d11";
@@ -261,8 +269,14 @@ describe("the real HTTP function behind the gateway: an attack token is a plain 
   beforeAll(async () => {
     store = new MemoryRoutersStore();
     queue = new MemoryCommandQueue();
-    await store.put(routerRecord({ routerId: foreign, projectId: PROJECT_B, host: "node-a" }), undefined);
-    await store.put(routerRecord({ routerId: own, projectId: PROJECT_A, host: "node-a" }), undefined);
+    await store.put(
+      routerRecord({ routerId: foreign, projectId: PROJECT_B, bindings: qrouters("node-a") }),
+      undefined,
+    );
+    await store.put(
+      routerRecord({ routerId: own, projectId: PROJECT_A, bindings: qrouters("node-a") }),
+      undefined,
+    );
     const log = { info: () => undefined, warn: () => undefined, error: () => undefined };
     const handler = makeHandler({
       domain: { store, queue, clock: fixedClock(), limits, log },
@@ -306,7 +320,7 @@ describe("the real HTTP function behind the gateway: an attack token is a plain 
     const created = newId();
     const put = await call(token, "PUT", `/v1/routers/${created}`, { project_id: PROJECT_B, host: "node-b" });
     expect(put.status).toBe(201);
-    expect(await store.get(created)).toMatchObject({ projectId: PROJECT_B, host: "node-b" });
+    expect(await store.get(created)).toMatchObject({ projectId: PROJECT_B, bindings: qrouters("node-b") });
   });
 });
 

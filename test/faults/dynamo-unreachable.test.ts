@@ -30,7 +30,7 @@ import {
   lambdaContext,
   RecordingLogger,
 } from "../support/events.ts";
-import { newId, PROJECT_A, routerRecord } from "../support/factories.ts";
+import { newId, PROJECT_A, qrouters, routerRecord } from "../support/factories.ts";
 import { testKey } from "../support/signing.ts";
 import { type CutProxy, startCutProxy } from "./cut-proxy.ts";
 
@@ -138,7 +138,7 @@ function expectClean503(response: { statusCode: number; body: string; headers: R
 
 describe("DynamoDB unreachable (refused connections to the real emulator)", () => {
   it("answers POST, GET, PUT and DELETE with a clean 503 and changes nothing", async () => {
-    const router = routerRecord({ host: "node-a" });
+    const router = routerRecord({ bindings: qrouters("node-a") });
     await store.put(router, undefined);
     const before = await table();
     await proxy.down();
@@ -180,7 +180,7 @@ describe("DynamoDB unreachable (refused connections to the real emulator)", () =
   });
 
   it("makes EventBridge retry (the invocation fails) instead of parking a valid event, and changes nothing", async () => {
-    const router = routerRecord({ host: "node-a" });
+    const router = routerRecord({ bindings: qrouters("node-a") });
     await store.put(router, undefined);
     const before = await table();
     await proxy.down();
@@ -201,8 +201,8 @@ describe("DynamoDB unreachable (refused connections to the real emulator)", () =
   });
 
   it("without transactions (dynalite), an outage between two routers' writes: 503, and the retry after recovery leaves each router changed exactly once", async () => {
-    const first = routerRecord({ host: "node-a" });
-    const second = routerRecord({ host: "node-a" });
+    const first = routerRecord({ bindings: qrouters("node-a") });
+    const second = routerRecord({ bindings: qrouters("node-a") });
     await store.put(first, undefined);
     await store.put(second, undefined);
     const helpers = [
@@ -310,8 +310,8 @@ describe.skipIf(noMoto !== undefined && process.env.CI !== "true")(
 
     it("a multi-router notification cut at its commit: 503, no router changed, nothing queued; the retry changes each once", async () => {
       await motoProxy.up();
-      const first = routerRecord({ host: "node-a" });
-      const second = routerRecord({ host: "node-a" });
+      const first = routerRecord({ bindings: qrouters("node-a") });
+      const second = routerRecord({ bindings: qrouters("node-a") });
       await motoStore.put(first, undefined);
       await motoStore.put(second, undefined);
       const before = await motoTable();

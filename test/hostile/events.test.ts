@@ -14,7 +14,7 @@ import { isTombstone, type RouterRecord, type Tombstone } from "../../lib/ports.
 import { FAMILIES, planFamily } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
-import { fixedClock, PROJECT_A, PROJECT_B, routerRecord } from "../support/factories.ts";
+import { fixedClock, PROJECT_A, PROJECT_B, qrouters, routerRecord } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 import {
   allStrings,
@@ -63,7 +63,7 @@ async function seedStore(): Promise<MemoryRoutersStore> {
     routerRecord({
       routerId: R_A,
       projectId: PROJECT_A,
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 2,
       helpers: [],
       updatedAt: T0,
@@ -71,7 +71,7 @@ async function seedStore(): Promise<MemoryRoutersStore> {
     routerRecord({
       routerId: R_A_FULL,
       projectId: PROJECT_A,
-      host: "node-b",
+      bindings: qrouters("node-b"),
       revision: 9,
       helpers: full,
       updatedAt: T0,
@@ -79,7 +79,7 @@ async function seedStore(): Promise<MemoryRoutersStore> {
     routerRecord({
       routerId: R_B,
       projectId: PROJECT_B,
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 1,
       helpers: [],
       updatedAt: T0,

@@ -21,7 +21,7 @@ import { FAMILIES, planFamily } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { type Emulators, startEmulators } from "../support/emulators.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent } from "../support/events.ts";
-import { fixedClock, PROJECT_A, PROJECT_B, routerRecord } from "../support/factories.ts";
+import { fixedClock, PROJECT_A, PROJECT_B, qrouters, routerRecord } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 import {
   allStrings,
@@ -68,7 +68,7 @@ const SEED: readonly RouterRecord[] = [
   routerRecord({
     routerId: R_A1,
     projectId: PROJECT_A,
-    host: "node-a",
+    bindings: qrouters("node-a"),
     revision: 3,
     helpers: [EXISTING],
     updatedAt: "2026-11-24T00:00:00.000Z",
@@ -76,7 +76,7 @@ const SEED: readonly RouterRecord[] = [
   routerRecord({
     routerId: R_A2,
     projectId: PROJECT_A,
-    host: "node-a",
+    bindings: qrouters("node-a"),
     revision: 0,
     helpers: [],
     updatedAt: "2026-11-24T00:00:00.000Z",
@@ -84,7 +84,7 @@ const SEED: readonly RouterRecord[] = [
   routerRecord({
     routerId: R_A3,
     projectId: PROJECT_A,
-    host: "node-b",
+    bindings: qrouters("node-b"),
     revision: 7,
     // Two below the per-router cap: creates of one or two fit, three or more must be refused whole.
     helpers: NEAR_CAP,
@@ -93,7 +93,7 @@ const SEED: readonly RouterRecord[] = [
   routerRecord({
     routerId: R_B,
     projectId: PROJECT_B,
-    host: "node-a",
+    bindings: qrouters("node-a"),
     revision: 1,
     helpers: [],
     updatedAt: "2026-11-24T00:00:00.000Z",

@@ -35,7 +35,7 @@ import { ServiceUnavailableError } from "../../lib/errors.ts";
 import type { CommandQueue, RoutersStore, SendOptions } from "../../lib/ports.ts";
 import { expectedOwnedLines, FAMILIES, ownedLines, planFamily } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
-import { admin, fixedClock, PROJECT_A } from "../support/factories.ts";
+import { admin, fixedClock, PROJECT_A, qrouters } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
 const ROUTER = "7a0c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3";
@@ -203,7 +203,13 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
               }),
             );
           }
-          await upsertRouter(deps, admin(), ROUTER, { project_id: PROJECT_A, host: "node-a" }, "seed");
+          await upsertRouter(
+            deps,
+            admin(),
+            ROUTER,
+            { project_id: PROJECT_A, bindings: qrouters("node-a") },
+            "seed",
+          );
 
           const deliver = async (node: Node, count: number) => {
             const pending = queue.inner.messages(node.host).slice(node.delivered, node.delivered + count);
@@ -219,7 +225,8 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
             if (!record) return;
             const state = await readRouterState({ store: memory }, admin(), ROUTER);
             if (state.in_sync) {
-              expect(await kernelHolds(nodes.get(record.host as Host)!, record.helpers)).toBe(true);
+              for (const binding of record.bindings)
+                expect(await kernelHolds(nodes.get(binding.host as Host)!, record.helpers)).toBe(true);
             }
           };
 
@@ -250,7 +257,13 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
                       cid,
                     );
                   case "put":
-                    return upsertRouter(deps, admin(), ROUTER, { project_id: PROJECT_A, host: op.host }, cid);
+                    return upsertRouter(
+                      deps,
+                      admin(),
+                      ROUTER,
+                      { project_id: PROJECT_A, bindings: qrouters(op.host) },
+                      cid,
+                    );
                   default:
                     return deleteRouter(deps, admin(), ROUTER, cid);
                 }
@@ -289,7 +302,7 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
           // Converged: the current host holds the desired set and says so; every other host holds nothing.
           const record = await memory.get(ROUTER);
           for (const host of HOSTS) {
-            const desired = record && record.host === host ? record.helpers : [];
+            const desired = record?.bindings.some((binding) => binding.host === host) ? record.helpers : [];
             expect(await kernelHolds(nodes.get(host)!, desired), `${host} holds what it should`).toBe(true);
           }
           if (record) {

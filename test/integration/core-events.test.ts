@@ -9,7 +9,7 @@ import { type ParkSink, sqsParkSink } from "../../lib/aws/park-sink.ts";
 import { type EventAccounts, loadConfig, loadEventAccounts } from "../../lib/config.ts";
 import { ServiceUnavailableError } from "../../lib/errors.ts";
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
-import { newId, PROJECT_A, PROJECT_B, storedHelper, wireHelper } from "../support/factories.ts";
+import { newId, PROJECT_A, PROJECT_B, qrouters, storedHelper, wireHelper } from "../support/factories.ts";
 import { type Core, startCore } from "./core-harness.ts";
 
 let core: Core;
@@ -80,7 +80,7 @@ describe("valid events", () => {
     );
     expect(await core.store.get(routerId)).toMatchObject({
       projectId: PROJECT_B,
-      host: "node-b",
+      bindings: qrouters("node-b"),
       revision: 0,
     });
   });
@@ -178,7 +178,7 @@ describe("publishers are scoped per detail type, notifications act as a member o
 
   it("refuses a notification for project A that names project B's router (the helper claiming B)", async () => {
     // Before: the bus acted as `service`, so a helper naming B's project reached B's router.
-    const routerB = await core.seedRouter({ projectId: PROJECT_B, host: "node-b" });
+    const routerB = await core.seedRouter({ projectId: PROJECT_B, bindings: qrouters("node-b") });
     const { invoke, parked } = harness();
     const event = notification(PROJECT_A, [{ ...wireHelper(routerB.routerId), project_id: PROJECT_B }]);
     const outcome = await core.expectNothingWritten(() => invoke(event));
@@ -247,7 +247,7 @@ describe("publishers are scoped per detail type, notifications act as a member o
     expect(parked.map((p) => p.code)).toEqual(["forbidden", "forbidden", "forbidden"]);
     expect(await core.store.get(router.routerId)).toMatchObject({
       projectId: PROJECT_A,
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 2,
     });
   });
@@ -292,7 +292,10 @@ describe("publishers are scoped per detail type, notifications act as a member o
         from(LIFECYCLE_ONLY),
       ),
     );
-    expect(await core.store.get(routerId)).toMatchObject({ projectId: PROJECT_B, host: "node-b" });
+    expect(await core.store.get(routerId)).toMatchObject({
+      projectId: PROJECT_B,
+      bindings: qrouters("node-b"),
+    });
     expect(parked).toEqual([]);
     expect((await core.queued("node-a")).map((s) => s.router_id)).toEqual([router.routerId]);
   });

@@ -13,7 +13,7 @@ import { DynamoRoutersStore } from "../../lib/aws/routers-store.ts";
 import { COMMITTED_BUT_NOT_QUEUED } from "../../lib/domain/services.ts";
 import type { RouterRecord, RoutersStore } from "../../lib/ports.ts";
 import { httpApiClaims, httpApiEvent } from "../support/events.ts";
-import { newId, PROJECT_A, storedHelper, wireHelper } from "../support/factories.ts";
+import { newId, PROJECT_A, qrouters, storedHelper, wireHelper } from "../support/factories.ts";
 import { MemoryRoutersStore } from "../support/memory.ts";
 import { bodyOf, type Core, FAST_QUEUE, startCore } from "./core-harness.ts";
 
@@ -149,8 +149,8 @@ describe("DynamoDB faults", () => {
   });
 
   it("reverts the routers already written when a later router's write is throttled", async () => {
-    const first = await core.seedRouter({ host: "node-a" });
-    const second = await core.seedRouter({ host: "node-b" });
+    const first = await core.seedRouter({ bindings: qrouters("node-a") });
+    const second = await core.seedRouter({ bindings: qrouters("node-b") });
     const store = throttledStore((routerId) => routerId === second.routerId);
     const result = await core.call(
       notify([wireHelper(first.routerId), wireHelper(second.routerId)]),
@@ -194,8 +194,8 @@ describe("races", () => {
   }
 
   it("keeps a multi-router notification all-or-none when a rival takes a port between check and write", async () => {
-    const first = await core.seedRouter({ host: "node-a" });
-    const second = await core.seedRouter({ host: "node-b" });
+    const first = await core.seedRouter({ bindings: qrouters("node-a") });
+    const second = await core.seedRouter({ bindings: qrouters("node-b") });
     const rival = storedHelper({ protocol: "tcp", port: 2121 });
     const store = racingStore(core.store, second.routerId, rival);
     const result = await core.call(

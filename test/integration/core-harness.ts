@@ -25,7 +25,7 @@ import { lambdaContext, RecordingLogger } from "../support/events.ts";
 import { routerRecord } from "../support/factories.ts";
 import { type TestKey, testKey } from "../support/signing.ts";
 
-export const HOSTS = ["node-a", "node-b"] as const;
+export const HOSTS = ["node-a", "node-b", "node-c"] as const;
 
 export interface Core {
   readonly emu: Emulators;
@@ -61,6 +61,7 @@ export async function startCore(configOverrides: Partial<Config> = {}): Promise<
   const queues = {
     "node-a": await emu.createNodeQueue("node-a"),
     "node-b": await emu.createNodeQueue("node-b"),
+    "node-c": await emu.createNodeQueue("node-c"),
   };
   const store = new DynamoRoutersStore(clients.dynamo, config.routersTable, { transactions: false });
   const key = testKey();

@@ -6,7 +6,15 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { COMMITTED_BUT_NOT_QUEUED } from "../../lib/domain/services.ts";
 import { httpApiClaims, httpApiEvent, restApiEvent } from "../support/events.ts";
-import { newId, PROJECT_A, PROJECT_B, replica, storedHelper, wireHelper } from "../support/factories.ts";
+import {
+  newId,
+  PROJECT_A,
+  PROJECT_B,
+  qrouters,
+  replica,
+  storedHelper,
+  wireHelper,
+} from "../support/factories.ts";
 import { bodyOf, type Core, startCore } from "./core-harness.ts";
 
 let core: Core;
@@ -240,7 +248,7 @@ describe("per-router cap", () => {
 
 describe("POST /v1/notifications accepted", () => {
   it("stores the helper, bumps the revision and queues a snapshot on the router's node", async () => {
-    const router = await core.seedRouter({ host: "node-b" });
+    const router = await core.seedRouter({ bindings: qrouters("node-b") });
     const helper = wireHelper(router.routerId, { protocol: "udp", port: 69, helper: "tftp" });
     const result = await post(created(helper));
     expect(result.statusCode).toBe(202);
@@ -250,7 +258,13 @@ describe("POST /v1/notifications accepted", () => {
     ]);
     const [snapshot, ...rest] = await core.queued("node-b");
     expect(rest).toEqual([]);
-    expect(snapshot).toMatchObject({ v: 1, kind: "router-sync", router_id: router.routerId, revision: 1 });
+    expect(snapshot).toMatchObject({
+      v: 1,
+      kind: "router-sync",
+      router_id: router.routerId,
+      revision: 1,
+      namespace: "qrouter",
+    });
     expect(snapshot?.helpers).toEqual([{ id: helper.id, protocol: "udp", port: 69, helper: "tftp" }]);
     expect(await core.queued("node-a")).toEqual([]);
   });
@@ -337,9 +351,9 @@ describe("concurrency and atomicity", () => {
   });
 
   it("updates every router of a multi-router notification or none", async () => {
-    const first = await core.seedRouter({ host: "node-a" });
+    const first = await core.seedRouter({ bindings: qrouters("node-a") });
     const taken = storedHelper({ protocol: "udp", port: 5060, helper: "sip" });
-    const second = await core.seedRouter({ host: "node-b", revision: 1, helpers: [taken] });
+    const second = await core.seedRouter({ bindings: qrouters("node-b"), revision: 1, helpers: [taken] });
     const body = created(
       wireHelper(first.routerId, { protocol: "tcp", port: 6667, helper: "irc" }),
       wireHelper(second.routerId, { protocol: "udp", port: 5060, helper: "sip" }),
@@ -349,8 +363,8 @@ describe("concurrency and atomicity", () => {
   });
 
   it("touches each router of a multi-router notification once and queues per node", async () => {
-    const first = await core.seedRouter({ host: "node-a" });
-    const second = await core.seedRouter({ host: "node-b" });
+    const first = await core.seedRouter({ bindings: qrouters("node-a") });
+    const second = await core.seedRouter({ bindings: qrouters("node-b") });
     const result = await post(
       created(wireHelper(first.routerId), wireHelper(second.routerId), wireHelper(first.routerId)),
     );
@@ -489,7 +503,7 @@ describe("GET /v1/routers/{router_id}/conntrack-helpers", () => {
     const router = await core.seedRouter({ revision: 1, helpers: [storedHelper()] });
     await core.store.recordReplica({
       routerId: router.routerId,
-      host: router.host,
+      host: router.bindings[0]!.host,
       status: replica(1),
     });
     expect(bodyOf(await get(router.routerId)).in_sync).toBe(true);
@@ -500,7 +514,7 @@ describe("GET /v1/routers/{router_id}/conntrack-helpers", () => {
     const errors = [{ code: "content_mismatch", message: "differs" }];
     await core.store.recordReplica({
       routerId: router.routerId,
-      host: router.host,
+      host: router.bindings[0]!.host,
       status: replica(1, { content: "mismatch", errors }),
     });
     expect(bodyOf(await get(router.routerId))).toMatchObject({
@@ -539,7 +553,7 @@ describe("PUT and DELETE /v1/routers/{router_id}", () => {
     expect(result.statusCode).toBe(201);
     expect(await core.store.get(routerId)).toMatchObject({
       projectId: PROJECT_A,
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 0,
     });
   });
@@ -560,10 +574,10 @@ describe("PUT and DELETE /v1/routers/{router_id}", () => {
 
   it("moves a router: the old node gets an empty snapshot, the new node the full set", async () => {
     const helper = storedHelper();
-    const router = await core.seedRouter({ host: "node-a", revision: 2, helpers: [helper] });
+    const router = await core.seedRouter({ bindings: qrouters("node-a"), revision: 2, helpers: [helper] });
     const result = await put(router.routerId, { project_id: router.projectId, host: "node-b" });
     expect(result.statusCode).toBe(200);
-    expect(bodyOf(result)).toMatchObject({ host: "node-b", revision: 3 });
+    expect(bodyOf(result)).toMatchObject({ host: "node-b", bindings: qrouters("node-b"), revision: 3 });
     expect((await core.queued("node-a")).map((s) => [s.revision, s.helpers.length])).toEqual([[3, 0]]);
     expect((await core.queued("node-b")).map((s) => [s.revision, s.helpers])).toEqual([[3, [helper]]]);
   });

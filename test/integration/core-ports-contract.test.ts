@@ -2,6 +2,7 @@
  * One spec, two implementations: the in-memory fakes (test/support/memory.ts) and the real adapters on
  * dynalite and fauxqs through the AWS SDK. A fake that passes here acts like production where it matters.
  */
+import { PutCommand } from "@aws-sdk/lib-dynamodb";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeAwsClients } from "../../lib/aws/clients.ts";
 import { queueUrlFromTemplate, SqsCommandQueue } from "../../lib/aws/command-queue.ts";
@@ -20,7 +21,15 @@ import {
   startEmulators,
   startMotoServer,
 } from "../support/emulators.ts";
-import { fixedClock, newId, replica, routerRecord, storedHelper } from "../support/factories.ts";
+import {
+  fixedClock,
+  newId,
+  qrouters,
+  replica,
+  routerRecord,
+  snats,
+  storedHelper,
+} from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 import { testKey } from "../support/signing.ts";
 
@@ -108,10 +117,10 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   it("refuses to create a router that already exists", async () => {
     const record = routerRecord();
     await store.put(record, undefined);
-    await expect(store.put({ ...record, host: "other" }, undefined)).rejects.toBeInstanceOf(
+    await expect(store.put({ ...record, bindings: qrouters("other") }, undefined)).rejects.toBeInstanceOf(
       RevisionConflictError,
     );
-    expect((await store.get(record.routerId))?.host).toBe(record.host);
+    expect((await store.get(record.routerId))?.bindings).toEqual(record.bindings);
   });
 
   it("writes only when the expected revision still holds", async () => {
@@ -125,7 +134,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   });
 
   it("a change of desired state never puts back the replica status its writer read", async () => {
-    const record = routerRecord({ host: "node-a" });
+    const record = routerRecord({ bindings: qrouters("node-a") });
     await store.put(record, undefined);
     await store.put({ ...record, revision: 1, helpers: [storedHelper()] }, 0);
     const read = await store.get(record.routerId);
@@ -147,8 +156,8 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   if (transactional)
     it("commits several routers in one transaction, or none when any condition fails", async () => {
       if (!store.putAll) throw new Error("no putAll");
-      const a = routerRecord({ host: "node-a" });
-      const b = routerRecord({ host: "node-b" });
+      const a = routerRecord({ bindings: qrouters("node-a") });
+      const b = routerRecord({ bindings: qrouters("node-b") });
       await store.put(a, undefined);
       await store.put(b, undefined);
       const fresh = routerRecord();
@@ -203,7 +212,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   });
 
   it("a deleted router reads as absent but keeps its last revision and the hosts still draining", async () => {
-    const record = routerRecord({ revision: 3, host: "node-tomb" });
+    const record = routerRecord({ revision: 3, bindings: qrouters("node-tomb") });
     await store.put(record, undefined);
     expect(await store.tombstone(record.routerId)).toBeUndefined();
     await store.delete(record.routerId, 3, deletedAt, { "node-tomb": 4 });
@@ -234,7 +243,11 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   });
 
   it("a draining host's confirmation removes only its own entry, and only at the revision asked for", async () => {
-    const record = routerRecord({ revision: 3, host: "node-c", draining: { "node-a": 2, "node-b": 3 } });
+    const record = routerRecord({
+      revision: 3,
+      bindings: qrouters("node-c"),
+      draining: { "node-a": 2, "node-b": 3 },
+    });
     await store.put(record, undefined);
     expect(await store.confirmDrained(record.routerId, "node-b", 2)).toBe(false);
     expect(await store.confirmDrained(record.routerId, "node-x", 9)).toBe(false);
@@ -269,18 +282,18 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
   it("records a host's status monotonically without touching desired state", async () => {
     const record = routerRecord({ revision: 5, helpers: [storedHelper()] });
     await store.put(record, undefined);
-    const report = { routerId: record.routerId, host: record.host };
+    const report = { routerId: record.routerId, host: record.bindings[0]!.host };
     expect(await store.recordReplica({ ...report, status: replica(4, { content: "behind" }) })).toBe(true);
     expect(await store.recordReplica({ ...report, status: replica(3, { content: "behind" }) })).toBe(false);
     const stored = await store.get(record.routerId);
-    expect(stored?.replicas[record.host]).toMatchObject({ revision: 4, content: "behind" });
+    expect(stored?.replicas[record.bindings[0]!.host]).toMatchObject({ revision: 4, content: "behind" });
     expect(stored).toMatchObject({ revision: 5, helpers: record.helpers });
   });
 
   it("refreshes a host's status when the same revision is reported again", async () => {
     const record = routerRecord({ revision: 2 });
     await store.put(record, undefined);
-    const report = { routerId: record.routerId, host: record.host };
+    const report = { routerId: record.routerId, host: record.bindings[0]!.host };
     expect(
       await store.recordReplica({ ...report, status: replica(2, { at: "2026-11-24T06:00:00.000Z" }) }),
     ).toBe(true);
@@ -290,7 +303,7 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
       errors: [{ code: "content_mismatch", message: "differs" }],
     });
     expect(await store.recordReplica({ ...report, status: mismatch })).toBe(true);
-    expect((await store.get(record.routerId))?.replicas[record.host]).toEqual(mismatch);
+    expect((await store.get(record.routerId))?.replicas[record.bindings[0]!.host]).toEqual(mismatch);
   });
 
   it("ignores reports for unknown routers and touches nothing but the reporting host's status", async () => {
@@ -311,17 +324,43 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
       { helper_id: helper.id, code: "helper_unavailable", message: "kernel lacks nf_conntrack_ftp" },
     ];
     const status = replica(1, { errors, content: "partial" });
-    await store.recordReplica({ routerId: record.routerId, host: record.host, status });
-    expect((await store.get(record.routerId))?.replicas[record.host]?.errors).toEqual(errors);
+    await store.recordReplica({ routerId: record.routerId, host: record.bindings[0]!.host, status });
+    expect((await store.get(record.routerId))?.replicas[record.bindings[0]!.host]?.errors).toEqual(errors);
   });
 
   it("lists the routers of one host", async () => {
     const host = `host-${newId().slice(0, 8)}`;
-    const mine = [routerRecord({ host }), routerRecord({ host })];
-    for (const record of [...mine, routerRecord({ host: "someone-else" })])
+    const mine = [routerRecord({ bindings: qrouters(host) }), routerRecord({ bindings: qrouters(host) })];
+    for (const record of [...mine, routerRecord({ bindings: qrouters("someone-else") })])
       await store.put(record, undefined);
     const listed = await store.listByHost(host);
     expect(listed.map((r) => r.routerId).sort()).toEqual(mine.map((r) => r.routerId).sort());
+  });
+
+  it("lists a router under every host it is bound to, whichever binding slot holds the host", async () => {
+    const hosts = Array.from({ length: 8 }, (_, slot) => `slot${slot}-${newId().slice(0, 8)}`);
+    const record = routerRecord({
+      bindings: [...qrouters(...hosts.slice(0, 4)), ...snats(...hosts.slice(4))],
+    });
+    await store.put(record, undefined);
+    for (const host of hosts) {
+      expect((await store.listByHost(host)).map((r) => r.routerId)).toEqual([record.routerId]);
+    }
+    expect((await store.get(record.routerId))?.bindings).toEqual(record.bindings);
+  });
+
+  it("a host unbound by a change is listed no more, and the status it reported is dropped", async () => {
+    const [kept, left] = [`kept-${newId().slice(0, 8)}`, `left-${newId().slice(0, 8)}`];
+    const record = routerRecord({ bindings: qrouters(kept, left), revision: 1 });
+    await store.put(record, undefined);
+    await store.recordReplica({ routerId: record.routerId, host: left, status: replica(1) });
+    await store.recordReplica({ routerId: record.routerId, host: kept, status: replica(1) });
+    await store.put({ ...record, bindings: qrouters(kept), revision: 2, draining: { [left]: 2 } }, 1);
+    expect(await store.listByHost(left)).toEqual([]);
+    expect((await store.listByHost(kept)).map((r) => r.routerId)).toEqual([record.routerId]);
+    const stored = await store.get(record.routerId);
+    expect(Object.keys(stored?.replicas ?? {})).toEqual([kept]);
+    expect(stored?.draining).toEqual({ [left]: 2 });
   });
 
   it("lists every router", async () => {
@@ -330,6 +369,39 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     const seen = new Set<string>();
     for await (const entry of store.listAll()) seen.add(entry.routerId);
     for (const record of records) expect(seen.has(record.routerId)).toBe(true);
+  });
+});
+
+describe("DynamoRoutersStore: items written before bindings", () => {
+  it("an item naming one `host` reads as one qrouter binding and is listed under that host", async () => {
+    const config = emu.makeConfig();
+    await emu.createTables(config);
+    const { dynamo } = emu.clients(config);
+    const store = new DynamoRoutersStore(dynamo, config.routersTable, { transactions: false });
+    const routerId = newId();
+    const host = `legacy-${newId().slice(0, 8)}`;
+    await dynamo.send(
+      new PutCommand({
+        TableName: config.routersTable,
+        Item: {
+          router_id: routerId,
+          project_id: "p",
+          host,
+          revision: 3,
+          helpers: [],
+          replicas: {},
+          draining: {},
+          updated_at: "2026-01-01T00:00:00.000Z",
+        },
+      }),
+    );
+    const record = await store.get(routerId);
+    expect(record?.bindings).toEqual(qrouters(host));
+    expect((await store.listByHost(host)).map((r) => r.routerId)).toEqual([routerId]);
+    // Its next change writes bindings; the router stays listed under its host.
+    await store.put({ ...record!, bindings: qrouters(host, "other"), revision: 4 }, 3);
+    expect((await store.listByHost(host)).map((r) => r.routerId)).toEqual([routerId]);
+    expect((await store.listByHost("other")).map((r) => r.routerId)).toEqual([routerId]);
   });
 });
 
@@ -400,8 +472,10 @@ const queues: [string, () => Promise<QueueUnderTest>][] = [
 
 describe.each(queues)("CommandQueue contract: %s", (_name, make) => {
   const clock = fixedClock();
-  const snapshot = (revision: number, routerId = newId()) =>
-    buildSnapshot(routerRecord({ routerId, revision, helpers: [storedHelper()] }), "corr-1", clock);
+  const snapshot = (revision: number, routerId = newId()) => {
+    const record = routerRecord({ routerId, revision, helpers: [storedHelper()] });
+    return buildSnapshot(record, record.bindings[0]!, "corr-1", clock);
+  };
 
   it("delivers more than one batch of snapshots in order", async () => {
     const { queue, read } = await make();

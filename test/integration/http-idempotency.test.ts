@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import type { ApiGatewayResult } from "../../lib/http/api-event.ts";
 import { type Claims, httpApiClaims, httpApiEvent, restApiEvent } from "../support/events.ts";
-import { newId, PROJECT_A, PROJECT_B, wireHelper } from "../support/factories.ts";
+import { newId, PROJECT_A, PROJECT_B, qrouters, wireHelper } from "../support/factories.ts";
 import { bodyOf, type Core, startCore } from "./core-harness.ts";
 
 let core: Core;
@@ -52,7 +52,7 @@ describe.each([
     ["a service sharing the admin's project and sub", "operators", "dev:operators", ["service"]],
     ["a member without a sub", PROJECT_A, undefined, []],
   ] as const)("%s gets the fresh answer, not the admin's 202", async (_who, project, sub, roles) => {
-    const theirs = await core.seedRouter({ projectId: PROJECT_B, host: "node-b" });
+    const theirs = await core.seedRouter({ projectId: PROJECT_B, bindings: qrouters("node-b") });
     const body = created(theirs.routerId);
     const key = `key-${newId()}`;
     const admin = person("operators", "dev:operators", ["admin"]);

@@ -14,7 +14,7 @@ import { deleteRouter, upsertRouter } from "../../lib/domain/services.ts";
 import type { RouterRecord, RoutersStore, StoredHelper } from "../../lib/ports.ts";
 import { buildSchemas } from "../../lib/schemas/index.ts";
 import { lambdaContext } from "../support/events.ts";
-import { admin, fixedClock, replica, storedHelper } from "../support/factories.ts";
+import { admin, fixedClock, qrouters, replica, storedHelper } from "../support/factories.ts";
 import { type Core, startCore } from "./core-harness.ts";
 
 const fixture = JSON.parse(
@@ -96,7 +96,11 @@ describe("status consumer", () => {
   });
 
   it("takes the host from the queue, never from the body: node B's agent cannot report for node A", async () => {
-    const router = await core.seedRouter({ host: "node-a", revision: 2, helpers: [storedHelper()] });
+    const router = await core.seedRouter({
+      bindings: qrouters("node-a"),
+      revision: 2,
+      helpers: [storedHelper()],
+    });
     // The report names node-a in its body but arrives on node-b's queue.
     const forged = { ...applied(router, 2), host: "node-a", errors: [{ code: "x", message: "chosen text" }] };
     await runStatus(sqsEventFrom("node-b", forged, { ...forged, host: undefined }));
@@ -105,7 +109,11 @@ describe("status consumer", () => {
   });
 
   it("ignores a body whose host disagrees with the queue it came in on", async () => {
-    const router = await core.seedRouter({ host: "node-a", revision: 1, helpers: [storedHelper()] });
+    const router = await core.seedRouter({
+      bindings: qrouters("node-a"),
+      revision: 1,
+      helpers: [storedHelper()],
+    });
     await runStatus(sqsEventFrom("node-a", { ...applied(router, 1), host: "node-b" }));
     expect((await core.store.get(router.routerId))?.replicas).toEqual({});
     expect(counted).toEqual(["UnboundReports"]);
@@ -121,7 +129,7 @@ describe("status consumer", () => {
 
   it("a digest that differs from the desired set is a content mismatch: not in sync, counted, re-sent", async () => {
     const wanted = storedHelper();
-    const router = await core.seedRouter({ host: "node-a", revision: 4, helpers: [wanted] });
+    const router = await core.seedRouter({ bindings: qrouters("node-a"), revision: 4, helpers: [wanted] });
     const other = storedHelper({ id: wanted.id, port: wanted.port + 1 });
     await runStatus(sqsEvent(applied(router, 4, [other])));
     const status = await replicaOf(router.routerId);
@@ -193,12 +201,16 @@ describe("status consumer", () => {
     await core.queued("node-a");
     await core.queued("node-b");
     const a1 = await core.seedRouter({
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 4,
       helpers: [storedHelper(), storedHelper()],
     });
-    const a2 = await core.seedRouter({ host: "node-a", revision: 1, helpers: [storedHelper()] });
-    await core.seedRouter({ host: "node-b", revision: 1, helpers: [storedHelper()] });
+    const a2 = await core.seedRouter({
+      bindings: qrouters("node-a"),
+      revision: 1,
+      helpers: [storedHelper()],
+    });
+    await core.seedRouter({ bindings: qrouters("node-b"), revision: 1, helpers: [storedHelper()] });
     await runStatus(sqsEvent({ v: 1, kind: "resync-request" }));
     const sent = await core.queued("node-a");
     const mine = sent.filter((message) => [a1.routerId, a2.routerId].includes(message.router_id));
@@ -215,7 +227,7 @@ describe("status consumer", () => {
 
   it("a resync request naming another host re-sends nothing", async () => {
     await core.queued("node-b");
-    await core.seedRouter({ host: "node-b", revision: 1, helpers: [storedHelper()] });
+    await core.seedRouter({ bindings: qrouters("node-b"), revision: 1, helpers: [storedHelper()] });
     await runStatus(sqsEventFrom("node-a", { v: 1, kind: "resync-request", host: "node-b" }));
     expect(await core.queued("node-b")).toEqual([]);
     expect(counted).toEqual(["UnboundReports"]);
@@ -235,13 +247,13 @@ describe("reconciler", () => {
   it("re-sends routers that are behind and leaves fresh, in-sync routers alone", async () => {
     await core.queued("node-b");
     const behind = await core.seedRouter({
-      host: "node-b",
+      bindings: qrouters("node-b"),
       revision: 3,
       replicas: { "node-b": replica(2, { content: "behind" }) },
       helpers: [storedHelper()],
     });
     const inSync = await core.seedRouter({
-      host: "node-b",
+      bindings: qrouters("node-b"),
       revision: 2,
       replicas: { "node-b": replica(2, { at: "2026-11-24T05:59:00.000Z" }) },
     });
@@ -254,7 +266,7 @@ describe("reconciler", () => {
   it("re-sends an in-sync router whose agent has been silent past the bound", async () => {
     await core.queued("node-a");
     const silent = await core.seedRouter({
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 7,
       replicas: { "node-a": replica(7, { at: "2026-11-24T05:00:00.000Z" }) },
     });
@@ -268,7 +280,7 @@ describe("reconciler and reports together", () => {
   it("stops re-sending once the agent reports the re-sent revision again", async () => {
     await core.queued("node-a");
     const router = await core.seedRouter({
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 2,
       replicas: { "node-a": replica(2, { at: "2026-11-24T04:00:00.000Z" }) },
     });
@@ -281,17 +293,21 @@ describe("reconciler and reports together", () => {
 
   it("never re-sends a router that was registered but never given a helper", async () => {
     await core.queued("node-b");
-    const empty = await core.seedRouter({ host: "node-b", revision: 0 });
+    const empty = await core.seedRouter({ bindings: qrouters("node-b"), revision: 0 });
     await reconcileAt("2026-11-24T06:00:00.000Z");
     expect((await core.queued("node-b")).map((m) => m.router_id)).not.toContain(empty.routerId);
   });
 
   it("a resync re-send is delivered even right after the same revision was sent", async () => {
     await core.queued("node-a");
-    const router = await core.seedRouter({ host: "node-a", revision: 1, helpers: [storedHelper()] });
+    const router = await core.seedRouter({
+      bindings: qrouters("node-a"),
+      revision: 1,
+      helpers: [storedHelper()],
+    });
     const snapshot = (await core.store.get(router.routerId))!;
     const { buildSnapshot } = await import("../../lib/domain/snapshot.ts");
-    await core.queue.send("node-a", [buildSnapshot(snapshot, "first", fixedClock())]);
+    await core.queue.send("node-a", [buildSnapshot(snapshot, snapshot.bindings[0]!, "first", fixedClock())]);
     expect((await core.queued("node-a")).map((m) => m.router_id)).toEqual([router.routerId]);
     await runStatus(sqsEvent({ v: 1, kind: "resync-request", host: "node-a" }));
     expect((await core.queued("node-a")).map((m) => m.router_id)).toContain(router.routerId);
@@ -299,7 +315,11 @@ describe("reconciler and reports together", () => {
 
   it("a manual invoke with a free-text id still sends snapshots the agents accept", async () => {
     await core.queued("node-a");
-    const router = await core.seedRouter({ host: "node-a", revision: 1, helpers: [storedHelper()] });
+    const router = await core.seedRouter({
+      bindings: qrouters("node-a"),
+      revision: 1,
+      helpers: [storedHelper()],
+    });
     await reconcileAt("2026-11-24T06:00:00.000Z", "re-send please, ops ticket #42");
     const sent = (await core.queued("node-a")).find((m) => m.router_id === router.routerId);
     expect(sent).toBeDefined();
@@ -316,7 +336,11 @@ const queuedFor = async (host: string, routerId: string) =>
 describe("hosts a router left, and deleted routers", () => {
   it("re-sends a deleted router's empty snapshot until its host confirms it, then stops", async () => {
     await core.queued("node-a");
-    const router = await core.seedRouter({ host: "node-a", revision: 2, helpers: [storedHelper()] });
+    const router = await core.seedRouter({
+      bindings: qrouters("node-a"),
+      revision: 2,
+      helpers: [storedHelper()],
+    });
     await deleteRouter(core.deps().domain, admin(), router.routerId, "delete-1");
     expect(
       (await queuedFor("node-a", router.routerId)).map((m) => [m.router_id, m.revision, m.helpers.length]),
@@ -341,12 +365,16 @@ describe("hosts a router left, and deleted routers", () => {
   it("a move keeps re-sending the old host its empty snapshot until it confirms", async () => {
     await core.queued("node-a");
     await core.queued("node-b");
-    const router = await core.seedRouter({ host: "node-a", revision: 1, helpers: [storedHelper()] });
+    const router = await core.seedRouter({
+      bindings: qrouters("node-a"),
+      revision: 1,
+      helpers: [storedHelper()],
+    });
     await upsertRouter(
       core.deps().domain,
       admin(),
       router.routerId,
-      { project_id: router.projectId, host: "node-b" },
+      { project_id: router.projectId, bindings: qrouters("node-b") },
       "move-1",
     );
     expect((await queuedFor("node-a", router.routerId)).map((m) => [m.revision, m.helpers.length])).toEqual([

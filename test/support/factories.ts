@@ -1,7 +1,7 @@
 /** Builders for domain values: tests state only what matters to them. */
 import { randomUUID } from "node:crypto";
 import type { Identity } from "../../lib/domain/identity.ts";
-import type { Clock, ReplicaStatus, RouterRecord, StoredHelper } from "../../lib/ports.ts";
+import type { Binding, Clock, ReplicaStatus, RouterRecord, StoredHelper } from "../../lib/ports.ts";
 import type { HelperChange, Notification, NotificationEvent } from "../../lib/schemas/index.ts";
 
 export const newId = (): string => randomUUID();
@@ -13,7 +13,7 @@ export function routerRecord(overrides: Partial<RouterRecord> = {}): RouterRecor
   return {
     routerId: newId(),
     projectId: PROJECT_A,
-    host: "node-a",
+    bindings: qrouters("node-a"),
     revision: 0,
     helpers: [],
     replicas: {},
@@ -22,6 +22,13 @@ export function routerRecord(overrides: Partial<RouterRecord> = {}): RouterRecor
     ...overrides,
   };
 }
+
+/** One qrouter binding per host (a legacy router on one host, an L3 HA router on several). */
+export const qrouters = (...hosts: string[]): Binding[] =>
+  hosts.map((host) => ({ host, namespace: "qrouter" }));
+
+/** One snat binding per host (a DVR router's SNAT node, or several for DVR + HA). */
+export const snats = (...hosts: string[]): Binding[] => hosts.map((host) => ({ host, namespace: "snat" }));
 
 /** A host's applied status, as the status path records it (in sync with revision `revision` by default). */
 export function replica(revision: number, overrides: Partial<ReplicaStatus> = {}): ReplicaStatus {

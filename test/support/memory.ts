@@ -73,8 +73,14 @@ export class MemoryRoutersStore implements RoutersStore {
 
   private store(next: RouterRecord): void {
     const row = this.rows.get(next.routerId);
-    // Like DynamoDB's adapter: a change of an existing router keeps the stored replica status.
-    this.rows.set(next.routerId, clone(row ? { ...next, replicas: row.replicas } : next));
+    // Like DynamoDB's adapter: a change of an existing router keeps the stored replica status of the hosts
+    // it is still bound to, and drops the rest.
+    const replicas = row
+      ? Object.fromEntries(
+          Object.entries(row.replicas).filter(([host]) => next.bindings.some((b) => b.host === host)),
+        )
+      : next.replicas;
+    this.rows.set(next.routerId, clone({ ...next, replicas }));
     this.tombstones.delete(next.routerId);
     this.writes++;
   }
@@ -124,7 +130,9 @@ export class MemoryRoutersStore implements RoutersStore {
   }
 
   async listByHost(host: string): Promise<RouterRecord[]> {
-    return [...this.rows.values()].filter((row) => row.host === host).map(clone);
+    return [...this.rows.values()]
+      .filter((row) => row.bindings.some((binding) => binding.host === host))
+      .map(clone);
   }
 
   async *listAll(): AsyncIterable<RouterRecord | Tombstone> {

@@ -546,7 +546,7 @@ describe("agent core (in-memory iptables model)", () => {
     const queue = new MemoryCommandQueue();
     const deps: DomainDeps = { store, queue, clock: { now: () => new Date() }, limits: DEFAULT_LIMITS };
     const operator = admin();
-    const place = { project_id: "demo", host: NODE };
+    const place = { project_id: "demo", bindings: [{ host: NODE, namespace: "qrouter" as const }] };
     const core = makeCore();
     let delivered = 0;
     const deliver = async () => {

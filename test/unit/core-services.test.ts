@@ -27,6 +27,7 @@ import {
   notification,
   PROJECT_A,
   PROJECT_B,
+  qrouters,
   replica,
   routerRecord,
   service,
@@ -196,8 +197,8 @@ describe("submitNotification", () => {
 describe("submitNotification across routers, on a store with transactions", () => {
   const twoRouters = async () => {
     const { deps, store, queue, seed } = setup();
-    const first = await seed({ host: "node-a" });
-    const second = await seed({ host: "node-b" });
+    const first = await seed({ bindings: qrouters("node-a") });
+    const second = await seed({ bindings: qrouters("node-b") });
     const body = notification("created", [helperChange(first.routerId), helperChange(second.routerId)]);
     return { deps, store, queue, first, second, body };
   };
@@ -276,7 +277,7 @@ describe("upsertRouter", () => {
   it("refuses a non-admin with 403", async () => {
     const { deps } = setup();
     await expect(
-      upsertRouter(deps, service(), newId(), { project_id: PROJECT_A, host: "node-a" }, "c"),
+      upsertRouter(deps, service(), newId(), { project_id: PROJECT_A, bindings: qrouters("node-a") }, "c"),
     ).rejects.toBeInstanceOf(ForbiddenError);
   });
 
@@ -287,7 +288,7 @@ describe("upsertRouter", () => {
       deps,
       admin(),
       router.routerId,
-      { project_id: router.projectId, host: router.host },
+      { project_id: router.projectId, bindings: [...router.bindings] },
       "c",
     );
     expect(result).toMatchObject({ created: false, router: { revision: 2 } });
@@ -298,7 +299,13 @@ describe("upsertRouter", () => {
     const { deps, store, seed } = setup();
     const helper = storedHelper();
     const router = await seed({ revision: 1, helpers: [helper] });
-    await upsertRouter(deps, admin(), router.routerId, { project_id: PROJECT_B, host: router.host }, "c");
+    await upsertRouter(
+      deps,
+      admin(),
+      router.routerId,
+      { project_id: PROJECT_B, bindings: [...router.bindings] },
+      "c",
+    );
     expect(await store.get(router.routerId)).toMatchObject({
       projectId: PROJECT_B,
       revision: 2,
@@ -386,12 +393,14 @@ describe("buildSnapshot", () => {
       storedHelper({ protocol: "tcp", port: 6667, helper: "irc" }),
       storedHelper({ protocol: "tcp", port: 21 }),
     ];
-    const snapshot = buildSnapshot(routerRecord({ revision: 7, helpers }), "corr", fixedClock());
+    const record = routerRecord({ revision: 7, helpers });
+    const snapshot = buildSnapshot(record, record.bindings[0]!, "corr", fixedClock());
     expect(snapshot.helpers.map((h) => `${h.protocol}/${h.port}`)).toEqual(["tcp/21", "tcp/6667", "udp/69"]);
     expect(snapshot).toMatchObject({
       v: 1,
       kind: "router-sync",
       revision: 7,
+      namespace: "qrouter",
       issued_at: "2026-11-24T06:00:00.000Z",
     });
   });
@@ -400,7 +409,7 @@ describe("buildSnapshot", () => {
 describe("moving a router", () => {
   it("a router registered again after its deletion reaches its node, even when the first try's send failed", async () => {
     const { deps, queue, seed } = setup();
-    const router = await seed({ host: "node-a", revision: 2, helpers: [storedHelper()] });
+    const router = await seed({ bindings: qrouters("node-a"), revision: 2, helpers: [storedHelper()] });
     await deleteRouter(deps, admin(), router.routerId, "c1");
     expect(queue.messages("node-a").map((m) => [m.revision, m.helpers.length])).toEqual([[3, 0]]);
     const register = (correlation: string) =>
@@ -408,7 +417,7 @@ describe("moving a router", () => {
         deps,
         admin(),
         router.routerId,
-        { project_id: router.projectId, host: "node-a" },
+        { project_id: router.projectId, bindings: qrouters("node-a") },
         correlation,
       );
     queue.failingHosts.add("node-a");
@@ -428,18 +437,24 @@ describe("moving a router", () => {
     const { deps, queue, seed } = setup();
     const helper = storedHelper();
     const router = await seed({
-      host: "node-a",
+      bindings: qrouters("node-a"),
       revision: 2,
       helpers: [helper],
       replicas: { "node-a": replica(2) },
     });
     queue.failingHosts.add("node-a");
     const move = () =>
-      upsertRouter(deps, admin(), router.routerId, { project_id: router.projectId, host: "node-b" }, "c");
+      upsertRouter(
+        deps,
+        admin(),
+        router.routerId,
+        { project_id: router.projectId, bindings: qrouters("node-b") },
+        "c",
+      );
     await expect(move()).rejects.toThrow(COMMITTED_BUT_NOT_QUEUED);
     queue.failingHosts.delete("node-a");
     const retried = await move();
-    expect(retried.router).toMatchObject({ host: "node-b", revision: 3 });
+    expect(retried.router).toMatchObject({ host: "node-b", bindings: qrouters("node-b"), revision: 3 });
     expect(queue.messages("node-a").map((m) => [m.revision, m.helpers])).toEqual([[3, []]]);
     // The first attempt's send to node-b went through; the retry re-sends it in its own deduplication scope
     // (a duplicate revision, which the agent answers with a report and no write).
