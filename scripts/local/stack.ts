@@ -12,9 +12,17 @@ import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { CreateQueueCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
-import { ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { type DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
 import type { Context, EventBridgeEvent, ScheduledEvent } from "aws-lambda";
-import { type Emulators, startEmulators, statusQueueNameTemplate } from "../../test/support/emulators.ts";
+import type { DomainDeps } from "../../lib/domain/services.ts";
+import type { CommandQueue, RouterRecord, RoutersStore } from "../../lib/ports.ts";
+import { lazyHandler } from "../../lib/production.ts";
+import {
+  type Emulators,
+  type NodeStatusQueue,
+  startEmulators,
+  statusQueueNameTemplate,
+} from "../../test/support/emulators.ts";
 import { generateSigningKeyPair, writeLocalKeyPair } from "../signing-key.ts";
 import { type AgentProcess, spawnAgent } from "./agent-process.ts";
 import { loadOrCreateSigningKey, type SigningKey, signToken } from "./auth.ts";
@@ -27,7 +35,8 @@ export const LOCAL_NODE = "local";
 export const DEMO_PROJECT = "demo";
 export const DEFAULT_DEMO_ROUTER = "5eed0000-0000-4000-8000-00000000de30";
 const PREFIX = "cth-local";
-const NAMESPACE = /^qrouter-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
+/** The namespaces the agent's default pattern names: Neutron's qrouter- and a DVR router's snat-. */
+const NAMESPACE = /^(?:qrouter|snat)-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
 
 export interface StackOptions {
   readonly port: number;
@@ -87,7 +96,10 @@ export interface StackInfo {
     readonly status: string;
     readonly statusDlq: string;
   };
-  /** Every node's queues, each named with the host it belongs to. */
+  /**
+   * Every node's queues, each named with the host it belongs to: `local` and every host a router was bound
+   * to (created on first use, as infra/nodes.cjs creates them for the deployed node list).
+   */
   readonly nodes: readonly StackNode[];
   /** The key id snapshots are signed with, and the agent's --verify-keys directory. */
   readonly signing: { readonly keyId: string; readonly verifyKeysDir: string };
@@ -112,6 +124,28 @@ export interface RunningStack {
 
 type EventsHandler = (event: EventBridgeEvent<string, unknown>, context: Context) => Promise<unknown>;
 type ScheduleHandler = (event: ScheduledEvent, context: Context) => Promise<unknown>;
+
+/** Every host a stored router is bound to (legacy items name one `host`). */
+async function boundHosts(dynamo: DynamoDBDocumentClient, table: string): Promise<Set<string>> {
+  const hosts = new Set<string>();
+  let startKey: Record<string, unknown> | undefined;
+  do {
+    const page = await dynamo.send(
+      new ScanCommand({
+        TableName: table,
+        ExclusiveStartKey: startKey,
+        ProjectionExpression: "bindings, #host",
+        ExpressionAttributeNames: { "#host": "host" },
+      }),
+    );
+    for (const item of page.Items ?? []) {
+      const bindings = Array.isArray(item.bindings) ? (item.bindings as { host?: unknown }[]) : [item];
+      for (const binding of bindings) if (typeof binding.host === "string") hosts.add(binding.host);
+    }
+    startKey = page.LastEvaluatedKey;
+  } while (startKey);
+  return hosts;
+}
 
 function processAlive(pid: number): boolean {
   try {
@@ -216,13 +250,35 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     );
     cleanups.push(() => emu.stop());
     // Queue names follow the deployed rule (infra/nodes.cjs): the status function takes the reporting host
-    // from the name of the status queue a record arrived on.
-    const node = await emu.createNodeQueue(LOCAL_NODE, { prefix: `${PREFIX}-node-` });
-    const status = await emu.createNodeStatusQueue(LOCAL_NODE, PREFIX);
-    const nodes: StackNode[] = [
-      { host: LOCAL_NODE, queue: node.url, dlq: node.dlqUrl, status_queue: status.url },
-    ];
-    const statusQueues = [status];
+    // from the name of the status queue a record arrived on. Node `local` first (its agent needs them);
+    // every other host the moment a router is bound to it (see provisioning below).
+    const nodes: StackNode[] = [];
+    const nodeQueues = new Map<string, Promise<NodeStatusQueue>>();
+    // Status queues wait here until the status function is loaded, then each gets its consumer.
+    let consumeStatus: ((queue: NodeStatusQueue) => void) | undefined;
+    const unconsumed: NodeStatusQueue[] = [];
+    let writeInfo = async () => {};
+    const ensureNode = (host: string): Promise<NodeStatusQueue> => {
+      let pending = nodeQueues.get(host);
+      if (!pending) {
+        pending = (async () => {
+          const node = await emu.createNodeQueue(host, { prefix: `${PREFIX}-node-` });
+          const status = await emu.createNodeStatusQueue(host, PREFIX);
+          nodes.push({ host, queue: node.url, dlq: node.dlqUrl, status_queue: status.url });
+          if (consumeStatus) consumeStatus(status);
+          else unconsumed.push(status);
+          if (host !== LOCAL_NODE) log({ level: "info", msg: "node queues created", host, queue: node.url });
+          await writeInfo();
+          return status;
+        })();
+        // A failed creation is tried again by the next send to that host.
+        pending.catch(() => nodeQueues.delete(host));
+        nodeQueues.set(host, pending);
+      }
+      return pending;
+    };
+    const status = await ensureNode(LOCAL_NODE);
+    const node = nodes[0]!;
     // A fresh snapshot signing pair every start: the functions sign with the private half (a 0600 file),
     // the agent verifies with the public half alone.
     const snapshotKey = generateSigningKeyPair(`local-${randomBytes(4).toString("hex")}`);
@@ -235,7 +291,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     const config = emu.makeConfig({
       routersTable: `${PREFIX}-routers`,
       idempotencyTable: `${PREFIX}-idempotency`,
-      nodeQueueUrlTemplate: `${node.url.slice(0, node.url.lastIndexOf("/") + 1)}${PREFIX}-node-{node}.fifo`,
+      nodeQueueUrlTemplate: `${node.queue.slice(0, node.queue.lastIndexOf("/") + 1)}${PREFIX}-node-{node}.fifo`,
       statusQueueNameTemplate: statusQueueNameTemplate(PREFIX),
       signingKey: { kind: "file", path: privateKeyFile, keyId: snapshotKey.keyId },
     });
@@ -284,7 +340,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
             "--node",
             LOCAL_NODE,
             "--queue-url",
-            node.url,
+            node.queue,
             "--status-queue-url",
             status.url,
             "--verify-keys",
@@ -319,7 +375,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       const current = () => agent;
       cleanups.push(async () => {
         await current()?.stop();
-        // Remove the namespaces this stack's agent created: only `qrouter-<id>` of routers this stack knew,
+        // Remove the namespaces this stack's agent created: only `qrouter-<id>` and `snat-<id>` of routers this stack knew,
         // and only if they did not exist before it started.
         if (backend !== "iptables") return;
         try {
@@ -343,12 +399,39 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     }
 
     mark("emulators+resources");
-    const httpFn = (await import("../../functions/http.ts")) as unknown as { handler: HttpHandler };
+    const httpModule = await import("../../functions/http.ts");
     const statusFn = (await import("../../functions/status.ts")) as unknown as { handler: SqsHandler };
     const reconcileFn = (await import("../../functions/reconcile.ts")) as unknown as {
       handler: ScheduleHandler;
     };
-    const eventsFn = (await import("../../functions/events.ts")) as unknown as { handler: EventsHandler };
+    const eventsModule = await import("../../functions/events.ts");
+    // The production wiring, with one local addition: a router bound to a host that has no queues yet, or a
+    // snapshot for one, creates them first (after the change was authorized, so a refused request creates
+    // nothing), as the deployment has them for every node in its list.
+    const provisioning = <D extends { domain: DomainDeps }>(deps: D): D => {
+      const { store, queue } = deps.domain;
+      const provisionedStore: RoutersStore = Object.assign(Object.create(store) as RoutersStore, {
+        put: async (next: RouterRecord, expectedRevision: number | undefined) => {
+          for (const binding of next.bindings) await ensureNode(binding.host);
+          return store.put(next, expectedRevision);
+        },
+      });
+      const provisionedQueue: CommandQueue = {
+        send: async (host, commands, sendOptions) => {
+          await ensureNode(host);
+          return queue.send(host, commands, sendOptions);
+        },
+      };
+      return { ...deps, domain: { ...deps.domain, store: provisionedStore, queue: provisionedQueue } };
+    };
+    const httpFn = {
+      handler: lazyHandler(() => httpModule.makeHandler(provisioning(httpModule.defaultDeps()))),
+    } as unknown as { handler: HttpHandler };
+    const eventsFn = {
+      handler: lazyHandler(() => eventsModule.makeHandler(provisioning(eventsModule.defaultDeps()))),
+    } as unknown as { handler: EventsHandler };
+    // A table kept across restarts (CTH_LOCAL_DATA_DIR) names hosts this run has not created queues for.
+    for (const host of await boundHosts(clients.dynamo, config.routersTable)) await ensureNode(host);
 
     const gateway: Gateway = await startGateway({
       handler: async (event, context) => {
@@ -410,7 +493,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
 
     // One poller per node status queue, as one Lambda event source mapping per queue: each record carries
     // its queue's real ARN in eventSourceARN.
-    for (const queue of statusQueues) {
+    consumeStatus = (queue) => {
       const poller: Poller = startStatusPoller({
         sqs: clients.sqs,
         queueUrl: queue.url,
@@ -420,7 +503,8 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
         log,
       });
       cleanups.push(() => poller.stop());
-    }
+    };
+    for (const queue of unconsumed.splice(0)) consumeStatus(queue);
 
     let sweeping: Promise<void> | undefined;
     const sweep = () => {
@@ -488,11 +572,12 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       backend,
       demoRouterId: options.demoRouterId,
       awsEndpoint: emu.endpoint,
-      queues: { node: node.url, nodeDlq: node.dlqUrl, status: status.url, statusDlq: status.dlqUrl },
+      queues: { node: node.queue, nodeDlq: node.dlq, status: status.url, statusDlq: status.dlqUrl },
       nodes,
       signing: { keyId: snapshotKey.keyId, verifyKeysDir: verifyDir },
     };
-    await writeFile(infoFile, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 });
+    writeInfo = () => writeFile(infoFile, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 });
+    await writeInfo();
     cleanups.push(() => rm(infoFile, { force: true }));
     // The first sweep right away, then every reconcileSeconds.
     sweep();

@@ -76,7 +76,18 @@ describeKernel("npm start (local stack) end to end", () => {
   const eventRouterId = randomUUID();
   const demoRouterId = randomUUID();
   const deletedRouterId = randomUUID();
-  const ownNamespaces = [routerId, eventRouterId, demoRouterId, deletedRouterId].map((id) => `qrouter-${id}`);
+  const dvrRouterId = randomUUID();
+  const migratedRouterId = randomUUID();
+  const haRouterId = randomUUID();
+  const ownNamespaces = [
+    routerId,
+    eventRouterId,
+    demoRouterId,
+    deletedRouterId,
+    dvrRouterId,
+    migratedRouterId,
+    haRouterId,
+  ].flatMap((id) => [`qrouter-${id}`, `snat-${id}`]);
   let dir: string;
   let stack: ChildProcess;
   let output = "";
@@ -355,6 +366,97 @@ describeKernel("npm start (local stack) end to end", () => {
       (await namespaces()).includes(ns) ? undefined : true,
     );
     expect((await api(`/v1/routers/${deletedRouterId}/conntrack-helpers`, owner)).status).toBe(404);
+  });
+
+  interface HelperState {
+    in_sync: boolean;
+    revision: number;
+    replicas: { host: string; namespace: string; applied_revision: number; in_sync: boolean }[];
+    draining: { host: string; revision: number }[];
+  }
+  const stateOf = async (router: string, token: string) =>
+    (await (await api(`/v1/routers/${router}/conntrack-helpers`, token)).json()) as HelperState;
+
+  it("a DVR router's rules go into snat-<id> on its node, and none into qrouter-<id>", async () => {
+    const admin = await signToken(key, { projectId: "operator", roles: ["admin"] });
+    const owner = await signToken(key, { projectId: PROJECT });
+    const put = await api(`/v1/routers/${dvrRouterId}`, admin, {
+      method: "PUT",
+      body: JSON.stringify({ project_id: PROJECT, bindings: [{ host: "local", namespace: "snat" }] }),
+    });
+    expect(put.status, await put.clone().text()).toBe(201);
+    expect((await addHelper(owner, dvrRouterId, "tcp", 21, "ftp")).status).toBe(202);
+    await until("the ftp rule in snat-<id>", 60_000, async () =>
+      (await rawTable(`snat-${dvrRouterId}`)).includes("--helper ftp") ? true : undefined,
+    );
+    expect(await namespaces()).not.toContain(`qrouter-${dvrRouterId}`);
+    const state = await until("in_sync", 60_000, async () => {
+      const body = await stateOf(dvrRouterId, admin);
+      return body.in_sync ? body : undefined;
+    });
+    expect(state.replicas).toMatchObject([{ host: "local", namespace: "snat", in_sync: true }]);
+  });
+
+  it("migrating a legacy router to DVR moves its rules from qrouter-<id> to snat-<id>", async () => {
+    const admin = await signToken(key, { projectId: "operator", roles: ["admin"] });
+    const owner = await signToken(key, { projectId: PROJECT });
+    const register = (namespace: string) =>
+      api(`/v1/routers/${migratedRouterId}`, admin, {
+        method: "PUT",
+        body: JSON.stringify({ project_id: PROJECT, bindings: [{ host: "local", namespace }] }),
+      });
+    expect((await register("qrouter")).status).toBe(201);
+    expect((await addHelper(owner, migratedRouterId, "tcp", 21, "ftp")).status).toBe(202);
+    await until("the ftp rule in qrouter-<id>", 60_000, async () =>
+      (await rawTable(`qrouter-${migratedRouterId}`)).includes("--helper ftp") ? true : undefined,
+    );
+    expect((await register("snat")).status).toBe(200);
+    await until("the ftp rule in snat-<id>", 60_000, async () =>
+      (await rawTable(`snat-${migratedRouterId}`)).includes("--helper ftp") ? true : undefined,
+    );
+    // The agent made qrouter-<id> itself, so emptying it removes it.
+    await until("qrouter-<id> gone", 60_000, async () =>
+      (await namespaces()).includes(`qrouter-${migratedRouterId}`) ? undefined : true,
+    );
+    await until("in_sync after the move", 60_000, async () =>
+      (await stateOf(migratedRouterId, admin)).in_sync ? true : undefined,
+    );
+  });
+
+  it("a second host without an agent: 202, a node queue for it, that replica behind; unbinding it brings in_sync back", async () => {
+    const admin = await signToken(key, { projectId: "operator", roles: ["admin"] });
+    const owner = await signToken(key, { projectId: PROJECT });
+    const bind = (hosts: string[]) =>
+      api(`/v1/routers/${haRouterId}`, admin, {
+        method: "PUT",
+        body: JSON.stringify({
+          project_id: PROJECT,
+          bindings: hosts.map((host) => ({ host, namespace: "qrouter" })),
+        }),
+      });
+    expect((await bind(["local", "net-2"])).status).toBeLessThan(300);
+    const post = await addHelper(owner, haRouterId, "tcp", 21, "ftp");
+    expect(post.status).toBe(202);
+    const nodes = (JSON.parse(readFileSync(join(dir, "stack.json"), "utf8")) as StackInfo).nodes;
+    expect(nodes.map((node) => node.host).sort()).toEqual(["local", "net-2"]);
+    expect(nodes.find((node) => node.host === "net-2")?.queue).toMatch(/\/cth-local-node-net-2\.fifo$/);
+    const behind = await until("the local replica in sync, net-2 behind", 60_000, async () => {
+      const body = await stateOf(haRouterId, admin);
+      return body.replicas[0]?.in_sync ? body : undefined;
+    });
+    expect(behind.in_sync).toBe(false);
+    expect(behind.replicas).toMatchObject([
+      { host: "local", in_sync: true, applied_revision: behind.revision },
+      { host: "net-2", in_sync: false, applied_revision: 0 },
+    ]);
+    expect((await bind(["local"])).status).toBe(200);
+    const healed = await until("in_sync with net-2 unbound", 60_000, async () => {
+      const body = await stateOf(haRouterId, admin);
+      return body.in_sync ? body : undefined;
+    });
+    expect(healed.replicas.map((replica) => replica.host)).toEqual(["local"]);
+    // net-2 never confirms its empty snapshot (no agent): it stays listed as draining, not as a replica.
+    expect(healed.draining).toEqual([{ host: "net-2", revision: healed.revision }]);
   });
 
   it("SIGTERM stops everything: no process of the stack left, its namespaces removed", async () => {
