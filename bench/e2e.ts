@@ -137,7 +137,7 @@ export async function benchEndToEnd(options: {
 const HELPER_COMMENT = /cth:([0-9a-f-]{36})/g;
 
 /** First time each helper's rule was committed in one namespace, from `xtables-monitor --event`. */
-class RuleMonitor {
+export class RuleMonitor {
   private readonly firstSeen = new Map<string, number>();
   private readonly waiters = new Map<string, (at: number) => void>();
 
@@ -194,7 +194,12 @@ class RuleMonitor {
   }
 }
 
-async function post(stack: StackChild, routerId: string, helperId: string, port: number): Promise<void> {
+export async function post(
+  stack: StackChild,
+  routerId: string,
+  helperId: string,
+  port: number,
+): Promise<void> {
   const response = await api(stack, stack.token, "POST", "/v1/notifications", {
     event: "created",
     conntrack_helpers: [{ id: helperId, router_id: routerId, protocol: "tcp", port, helper: "ftp" }],

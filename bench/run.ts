@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,handler,e2e,cold] [--shared DIR]`
+ * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,handler,e2e,replicas,cold] [--shared DIR]`
  * Every figure comes with the baseline measured in the same run and the ratio against the goal.
  * The shared dir (restore_floor.sh, neutron_cth_bench.py) defaults to ../shared beside the repo
  * (CTH_SHARED_DIR or --shared to override).
@@ -12,6 +12,7 @@ import { type ApplyRow, benchAgentApply } from "./agent-apply.ts";
 import { benchColdStart, type ColdRow } from "./cold-start.ts";
 import { benchEndToEnd, type EndToEndResult } from "./e2e.ts";
 import { benchHandler, benchSigning, type HandlerRow, type SigningRow } from "./handler.ts";
+import { benchReplicas, type ReplicasResult } from "./replicas.ts";
 import { fmt, run } from "./stats.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
@@ -29,7 +30,7 @@ function parseFlags(argv: readonly string[]): Flags {
     json: false,
     quick: false,
     skipNeutron: false,
-    only: new Set(["apply", "handler", "e2e", "cold"]),
+    only: new Set(["apply", "handler", "e2e", "replicas", "cold"]),
     shared: process.env.CTH_SHARED_DIR ?? resolve(ROOT, "../shared/bench"),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -163,6 +164,25 @@ function e2eGoals(result: EndToEndResult): Goal[] {
   ];
 }
 
+function replicaGoals(result: ReplicasResult): Goal[] {
+  const goal = "(reported: the cost of a second replica)";
+  if (result.skipped) {
+    return [
+      { name: "HA router, 2 replicas", measured: "skipped", baseline: "-", ratio: "-", goal, met: undefined },
+    ];
+  }
+  return [
+    {
+      name: `HA router: 202 -> rule in both replicas (${result.samples} samples, alternating)`,
+      measured: `p50 ${fmt(result.haP50Ms, " ms")}, p99 ${fmt(result.haP99Ms, " ms")} (first replica p50 ${fmt(result.haFirstP50Ms, " ms")})`,
+      baseline: `1 replica: p50 ${fmt(result.singleP50Ms, " ms")}, p99 ${fmt(result.singleP99Ms, " ms")}`,
+      ratio: `${fmt(result.haP50Ms / result.singleP50Ms, "x")} of 1 replica (p50)`,
+      goal,
+      met: undefined,
+    },
+  ];
+}
+
 function coldGoals(rows: readonly ColdRow[]): Goal[] {
   const bare = rows.find((row) => row.name === "(bare handler)");
   const sdk = rows.find((row) => row.name === "(SDK clients only)");
@@ -245,6 +265,13 @@ async function main(): Promise<void> {
     result.endToEnd = e2e;
     if (e2e.skipped) log(`  end to end skipped: ${e2e.skipped}`);
     goals.push(...e2eGoals(e2e));
+  }
+  if (flags.only.has("replicas")) {
+    log("HA router on two nodes vs one ...");
+    const replicas = await benchReplicas({ root: ROOT, samples: flags.quick ? 20 : 60, log });
+    result.replicas = replicas;
+    if (replicas.skipped) log(`  replicas skipped: ${replicas.skipped}`);
+    goals.push(...replicaGoals(replicas));
   }
   result.goals = goals;
   // The last run is kept for RESULTS.md (bench/out is ignored by git).
