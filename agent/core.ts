@@ -185,7 +185,9 @@ export class AgentCore {
       }
       const kind = snapshot.namespace ?? "qrouter";
       if (!this.kinds.includes(kind)) return this.refuse(snapshot, kind);
-      if (last && snapshot.revision === last.revision) {
+      // What a host holds is named by revision and namespace kind together: the same revision for the other
+      // kind (a router deleted and registered again on this host as snat, both empty at one revision) moves.
+      if (last && snapshot.revision === last.revision && (last.kind ?? "qrouter") === kind) {
         this.options.metrics.messages.inc({ outcome: "duplicate" });
         await this.report(snapshot.router_id, last);
         return { kind: "duplicate", appliedRevision: last.revision };

@@ -32,14 +32,15 @@ import {
   upsertRouter,
 } from "../../lib/domain/services.ts";
 import { ServiceUnavailableError } from "../../lib/errors.ts";
-import type { CommandQueue, RoutersStore, SendOptions } from "../../lib/ports.ts";
+import type { Binding, CommandQueue, RoutersStore, SendOptions } from "../../lib/ports.ts";
 import { expectedOwnedLines, FAMILIES, ownedLines, planFamily } from "../../lib/render.ts";
-import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import type { HelperRule, NamespaceKind, RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { admin, fixedClock, PROJECT_A, qrouters } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
 const ROUTER = "7a0c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3";
-const HOSTS = ["node-a", "node-b"] as const;
+const HOSTS = ["node-a", "node-b", "node-c"] as const;
+const KINDS = ["qrouter", "snat"] as const;
 type Host = (typeof HOSTS)[number];
 const catalog = new HelperCatalog();
 const clock = fixedClock("2026-12-02T09:00:00.000Z");
@@ -55,7 +56,7 @@ const HELPER_IDS = [
 type Fault = "none" | "before" | "lost-ack";
 type Op =
   | { kind: "post"; event: "created" | "deleted"; id: number; port: number; helper: "ftp" | "irc" }
-  | { kind: "put"; host: Host }
+  | { kind: "put"; bindings: Binding[] }
   | { kind: "delete" };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
@@ -69,7 +70,22 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
       helper: fc.constantFrom("ftp" as const, "irc" as const),
     }),
   },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant("put" as const), host: fc.constantFrom(...HOSTS) }) },
+  {
+    weight: 2,
+    // A new set of replicas: hosts added, removed, moved, or switched between qrouter and snat (migrations).
+    arbitrary: fc.record({
+      kind: fc.constant("put" as const),
+      bindings: fc
+        .subarray([...HOSTS], { minLength: 1 })
+        .chain((hosts) =>
+          fc.tuple(
+            ...hosts.map((host) =>
+              fc.record({ host: fc.constant(host), namespace: fc.constantFrom(...KINDS) }),
+            ),
+          ),
+        ),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant("delete" as const) }) },
 );
 
@@ -81,7 +97,7 @@ const stepArb = fc.record({
   }),
   queueFaults: fc.array(fc.boolean(), { maxLength: 4 }),
   /** Messages each host's agent takes off its queue after this step (SQS FIFO: in order). */
-  deliver: fc.record({ "node-a": fc.nat(3), "node-b": fc.nat(3) }),
+  deliver: fc.record({ "node-a": fc.nat(3), "node-b": fc.nat(3), "node-c": fc.nat(3) }),
   /** Whether an agent's report reaches the status path (a lost report is healed by a re-send). */
   reportsArrive: fc.boolean(),
 });
@@ -155,15 +171,33 @@ async function startNode(
     status: { send: (message) => onReport(host, message) },
     metrics: new AgentMetrics(),
     logger: pino({ level: "silent" }),
-    namespacePattern: "qrouter-{router_id}",
+    namespacePattern: "{namespace}-{router_id}",
     createNamespaces: true,
   });
   return { host, iptables, core, delivered: 0 };
 }
 
-/** True when `host`'s kernel holds exactly `helpers` for the router (nothing, for an empty set). */
-async function kernelHolds(node: Node, helpers: readonly HelperRule[]): Promise<boolean> {
-  const ns = node.core.namespaceFor(ROUTER);
+/**
+ * True when `host`'s kernel holds exactly `helpers` for the router in the namespace of `kind` (nothing, for
+ * an empty set) and nothing in the other kind's.
+ */
+async function kernelHolds(
+  node: Node,
+  helpers: readonly HelperRule[],
+  kind: NamespaceKind,
+): Promise<boolean> {
+  for (const other of KINDS) {
+    if (other !== kind && !(await namespaceHolds(node, [], other))) return false;
+  }
+  return namespaceHolds(node, helpers, kind);
+}
+
+async function namespaceHolds(
+  node: Node,
+  helpers: readonly HelperRule[],
+  kind: NamespaceKind,
+): Promise<boolean> {
+  const ns = node.core.namespaceFor(ROUTER, kind);
   if (!(await node.iptables.namespaceExists(ns))) return helpers.length === 0;
   for (const family of FAMILIES) {
     const wanted = expectedOwnedLines(planFamily(helpers, family, catalog).rules);
@@ -225,8 +259,10 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
             if (!record) return;
             const state = await readRouterState({ store: memory }, admin(), ROUTER);
             if (state.in_sync) {
-              for (const binding of record.bindings)
-                expect(await kernelHolds(nodes.get(binding.host as Host)!, record.helpers)).toBe(true);
+              for (const binding of record.bindings) {
+                const node = nodes.get(binding.host as Host)!;
+                expect(await kernelHolds(node, record.helpers, binding.namespace)).toBe(true);
+              }
             }
           };
 
@@ -261,7 +297,7 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
                       deps,
                       admin(),
                       ROUTER,
-                      { project_id: PROJECT_A, bindings: qrouters(op.host) },
+                      { project_id: PROJECT_A, bindings: op.bindings },
                       cid,
                     );
                   default:
@@ -299,11 +335,17 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
             nonEmpty.set(revision, digest);
           }
 
-          // Converged: the current host holds the desired set and says so; every other host holds nothing.
+          // Converged: every bound host holds the desired set in its binding's namespace kind and nothing in
+          // the other; every other host holds nothing; the router says in sync.
           const record = await memory.get(ROUTER);
           for (const host of HOSTS) {
-            const desired = record?.bindings.some((binding) => binding.host === host) ? record.helpers : [];
-            expect(await kernelHolds(nodes.get(host)!, desired), `${host} holds what it should`).toBe(true);
+            const binding = record?.bindings.find((candidate) => candidate.host === host);
+            const holds = await kernelHolds(
+              nodes.get(host)!,
+              binding ? record!.helpers : [],
+              binding?.namespace ?? "qrouter",
+            );
+            expect(holds, `${host} holds what it should`).toBe(true);
           }
           if (record) {
             expect(record.draining).toEqual({});

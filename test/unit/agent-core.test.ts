@@ -656,6 +656,17 @@ describe("agent core (in-memory iptables model)", () => {
       });
     });
 
+    it("the applied revision again for the other kind is a move, not a duplicate (deleted, then registered as snat)", async () => {
+      await iptables.createNamespace(snat);
+      const core = makeCore({ namespacePattern: BY_KIND });
+      await core.apply(snapshot(routerId, 3, []));
+      expect(await core.apply(snapshot(routerId, 3, [], "snat"))).toMatchObject({ kind: "applied" });
+      expect(state.get(routerId)).toMatchObject({ revision: 3, kind: "snat" });
+      expect(sink.sent.at(-1)).toMatchObject({ revision: 3, namespace: "snat" });
+      // The same revision and kind once more is the duplicate.
+      expect(await core.apply(snapshot(routerId, 3, [], "snat"))).toMatchObject({ kind: "duplicate" });
+    });
+
     it("the old namespace is left alone while the new one is missing: the rules are never in neither", async () => {
       const core = makeCore({ namespacePattern: BY_KIND });
       const ftp = helper("ftp", "tcp", 21);
