@@ -269,7 +269,6 @@ describe("least privilege", () => {
       "dynamodb:GetItem": [routers],
       "dynamodb:BatchGetItem": [routers],
       "dynamodb:UpdateItem": [routers],
-      // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
       "dynamodb:Query": Array.from({ length: BINDING_SLOTS }, (_, slot) =>
         JSON.stringify({ "Fn::Sub": `\${RoutersTable.Arn}/index/${bindingSlotIndex(slot)}` }),
       ),
