@@ -146,6 +146,25 @@ describe("registering bindings", () => {
     expect((await core.store.get(routerId))?.bindings).toEqual(snats("node-a", "node-b"));
   });
 
+  it("a Router Upserted event with bad bindings is parked and changes nothing", async () => {
+    const publisher = "123456789012";
+    const parked: string[] = [];
+    const handler = makeEventsHandler({
+      ...core.deps(),
+      metrics: { parked: (_type, code) => parked.push(code) },
+      accounts: { lifecycle: new Set([publisher]), notification: new Set([publisher]) },
+    });
+    const routerId = newId();
+    const event = eventBridgeEvent(
+      "Router Upserted",
+      { router_id: routerId, project_id: PROJECT_A, bindings: [...snats("node-a"), ...qrouters("node-a")] },
+      { account: publisher },
+    );
+    const outcome = await core.expectNothingWritten(() => handler(event, lambdaContext()));
+    expect(outcome).toMatchObject({ outcome: "parked" });
+    expect(parked).toEqual(["validation_failed"]);
+  });
+
   const nine = Array.from({ length: 9 }, (_, index) => ({ host: `n${index}`, namespace: "qrouter" }));
   it.each([
     ["no bindings", { bindings: [] }, "bindings"],
@@ -228,6 +247,19 @@ describe("binding changes converge", () => {
     expect((await state(routerId)).draining).toEqual([]);
     await reconcile({} as never, lambdaContext());
     expect(only(await core.queued("node-b"), routerId)).toEqual([]);
+  });
+
+  it("deleting an HA router sends every replica the empty set, and each drains until it confirms", async () => {
+    const { routerId } = await registered([...qrouters("node-a"), ...snats("node-b")]);
+    const deleted = await core.call(
+      httpApiEvent({ method: "DELETE", path: `/v1/routers/${routerId}`, claims: adminClaims }),
+    );
+    expect(deleted.statusCode).toBe(204);
+    expect(only(await core.queued("node-a"), routerId)).toMatchObject([{ revision: 2, helpers: [] }]);
+    expect(only(await core.queued("node-b"), routerId)).toMatchObject([{ revision: 2, helpers: [] }]);
+    expect((await core.store.tombstone(routerId))?.draining).toEqual({ "node-a": 2, "node-b": 2 });
+    await runStatus(reportFrom("node-b", applied(routerId, 2, [])));
+    expect((await core.store.tombstone(routerId))?.draining).toEqual({ "node-a": 2 });
   });
 
   it("a kind changed on one host (legacy to DVR) sends that host the set for its new namespace", async () => {
