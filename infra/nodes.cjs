@@ -339,6 +339,8 @@ function build({ prefix, nodes, maxReceiveCount, visibility, agentTrustPrincipal
     queueUrlTemplate: {
       "Fn::Sub": `https://sqs.\${AWS::Region}.\${AWS::URLSuffix}/\${AWS::AccountId}/${prefix}-node-{node}.fifo`,
     },
+    // The functions refuse bindings to any other host (CTH_NODES): it has no queue to send to.
+    nodeList: nodes.join(","),
   };
 }
 

@@ -40,6 +40,8 @@ export interface Config {
   readonly idempotencyTable: string;
   /** Queue URL per node: the template's `{node}` is replaced by the host name. */
   readonly nodeQueueUrlTemplate: string;
+  /** The nodes that have queues (CTH_NODES); a binding to any other host is refused. Unset: any host. */
+  readonly nodes?: ReadonlySet<string> | undefined;
   /**
    * Name of each node's status queue, `{node}` standing for the host: the status function reads the
    * reporting host from the queue a record came in on (its eventSourceARN), never from the report.
@@ -161,6 +163,20 @@ export function loadSigningKeySource(env: Env = process.env): SigningKeySource |
   return { kind: "file", path, keyId };
 }
 
+/** CTH_NODES: comma-separated node names, each a valid host; unset or empty: any host (local stack). */
+export function loadNodes(env: Env = process.env): ReadonlySet<string> | undefined {
+  const names = (env.CTH_NODES ?? "")
+    .split(",")
+    .map((name) => name.trim())
+    .filter((name) => name.length > 0);
+  if (names.length === 0) return undefined;
+  const bad = names.find((name) => name.length > FIELD_LIMITS.host || !/^[A-Za-z0-9_-]+$/.test(name));
+  if (bad !== undefined) {
+    throw new Error(`CTH_NODES: "${bad}" is not a node name ([A-Za-z0-9_-], up to ${FIELD_LIMITS.host})`);
+  }
+  return new Set(names);
+}
+
 export function loadConfig(env: Env = process.env): Config {
   return {
     limits: loadLimits(env),
@@ -172,6 +188,7 @@ export function loadConfig(env: Env = process.env): Config {
     idempotencyTable: env.CTH_IDEMPOTENCY_TABLE ?? "cth-idempotency",
     nodeQueueUrlTemplate:
       env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
+    nodes: loadNodes(env),
     statusQueueNameTemplate: queueNameTemplate(
       env.CTH_STATUS_QUEUE_NAME_TEMPLATE ?? "cth-node-{node}-status",
       "CTH_STATUS_QUEUE_NAME_TEMPLATE",

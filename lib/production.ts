@@ -56,7 +56,7 @@ export function domainWiring(serviceName: string, config: Config): DomainWiring 
   const logger = appLogger(functionLogger(serviceName, config));
   return {
     clients,
-    domain: { store, queue, clock, limits: config.limits, log: logger },
+    domain: { store, queue, clock, limits: config.limits, log: logger, nodes: config.nodes },
     schemas: buildSchemas(config.limits, config.catalog),
     logger,
   };

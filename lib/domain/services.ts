@@ -5,7 +5,12 @@
  * (same Idempotency-Key) re-sends, because snapshots are sent even when nothing changed.
  */
 import type { Limits } from "../config.ts";
-import { RevisionConflictError, routerNotFound, ServiceUnavailableError } from "../errors.ts";
+import {
+  RevisionConflictError,
+  routerNotFound,
+  ServiceUnavailableError,
+  ValidationError,
+} from "../errors.ts";
 import type {
   Binding,
   Clock,
@@ -47,6 +52,8 @@ export interface DomainDeps {
   readonly limits: Limits;
   readonly retry?: RetryPolicy;
   readonly log?: DomainLogger;
+  /** The nodes that have queues; a router bound to any other host is refused. Undefined: any host. */
+  readonly nodes?: ReadonlySet<string> | undefined;
 }
 
 export interface SubmitResult {
@@ -351,6 +358,22 @@ function placementSnapshots(
   );
 }
 
+/** A host outside the deployed nodes has no queue: binding a router there could never deliver. */
+function requireKnownNodes(nodes: ReadonlySet<string> | undefined, bindings: readonly Binding[]): void {
+  if (!nodes) return;
+  const unknown = bindings.flatMap((binding, index) =>
+    nodes.has(binding.host)
+      ? []
+      : [
+          {
+            path: `bindings.${index}.host`,
+            message: `"${binding.host}" is not a deployed node (CTH_NODES): it has no queue`,
+          },
+        ],
+  );
+  if (unknown.length > 0) throw new ValidationError("invalid router", unknown);
+}
+
 /**
  * PUT: creates a router or changes its bindings (admin). Every bound host gets the full set (a host added,
  * at once; a kind changed, into its new namespace, and the agent empties the old one); every host removed
@@ -364,6 +387,7 @@ export async function upsertRouter(
   correlationId: string,
 ): Promise<{ created: boolean; router: RouterView }> {
   requireAdmin(identity);
+  requireKnownNodes(deps.nodes, body.bindings);
   const policy = deps.retry ?? DEFAULT_RETRY;
   for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
     if (attempt > 0) await backoff(policy, attempt);

@@ -180,6 +180,8 @@ describe("functions", () => {
       expect(vars.CTH_NODE_QUEUE_URL_TEMPLATE).toEqual({
         "Fn::Sub": `https://sqs.\${AWS::Region}.\${AWS::URLSuffix}/\${AWS::AccountId}/cth-${STAGE}-node-{node}.fifo`,
       });
+      // The functions refuse bindings to hosts the deployment made no queues for.
+      expect(vars.CTH_NODES).toBe(NODES.join(","));
       expect(vars).toMatchObject({
         CTH_MAX_BODY_BYTES: "65536",
         CTH_MAX_HELPERS_PER_NOTIFICATION: "64",

@@ -165,6 +165,27 @@ describe("registering bindings", () => {
     expect(parked).toEqual(["validation_failed"]);
   });
 
+  it("a host outside the deployed nodes (CTH_NODES) is a 422 on its path and changes nothing", async () => {
+    const http = core.deps();
+    const deployed = { ...http, domain: { ...http.domain, nodes: new Set(["node-a", "node-b"]) } };
+    const routerId = newId();
+    const result = await core.expectNothingWritten(() =>
+      core.call(
+        httpApiEvent({
+          method: "PUT",
+          path: `/v1/routers/${routerId}`,
+          claims: adminClaims,
+          body: { project_id: PROJECT_A, bindings: qrouters("node-a", "net-9") },
+        }),
+        deployed,
+      ),
+    );
+    expect(result.statusCode).toBe(422);
+    expect(bodyOf(result).error.details).toEqual([
+      { path: "bindings.1.host", message: '"net-9" is not a deployed node (CTH_NODES): it has no queue' },
+    ]);
+  });
+
   const nine = Array.from({ length: 9 }, (_, index) => ({ host: `n${index}`, namespace: "qrouter" }));
   it.each([
     ["no bindings", { bindings: [] }, "bindings"],
