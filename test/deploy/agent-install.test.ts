@@ -86,7 +86,7 @@ describe("environment file", () => {
       createNamespaces: false,
       region: "eu-west-1",
       metricsPort: 9469,
-      namespacePattern: "qrouter-{router_id}",
+      namespacePattern: "{namespace}-{router_id}",
     });
   });
 
