@@ -338,7 +338,8 @@ export class DynamoRoutersStore implements RoutersStore {
         TableName: this.tableName,
         Key: { router_id: next.routerId },
         ConditionExpression: "revision = :expected AND attribute_not_exists(deleted_at)",
-        UpdateExpression: `SET ${set.join(", ")} REMOVE ${remove.join(", ")}`,
+        // Eight bindings and nobody leaving: nothing to remove, and "REMOVE" alone is a syntax error.
+        UpdateExpression: `SET ${set.join(", ")}${remove.length > 0 ? ` REMOVE ${remove.join(", ")}` : ""}`,
         ExpressionAttributeNames: names,
         ExpressionAttributeValues: values,
       },

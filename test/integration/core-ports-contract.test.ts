@@ -349,6 +349,21 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     expect((await store.get(record.routerId))?.bindings).toEqual(record.bindings);
   });
 
+  it("a router at the maximum of 8 bindings takes changes, and one can grow to 8", async () => {
+    const hosts = Array.from({ length: 8 }, (_, slot) => `max${slot}-${newId().slice(0, 8)}`);
+    const full = routerRecord({ bindings: qrouters(...hosts), revision: 1 });
+    await store.put(full, undefined);
+    await store.put({ ...full, helpers: [storedHelper()], revision: 2 }, 1);
+    expect((await store.get(full.routerId))?.revision).toBe(2);
+    const seven = routerRecord({ bindings: qrouters(...hosts.slice(0, 7)), revision: 1 });
+    await store.put(seven, undefined);
+    await store.put({ ...seven, bindings: qrouters(...hosts), revision: 2 }, 1);
+    expect((await store.get(seven.routerId))?.bindings).toEqual(qrouters(...hosts));
+    expect((await store.listByHost(hosts[7]!)).map((r) => r.routerId).sort()).toEqual(
+      [full.routerId, seven.routerId].sort(),
+    );
+  });
+
   it("a host unbound by a change is listed no more, and the status it reported is dropped", async () => {
     const [kept, left] = [`kept-${newId().slice(0, 8)}`, `left-${newId().slice(0, 8)}`];
     const record = routerRecord({ bindings: qrouters(kept, left), revision: 1 });
