@@ -11,6 +11,7 @@ import {
   PutCommand,
   type PutCommandInput,
   QueryCommand,
+  type QueryCommandOutput,
   ScanCommand,
   TransactWriteCommand,
   UpdateCommand,
@@ -128,6 +129,12 @@ function tombstoneFromItem(item: Record<string, unknown>): Tombstone {
     draining: drainingOf(item.draining),
   };
 }
+
+/** DynamoDB (and dynalite, moto) answer a query of an index the table does not have with this. */
+const isMissingIndex = (error: unknown): boolean =>
+  error instanceof Error &&
+  error.name === "ValidationException" &&
+  /specified index|index.*not (found|exist)/i.test(error.message);
 
 const isConditionFailure = (error: unknown): boolean =>
   error instanceof ConditionalCheckFailedException ||
@@ -454,19 +461,28 @@ export class DynamoRoutersStore implements RoutersStore {
       Array.from({ length: BINDING_SLOTS }, async (_, slot) => {
         let startKey: Record<string, unknown> | undefined;
         do {
-          const page = await guard(
-            this.client.send(
-              new QueryCommand({
-                TableName: this.tableName,
-                IndexName: bindingSlotIndex(slot),
-                KeyConditionExpression: "#host = :host",
-                ExpressionAttributeNames: { "#host": bindingSlotAttribute(slot) },
-                ExpressionAttributeValues: { ":host": host },
-                ProjectionExpression: "router_id",
-                ExclusiveStartKey: startKey,
-              }),
-            ),
-          );
+          let page: QueryCommandOutput;
+          try {
+            page = await guard(
+              this.client.send(
+                new QueryCommand({
+                  TableName: this.tableName,
+                  IndexName: bindingSlotIndex(slot),
+                  KeyConditionExpression: "#host = :host",
+                  ExpressionAttributeNames: { "#host": bindingSlotAttribute(slot) },
+                  ExpressionAttributeValues: { ":host": host },
+                  ProjectionExpression: "router_id",
+                  ExclusiveStartKey: startKey,
+                }),
+              ),
+            );
+          } catch (error) {
+            // A table whose later slot indexes do not exist yet (a stack upgraded from one index: CloudFormation
+            // adds one per update) refuses those queries: skip them. A router bound in such a slot is found
+            // once its index exists (DynamoDB backfills it), and meanwhile re-sent by the reconciler.
+            if (slot > 0 && isMissingIndex(error)) return;
+            throw error;
+          }
           for (const item of page.Items ?? []) ids.add(String(item.router_id));
           startKey = page.LastEvaluatedKey;
         } while (startKey);
