@@ -73,6 +73,16 @@ export interface Tombstone {
   readonly draining: Draining;
 }
 
+/**
+ * How a change of an existing router changes `draining`: entries added (hosts it left) and hosts removed
+ * (bound again). Only these keys are written, never the whole map: a drain confirmed between the writer's
+ * read and its write must stay confirmed.
+ */
+export interface DrainingChange {
+  readonly add: Draining;
+  readonly remove: readonly string[];
+}
+
 /** One conditional write of a multi-router commit. */
 export interface RouterWrite {
   readonly next: RouterRecord;
@@ -94,11 +104,12 @@ export interface RoutersStore {
   getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>>;
   /**
    * Writes `next` only if the stored revision still equals `expectedRevision` (undefined: a create, which needs
-   * no live router of that id and, over a tombstone, a revision at least the tombstone's). A change of an
-   * existing router writes its desired state and `draining`, never `replicas`.
+   * no live router of that id and, over a tombstone, a revision at least the tombstone's, and writes
+   * `next.draining` whole). A change of an existing router writes its desired state, changes `draining` only
+   * as `draining` says (untouched when absent), and never writes `replicas` but to drop unbound hosts' status.
    * Throws RevisionConflictError when someone else wrote first.
    */
-  put(next: RouterRecord, expectedRevision: number | undefined): Promise<void>;
+  put(next: RouterRecord, expectedRevision: number | undefined, draining?: DrainingChange): Promise<void>;
   /**
    * Every write or none, in one transaction, each conditional like put; RevisionConflictError when any
    * condition fails (nothing is written then). Undefined where the backend has no transactions (dynalite).

@@ -21,6 +21,7 @@ import { RevisionConflictError, ServiceUnavailableError } from "../errors.ts";
 import type {
   Binding,
   Draining,
+  DrainingChange,
   ReplicaContent,
   ReplicaReport,
   ReplicaStatus,
@@ -290,7 +291,11 @@ export class DynamoRoutersStore implements RoutersStore {
    * status belongs to recordReplica, and a report that lands between this writer's read and its write must
    * not be put back to what the writer read.
    */
-  private writeInput(next: RouterRecord, expectedRevision: number | undefined): WriteInput {
+  private writeInput(
+    next: RouterRecord,
+    expectedRevision: number | undefined,
+    draining?: DrainingChange,
+  ): WriteInput {
     if (expectedRevision === undefined) {
       // A new id, or one whose tombstone the new router continues from (never below what agents saw).
       return {
@@ -311,7 +316,6 @@ export class DynamoRoutersStore implements RoutersStore {
       ":bindings": item.bindings,
       ":revision": item.revision,
       ":helpers": item.helpers,
-      ":draining": item.draining,
       ":updated": item.updated_at,
     };
     const set = [
@@ -319,10 +323,19 @@ export class DynamoRoutersStore implements RoutersStore {
       "bindings = :bindings",
       "revision = :revision",
       "helpers = :helpers",
-      "draining = :draining",
       "updated_at = :updated",
     ];
     const remove: string[] = [];
+    // Key by key (see DrainingChange): the two sets are disjoint (left hosts are unbound, removed ones bound).
+    Object.entries(draining?.add ?? {}).forEach(([host, revision], index) => {
+      names[`#left${index}`] = host;
+      values[`:left${index}`] = revision;
+      set.push(`draining.#left${index} = :left${index}`);
+    });
+    (draining?.remove ?? []).forEach((host, index) => {
+      names[`#rebound${index}`] = host;
+      remove.push(`draining.#rebound${index}`);
+    });
     for (let slot = 0; slot < BINDING_SLOTS; slot++) {
       names[`#slot${slot}`] = bindingSlotAttribute(slot);
       const binding = next.bindings[slot];
@@ -332,9 +345,8 @@ export class DynamoRoutersStore implements RoutersStore {
       } else remove.push(`#slot${slot}`);
     }
     // The applied status of hosts the router no longer lives on says nothing any more: keep the item small.
-    // Those are the hosts of the writer's read and the hosts just left (draining); removing an absent key is
-    // a no-op.
-    [...new Set([...Object.keys(next.replicas), ...Object.keys(next.draining)])]
+    // Those are the hosts of the writer's read and the hosts just left; removing an absent key is a no-op.
+    [...new Set([...Object.keys(next.replicas), ...Object.keys(draining?.add ?? {})])]
       .filter((host) => !next.bindings.some((binding) => binding.host === host))
       .forEach((host, index) => {
         names[`#unbound${index}`] = host;
@@ -353,9 +365,13 @@ export class DynamoRoutersStore implements RoutersStore {
     };
   }
 
-  async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
+  async put(
+    next: RouterRecord,
+    expectedRevision: number | undefined,
+    draining?: DrainingChange,
+  ): Promise<void> {
     try {
-      const input = this.writeInput(next, expectedRevision);
+      const input = this.writeInput(next, expectedRevision, draining);
       await guard(
         "Put" in input
           ? this.client.send(new PutCommand(input.Put))

@@ -16,6 +16,7 @@ import type {
   Clock,
   CommandQueue,
   Draining,
+  DrainingChange,
   RouterRecord,
   RoutersStore,
   RouterWrite,
@@ -420,18 +421,24 @@ export async function upsertRouter(
       const unchanged =
         current.projectId === body.project_id && sameBindings(current.bindings, body.bindings);
       // Every host unbound is left draining at the new revision: the empty snapshot it is sent (after the
-      // commit) is re-sent until that host confirms it.
-      const left = Object.fromEntries(
-        current.bindings.map((binding) => [binding.host, current.revision + 1] as const),
-      );
+      // commit) is re-sent until that host confirms it. A host bound again owes nothing.
+      const bound = new Set(body.bindings.map((binding) => binding.host));
+      const change: DrainingChange = {
+        add: Object.fromEntries(
+          current.bindings
+            .filter((binding) => !bound.has(binding.host))
+            .map((binding) => [binding.host, current.revision + 1]),
+        ),
+        remove: Object.keys(current.draining).filter((host) => bound.has(host)),
+      };
       const next = unchanged
         ? current
         : nextRevision(deps, current, {
             projectId: body.project_id,
             bindings: body.bindings,
-            draining: withoutBound({ ...current.draining, ...left }, body.bindings),
+            draining: withoutBound({ ...current.draining, ...change.add }, body.bindings),
           });
-      if (!unchanged) await deps.store.put(next, current.revision);
+      if (!unchanged) await deps.store.put(next, current.revision, change);
       // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
       // snapshot lost to a queue outage is not stranded.
       // An unchanged router's snapshots are re-sends: their own deduplication scope, or SQS could drop them as

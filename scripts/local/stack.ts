@@ -15,7 +15,7 @@ import { CreateQueueCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { type DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
 import type { Context, EventBridgeEvent, ScheduledEvent } from "aws-lambda";
 import type { DomainDeps } from "../../lib/domain/services.ts";
-import type { CommandQueue, RouterRecord, RoutersStore } from "../../lib/ports.ts";
+import type { CommandQueue, DrainingChange, RouterRecord, RoutersStore } from "../../lib/ports.ts";
 import { lazyHandler } from "../../lib/production.ts";
 import {
   type Emulators,
@@ -125,7 +125,7 @@ export interface RunningStack {
 type EventsHandler = (event: EventBridgeEvent<string, unknown>, context: Context) => Promise<unknown>;
 type ScheduleHandler = (event: ScheduledEvent, context: Context) => Promise<unknown>;
 
-/** Every host a stored router is bound to (legacy items name one `host`). */
+/** Every host a stored router is bound to (legacy items name one `host`) or still drains. */
 async function boundHosts(dynamo: DynamoDBDocumentClient, table: string): Promise<Set<string>> {
   const hosts = new Set<string>();
   let startKey: Record<string, unknown> | undefined;
@@ -134,13 +134,16 @@ async function boundHosts(dynamo: DynamoDBDocumentClient, table: string): Promis
       new ScanCommand({
         TableName: table,
         ExclusiveStartKey: startKey,
-        ProjectionExpression: "bindings, #host",
+        ProjectionExpression: "bindings, #host, draining",
         ExpressionAttributeNames: { "#host": "host" },
       }),
     );
     for (const item of page.Items ?? []) {
       const bindings = Array.isArray(item.bindings) ? (item.bindings as { host?: unknown }[]) : [item];
       for (const binding of bindings) if (typeof binding.host === "string") hosts.add(binding.host);
+      // Hosts still owed an empty snapshot (left, or of a deleted router) need their queue too.
+      for (const host of Object.keys((item.draining as Record<string, unknown> | undefined) ?? {}))
+        hosts.add(host);
     }
     startKey = page.LastEvaluatedKey;
   } while (startKey);
@@ -405,15 +408,16 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       handler: ScheduleHandler;
     };
     const eventsModule = await import("../../functions/events.ts");
-    // The production wiring, with one local addition: a router bound to a host that has no queues yet, or a
-    // snapshot for one, creates them first (after the change was authorized, so a refused request creates
-    // nothing), as the deployment has them for every node in its list.
+    // The production wiring, with one local addition: a router bound to a host that has no queues yet (once
+    // that write committed), or a snapshot for one, creates them, as the deployment has them for every node in
+    // its list. A refused request creates nothing.
     const provisioning = <D extends { domain: DomainDeps }>(deps: D): D => {
       const { store, queue } = deps.domain;
       const provisionedStore: RoutersStore = Object.assign(Object.create(store) as RoutersStore, {
-        put: async (next: RouterRecord, expectedRevision: number | undefined) => {
+        put: async (next: RouterRecord, expectedRevision: number | undefined, draining?: DrainingChange) => {
+          await store.put(next, expectedRevision, draining);
+          // Only once the write committed: a refused or lost write makes no queues.
           for (const binding of next.bindings) await ensureNode(binding.host);
-          return store.put(next, expectedRevision);
         },
       });
       const provisionedQueue: CommandQueue = {

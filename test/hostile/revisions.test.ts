@@ -114,7 +114,7 @@ function faultyStore(inner: MemoryRoutersStore, faults: Fault[]): RoutersStore {
     get: (id) => inner.get(id),
     getMany: (ids) => inner.getMany(ids),
     tombstone: (id) => inner.tombstone(id),
-    put: (next, expected) => writeWith(() => inner.put(next, expected)),
+    put: (next, expected, draining) => writeWith(() => inner.put(next, expected, draining)),
     ...(inner.putAll ? { putAll: (writes) => writeWith(() => inner.putAll!(writes)) } : {}),
     delete: (id, rev, at, draining) => writeWith(() => inner.delete(id, rev, at, draining)),
     recordReplica: (report) => inner.recordReplica(report),

@@ -179,7 +179,7 @@ describe("races", () => {
       confirmDrained: (id, host, rev) => inner.confirmDrained(id, host, rev),
       listByHost: (host) => inner.listByHost(host),
       listAll: () => inner.listAll(),
-      async put(next, expected) {
+      async put(next, expected, draining) {
         if (next.routerId === routerId && !raced) {
           raced = true;
           const current = (await inner.get(routerId))!;
@@ -188,7 +188,7 @@ describe("races", () => {
             current.revision,
           );
         }
-        return inner.put(next, expected);
+        return inner.put(next, expected, draining);
       },
     };
   }

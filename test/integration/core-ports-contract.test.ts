@@ -351,6 +351,27 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     expect((await store.get(record.routerId))?.bindings).toEqual(record.bindings);
   });
 
+  it("a drain confirmed between a writer's read and its write stays confirmed", async () => {
+    const [kept, gone, next] = ["race-kept", `race-gone-${newId().slice(0, 8)}`, "race-next"];
+    const record = routerRecord({ bindings: qrouters(kept, next), revision: 4, draining: { [gone]: 4 } });
+    await store.put(record, undefined);
+    const read = (await store.get(record.routerId))!;
+    expect(await store.confirmDrained(record.routerId, gone, 4)).toBe(true);
+    // A helper change planned on the read: it names no draining change.
+    await store.put({ ...read, helpers: [storedHelper()], revision: 5 }, 4);
+    expect((await store.get(record.routerId))?.draining).toEqual({});
+    // A binding change planned on a read from before the confirmation: only its own keys.
+    await store.put(
+      { ...read, bindings: qrouters(kept), revision: 6, draining: { [gone]: 4, [next]: 6 } },
+      5,
+      {
+        add: { [next]: 6 },
+        remove: [],
+      },
+    );
+    expect((await store.get(record.routerId))?.draining).toEqual({ [next]: 6 });
+  });
+
   it("a router at the maximum of 8 bindings takes changes, and one can grow to 8", async () => {
     const hosts = Array.from({ length: 8 }, (_, slot) => `max${slot}-${newId().slice(0, 8)}`);
     const full = routerRecord({ bindings: qrouters(...hosts), revision: 1 });
@@ -372,7 +393,10 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     await store.put(record, undefined);
     await store.recordReplica({ routerId: record.routerId, host: left, status: replica(1) });
     await store.recordReplica({ routerId: record.routerId, host: kept, status: replica(1) });
-    await store.put({ ...record, bindings: qrouters(kept), revision: 2, draining: { [left]: 2 } }, 1);
+    await store.put({ ...record, bindings: qrouters(kept), revision: 2, draining: { [left]: 2 } }, 1, {
+      add: { [left]: 2 },
+      remove: [],
+    });
     expect(await store.listByHost(left)).toEqual([]);
     expect((await store.listByHost(kept)).map((r) => r.routerId)).toEqual([record.routerId]);
     const stored = await store.get(record.routerId);

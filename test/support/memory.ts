@@ -7,6 +7,7 @@ import { RevisionConflictError, ServiceUnavailableError } from "../../lib/errors
 import type {
   CommandQueue,
   Draining,
+  DrainingChange,
   ReplicaReport,
   RouterRecord,
   RoutersStore,
@@ -66,13 +67,23 @@ export class MemoryRoutersStore implements RoutersStore {
     return tombstone ? clone(tombstone) : undefined;
   }
 
-  async put(next: RouterRecord, expectedRevision: number | undefined): Promise<void> {
+  async put(
+    next: RouterRecord,
+    expectedRevision: number | undefined,
+    change?: DrainingChange,
+  ): Promise<void> {
     this.check(next, expectedRevision);
-    this.store(next);
+    this.store(next, change);
   }
 
-  private store(next: RouterRecord): void {
+  private store(next: RouterRecord, change?: DrainingChange): void {
     const row = this.rows.get(next.routerId);
+    // Like DynamoDB's adapter: a change writes only the draining keys it names, a create the whole map.
+    let draining: Draining = next.draining;
+    if (row) {
+      const kept = Object.entries(row.draining).filter(([host]) => !change?.remove.includes(host));
+      draining = { ...Object.fromEntries(kept), ...change?.add };
+    }
     // Like DynamoDB's adapter: a change of an existing router keeps the stored replica status of the hosts
     // it is still bound to, and drops the rest.
     const replicas = row
@@ -80,7 +91,7 @@ export class MemoryRoutersStore implements RoutersStore {
           Object.entries(row.replicas).filter(([host]) => next.bindings.some((b) => b.host === host)),
         )
       : next.replicas;
-    this.rows.set(next.routerId, clone({ ...next, replicas }));
+    this.rows.set(next.routerId, clone({ ...next, replicas, draining }));
     this.tombstones.delete(next.routerId);
     this.writes++;
   }
