@@ -62,12 +62,15 @@ const snapshotArb = fc
         noInvalidDate: true,
       })
       .map((date) => date.toISOString()),
+    // Absent (a message from before bindings), or either kind: mutations then reach the field too.
+    namespace: fc.constantFrom(undefined, "qrouter" as const, "snat" as const),
   })
-  .map(({ router, revision, helpers, correlation, issuedAt }) => ({
+  .map(({ router, revision, helpers, correlation, issuedAt, namespace }) => ({
     v: 1,
     kind: "router-sync",
     router_id: router,
     revision,
+    ...(namespace ? { namespace } : {}),
     helpers: helpers.map(({ id, pair, port }) => ({
       id,
       protocol: pair.protocol,
@@ -210,7 +213,7 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
       status,
       metrics,
       logger,
-      namespacePattern: "qrouter-{router_id}",
+      namespacePattern: "{namespace}-{router_id}",
       createNamespaces: true,
     });
     const poller = new QueuePoller({
@@ -298,7 +301,7 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
 
           // 1. Nothing outside the schema reached the port; only canonical lines ever did.
           for (const write of iptables.writes) {
-            expect(validIds.has(write.ns.replace(/^qrouter-/, "")), `write to ${write.ns}`).toBe(true);
+            expect(validIds.has(write.ns.replace(/^(qrouter|snat)-/, "")), `write to ${write.ns}`).toBe(true);
             expect(write.text.split("\n").filter((line) => !RESTORE_LINE.test(line))).toEqual([]);
           }
           // 2. Every forged or invalid message is in the DLQ, none is left in the queue.
@@ -311,7 +314,7 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
             expect(allStrings(message).filter((text) => !SAFE_TEXT.test(text))).toEqual([]);
             accepted.push(message);
             appliedTotal++;
-            const ns = `qrouter-${message.router_id}`;
+            const ns = `${message.namespace ?? "qrouter"}-${message.router_id}`;
             for (const family of FAMILIES) {
               const plan = planFamily(message.helpers, family, catalog);
               const held = (await iptables.namespaceExists(ns))

@@ -169,6 +169,7 @@ describe("agent poll loop on fauxqs", () => {
       snapshot(routerId, 1, [{ id: randomUUID(), protocol: "tcp", port: 21, helper: "h323" }]),
       snapshot(routerId, 1, [{ id: randomUUID(), protocol: "tcp", port: 21, helper: 'ftp" -j DROP' }]),
       { ...snapshot(routerId, 1, []), router_id: "../../etc" },
+      { ...snapshot(routerId, 1, [helper("ftp", "tcp", 21)]), namespace: "fip" },
     ];
     for (const body of invalid) await send(body, routerId);
     await eventually(async () => (await emu.depth(queue.url)) === 0);

@@ -146,6 +146,33 @@ describe("registering bindings", () => {
     expect((await core.store.get(routerId))?.bindings).toEqual(snats("node-a", "node-b"));
   });
 
+  it.each([
+    ["no bindings", { bindings: [] }],
+    [
+      "more than 8",
+      { bindings: Array.from({ length: 9 }, (_, i) => ({ host: `n${i}`, namespace: "snat" })) },
+    ],
+    ["an unknown kind", { bindings: [{ host: "node-a", namespace: "fip" }] }],
+    ["host and bindings together", { host: "node-a", bindings: qrouters("node-b") }],
+  ])("a Router Upserted event with %s is parked and changes nothing", async (_name, placement) => {
+    const publisher = "123456789012";
+    const parked: string[] = [];
+    const handler = makeEventsHandler({
+      ...core.deps(),
+      metrics: { parked: (_type, code) => parked.push(code) },
+      accounts: { lifecycle: new Set([publisher]), notification: new Set([publisher]) },
+    });
+    const event = eventBridgeEvent(
+      "Router Upserted",
+      { router_id: newId(), project_id: PROJECT_A, ...placement },
+      { account: publisher },
+    );
+    expect(await core.expectNothingWritten(() => handler(event, lambdaContext()))).toMatchObject({
+      outcome: "parked",
+    });
+    expect(parked).toEqual(["validation_failed"]);
+  });
+
   it("a Router Upserted event with bad bindings is parked and changes nothing", async () => {
     const publisher = "123456789012";
     const parked: string[] = [];
@@ -281,6 +308,14 @@ describe("binding changes converge", () => {
     expect((await core.store.tombstone(routerId))?.draining).toEqual({ "node-a": 2, "node-b": 2 });
     await runStatus(reportFrom("node-b", applied(routerId, 2, [])));
     expect((await core.store.tombstone(routerId))?.draining).toEqual({ "node-a": 2 });
+  });
+
+  it("a removed host's report of an older revision, or of a non-empty set, does not clear its drain", async () => {
+    const { routerId, helper } = await registered(qrouters("node-a", "node-b"));
+    await put(routerId, { project_id: PROJECT_A, bindings: qrouters("node-a") });
+    await runStatus(reportFrom("node-b", applied(routerId, 1, [])));
+    await runStatus(reportFrom("node-b", applied(routerId, 2, [helper])));
+    expect((await state(routerId)).draining).toEqual([{ host: "node-b", revision: 2 }]);
   });
 
   it("a kind changed on one host (legacy to DVR) sends that host the set for its new namespace", async () => {

@@ -173,6 +173,7 @@ describe("status consumer", () => {
       "not json",
       { ...applied(router, 1), extra: true },
       { ...applied(router, 1), digest: "not-a-digest" },
+      { ...applied(router, 1), namespace: "fip" },
       { v: 2, kind: "applied" },
     );
     const result = await core.expectNothingWritten(() => runStatus(event));
