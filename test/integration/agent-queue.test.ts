@@ -17,9 +17,10 @@ import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
 import { helperSetDigest } from "../../lib/digest.ts";
 import { ownedHelperIds } from "../../lib/render.ts";
-import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import type { HelperRule } from "../../lib/schemas/index.ts";
 import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE } from "../../lib/signing.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
+import { helperRule as helper, routerSync as snapshot } from "../support/factories.ts";
 import { signedAttributes, type TestKey, testKey, verifyKeysDir } from "../support/signing.ts";
 
 const NODE = `agent-q-${randomUUID().slice(0, 6)}`;
@@ -33,23 +34,6 @@ async function eventually<T>(check: () => Promise<T | undefined | false>, timeou
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
-
-const helper = (name: string, protocol: "tcp" | "udp", port: number): HelperRule => ({
-  id: randomUUID(),
-  protocol,
-  port,
-  helper: name,
-});
-
-const snapshot = (routerId: string, revision: number, helpers: HelperRule[]): RouterSyncMessage => ({
-  v: 1,
-  kind: "router-sync",
-  router_id: routerId,
-  revision,
-  helpers,
-  correlation_id: `t-${revision}`,
-  issued_at: new Date().toISOString(),
-});
 
 /** The dispatcher's key and the one it rotates to: the agent trusts both. */
 const dispatcher = testKey("dispatcher-2026");

@@ -109,6 +109,30 @@ const runStatus = (event: SQSEvent) =>
     metrics: { count: () => undefined },
   })(event, lambdaContext());
 
+/** The account the events function accepts lifecycle events from in these tests. */
+const PUBLISHER = "123456789012";
+
+/** The events function, and the error codes of the events it parked. */
+function eventsFunction() {
+  const parked: string[] = [];
+  const handler = makeEventsHandler({
+    ...core.deps(),
+    metrics: { parked: (_type, code) => parked.push(code) },
+    accounts: { lifecycle: new Set([PUBLISHER]), notification: new Set([PUBLISHER]) },
+  });
+  return { handler, parked };
+}
+
+/** One reconciler sweep, as the schedule runs it. */
+const runReconcile = () =>
+  makeReconcileHandler({
+    store: core.store,
+    queue: core.queue,
+    clock: fixedClock("2026-12-02T06:00:00.000Z"),
+    staleAfterSeconds: 3600,
+    logger: silentLogger,
+  })({} as never, lambdaContext());
+
 const revisionOf = async (routerId: string) => (await core.store.get(routerId))!.revision;
 
 const only = (messages: RouterSyncMessage[], routerId: string) =>
@@ -131,16 +155,11 @@ describe("registering bindings", () => {
 
   it("EventBridge Router Upserted accepts the same bindings", async () => {
     const routerId = newId();
-    const publisher = "123456789012";
-    const handler = makeEventsHandler({
-      ...core.deps(),
-      metrics: { parked: () => undefined },
-      accounts: { lifecycle: new Set([publisher]), notification: new Set([publisher]) },
-    });
+    const { handler } = eventsFunction();
     const event = eventBridgeEvent(
       "Router Upserted",
       { router_id: routerId, project_id: PROJECT_A, bindings: snats("node-a", "node-b") },
-      { account: publisher },
+      { account: PUBLISHER },
     );
     expect(await handler(event, lambdaContext())).toMatchObject({ outcome: "applied" });
     expect((await core.store.get(routerId))?.bindings).toEqual(snats("node-a", "node-b"));
@@ -155,17 +174,11 @@ describe("registering bindings", () => {
     ["an unknown kind", { bindings: [{ host: "node-a", namespace: "fip" }] }],
     ["host and bindings together", { host: "node-a", bindings: qrouters("node-b") }],
   ])("a Router Upserted event with %s is parked and changes nothing", async (_name, placement) => {
-    const publisher = "123456789012";
-    const parked: string[] = [];
-    const handler = makeEventsHandler({
-      ...core.deps(),
-      metrics: { parked: (_type, code) => parked.push(code) },
-      accounts: { lifecycle: new Set([publisher]), notification: new Set([publisher]) },
-    });
+    const { handler, parked } = eventsFunction();
     const event = eventBridgeEvent(
       "Router Upserted",
       { router_id: newId(), project_id: PROJECT_A, ...placement },
-      { account: publisher },
+      { account: PUBLISHER },
     );
     expect(await core.expectNothingWritten(() => handler(event, lambdaContext()))).toMatchObject({
       outcome: "parked",
@@ -174,18 +187,12 @@ describe("registering bindings", () => {
   });
 
   it("a Router Upserted event with bad bindings is parked and changes nothing", async () => {
-    const publisher = "123456789012";
-    const parked: string[] = [];
-    const handler = makeEventsHandler({
-      ...core.deps(),
-      metrics: { parked: (_type, code) => parked.push(code) },
-      accounts: { lifecycle: new Set([publisher]), notification: new Set([publisher]) },
-    });
+    const { handler, parked } = eventsFunction();
     const routerId = newId();
     const event = eventBridgeEvent(
       "Router Upserted",
       { router_id: routerId, project_id: PROJECT_A, bindings: [...snats("node-a"), ...qrouters("node-a")] },
-      { account: publisher },
+      { account: PUBLISHER },
     );
     const outcome = await core.expectNothingWritten(() => handler(event, lambdaContext()));
     expect(outcome).toMatchObject({ outcome: "parked" });
@@ -282,18 +289,11 @@ describe("binding changes converge", () => {
     await put(routerId, { project_id: PROJECT_A, bindings: qrouters("node-a") });
     await core.queued("node-a");
     await core.queued("node-b"); // the empty snapshot is lost
-    const reconcile = makeReconcileHandler({
-      store: core.store,
-      queue: core.queue,
-      clock: fixedClock("2026-12-02T06:00:00.000Z"),
-      staleAfterSeconds: 3600,
-      logger: silentLogger,
-    });
-    await reconcile({} as never, lambdaContext());
+    await runReconcile();
     expect(only(await core.queued("node-b"), routerId)).toMatchObject([{ revision: 2, helpers: [] }]);
     await runStatus(reportFrom("node-b", applied(routerId, 2, [])));
     expect((await state(routerId)).draining).toEqual([]);
-    await reconcile({} as never, lambdaContext());
+    await runReconcile();
     expect(only(await core.queued("node-b"), routerId)).toEqual([]);
   });
 
@@ -386,14 +386,7 @@ describe("status per replica", () => {
     const { routerId, helper } = await registered(qrouters("node-a", "node-b"));
     const revision = await revisionOf(routerId);
     await runStatus(reportFrom("node-a", applied(routerId, revision, [helper])));
-    const reconcile = makeReconcileHandler({
-      store: core.store,
-      queue: core.queue,
-      clock: fixedClock("2026-12-02T06:00:00.000Z"),
-      staleAfterSeconds: 3600,
-      logger: silentLogger,
-    });
-    await reconcile({} as never, lambdaContext());
+    await runReconcile();
     expect(only(await core.queued("node-a"), routerId)).toEqual([]);
     expect(only(await core.queued("node-b"), routerId)).toMatchObject([{ revision, helpers: [helper] }]);
   });

@@ -14,6 +14,7 @@ import { helperSetDigest } from "../../lib/digest.ts";
 import { expectedOwnedLines, ownedLines, planFamily, readBackDigest } from "../../lib/render.ts";
 import type { HelperRule, NamespaceKind, RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
+import { helperRule as helper, routerSync as snapshot } from "../support/factories.ts";
 import { eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
@@ -26,29 +27,6 @@ const dispatcher = testKey("dispatcher");
 const NEUTRON_RAW =
   "*raw\n:neutron-l3-agent-PREROUTING - [0:0]\n-A PREROUTING -j neutron-l3-agent-PREROUTING\n" +
   "-A neutron-l3-agent-PREROUTING -p tcp -m tcp --dport 2121 -j CT --helper ftp\nCOMMIT\n";
-
-const helper = (name: string, protocol: "tcp" | "udp", port: number): HelperRule => ({
-  id: randomUUID(),
-  protocol,
-  port,
-  helper: name,
-});
-
-const snapshot = (
-  routerId: string,
-  revision: number,
-  helpers: readonly HelperRule[],
-  namespace?: NamespaceKind,
-): RouterSyncMessage => ({
-  v: 1,
-  kind: "router-sync",
-  router_id: routerId,
-  revision,
-  ...(namespace ? { namespace } : {}),
-  helpers: [...helpers],
-  correlation_id: `dvr-${revision}`,
-  issued_at: new Date().toISOString(),
-});
 
 const expected = (helpers: readonly HelperRule[], family: "ipv4" | "ipv6") =>
   expectedOwnedLines(planFamily(helpers, family, catalog).rules);

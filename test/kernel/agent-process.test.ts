@@ -12,8 +12,9 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { helperSetDigest } from "../../lib/digest.ts";
 import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
-import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import type { HelperRule } from "../../lib/schemas/index.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
+import { helperRule as helper, routerSync as snapshot } from "../support/factories.ts";
 import { descendantPids, eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
@@ -23,28 +24,6 @@ const catalog = new HelperCatalog();
 const DRIFT_SECONDS = 2;
 /** The dispatcher's key: every snapshot this suite sends is signed with it, as the dispatcher does. */
 const dispatcher = testKey("dispatcher");
-
-const helper = (
-  name: string,
-  protocol: "tcp" | "udp",
-  port: number,
-  id: string = randomUUID(),
-): HelperRule => ({
-  id,
-  protocol,
-  port,
-  helper: name,
-});
-
-const snapshot = (routerId: string, revision: number, helpers: readonly HelperRule[]): RouterSyncMessage => ({
-  v: 1,
-  kind: "router-sync",
-  router_id: routerId,
-  revision,
-  helpers: [...helpers],
-  correlation_id: `k-${revision}`,
-  issued_at: new Date().toISOString(),
-});
 
 const expected = (helpers: readonly HelperRule[], family: "ipv4" | "ipv6") =>
   expectedOwnedLines(planFamily(helpers, family, catalog).rules);

@@ -16,10 +16,9 @@ import { type RunningStack, startStack } from "../../scripts/local/stack.ts";
 import { EMULATOR_CREDENTIALS } from "../support/emulators.ts";
 import { eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
+import { routerWithListener, trackedConnection } from "../support/traffic.ts";
 import { AgentProcess } from "./agent-support.ts";
 
-const ROUTER_IP = "198.18.9.1";
-const CLIENT_IP = "198.18.9.2";
 const FTP_PORT = 2121;
 
 interface Replica {
@@ -94,53 +93,6 @@ describeKernel("HA and DVR routers: two agents, two node queues, real namespaces
   const ownRules = async (ns: string) => ownedHelperIds(await rawSave(ns, "ipv4"));
   const holds = async (ns: string, helperId: string) => (await ownRules(ns)).includes(helperId);
 
-  /** The namespace and a client namespace on a veth, a TCP listener on FTP_PORT, Neutron's stateful rule. */
-  async function routerNamespace(ns: string): Promise<string> {
-    await sandbox.namespace("", ns);
-    const client = await sandbox.namespace("cthha");
-    await sandbox.veth(client, `${CLIENT_IP}/24`, ns, `${ROUTER_IP}/24`);
-    await inNs(ns, [
-      "iptables",
-      "-A",
-      "INPUT",
-      "-m",
-      "conntrack",
-      "--ctstate",
-      "NEW,ESTABLISHED",
-      "-j",
-      "ACCEPT",
-    ]);
-    const listener = sandbox.spawn("ip", [
-      "netns",
-      "exec",
-      ns,
-      process.execPath,
-      "-e",
-      `require('net').createServer(s=>s.end('220 cth ha\\r\\n')).listen(${FTP_PORT},'${ROUTER_IP}',()=>console.log('ready'))`,
-    ]);
-    await new Promise<void>((resolve, reject) => {
-      listener.stdout?.once("data", () => resolve());
-      listener.once("exit", (code) => reject(new Error(`listener exited ${code}`)));
-    });
-    return client;
-  }
-
-  /** One FTP control connection from `client` to the replica `ns`; its conntrack entry there. */
-  async function ftpFlow(client: string, ns: string): Promise<string> {
-    const script = `const s=require('net').connect(${FTP_PORT},'${ROUTER_IP}',()=>console.log(s.localPort));s.on('data',()=>{});s.on('end',()=>process.exit(0));s.on('error',e=>{console.error(e.message);process.exit(1)});`;
-    const sport = Number((await inNs(client, [process.execPath, "-e", script])).stdout.trim());
-    return eventually(
-      async () => {
-        const { stdout } = await inNs(ns, ["conntrack", "-L", "-p", "tcp", "--sport", String(sport)]).catch(
-          (error: { stdout?: string }) => ({ stdout: error.stdout ?? "" }),
-        );
-        return stdout.includes(`sport=${sport}`) ? stdout : undefined;
-      },
-      10_000,
-      "the connection's conntrack entry",
-    );
-  }
-
   /** Takes every message off `node`'s queue for `seconds`: a snapshot lost on its way. */
   async function loseSnapshots(node: 0 | 1, seconds: number): Promise<number> {
     const url = stack.info.nodes.find((entry) => entry.host === nodes[node])!.queue;
@@ -160,7 +112,9 @@ describeKernel("HA and DVR routers: two agents, two node queues, real namespaces
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), "cth-ha-"));
-    for (const node of [0, 1] as const) clients.push(await routerNamespace(nsOf(node, "qrouter", haRouter)));
+    for (const node of [0, 1] as const) {
+      clients.push(await routerWithListener(sandbox, nsOf(node, "qrouter", haRouter), FTP_PORT));
+    }
     // A dvr_snat node holds both namespaces of a DVR router; the migrated router ends up with both too.
     for (const ns of [nsOf(0, "qrouter", dvrRouter), nsOf(0, "snat", dvrRouter)])
       await sandbox.namespace("", ns);
@@ -265,7 +219,7 @@ describeKernel("HA and DVR routers: two agents, two node queues, real namespaces
 
   it("real FTP traffic through each replica is tracked with helper=ftp", async () => {
     for (const node of [0, 1] as const) {
-      const entry = await ftpFlow(clients[node]!, nsOf(node, "qrouter", haRouter));
+      const entry = await trackedConnection(clients[node]!, nsOf(node, "qrouter", haRouter), FTP_PORT);
       expect(entry).toContain(`dport=${FTP_PORT}`);
       expect(entry).toContain("helper=ftp");
     }

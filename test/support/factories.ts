@@ -2,7 +2,14 @@
 import { randomUUID } from "node:crypto";
 import type { Identity } from "../../lib/domain/identity.ts";
 import type { Binding, Clock, ReplicaStatus, RouterRecord, StoredHelper } from "../../lib/ports.ts";
-import type { HelperChange, Notification, NotificationEvent } from "../../lib/schemas/index.ts";
+import type {
+  HelperChange,
+  HelperRule,
+  NamespaceKind,
+  Notification,
+  NotificationEvent,
+  RouterSyncMessage,
+} from "../../lib/schemas/index.ts";
 
 export const newId = (): string => randomUUID();
 
@@ -70,3 +77,32 @@ export function service(projectId = PROJECT_A): Identity {
 }
 
 export const fixedClock = (iso = "2026-11-24T06:00:00.000Z"): Clock => ({ now: () => new Date(iso) });
+
+/** A helper as a snapshot carries it. */
+export const helperRule = (
+  name: string,
+  protocol: "tcp" | "udp",
+  port: number,
+  id: string = newId(),
+): HelperRule => ({ id, protocol, port, helper: name });
+
+/** A router-sync message as the dispatcher queues it (unsigned: sign it where the test sends it). */
+export const routerSync = (
+  routerId: string,
+  revision: number,
+  helpers: readonly HelperRule[],
+  namespace?: NamespaceKind,
+): RouterSyncMessage => ({
+  v: 1,
+  kind: "router-sync",
+  router_id: routerId,
+  revision,
+  ...(namespace ? { namespace } : {}),
+  helpers: [...helpers],
+  correlation_id: `c-${revision}`,
+  issued_at: "2026-11-24T05:00:00.000Z",
+});
+
+/** Neutron's L3 agent's own chain in a router namespace's raw table: never ours to touch. */
+export const NEUTRON_RAW =
+  "*raw\n:neutron-l3-agent-PREROUTING - [0:0]\n-A PREROUTING -j neutron-l3-agent-PREROUTING\nCOMMIT\n";

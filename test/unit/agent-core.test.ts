@@ -22,8 +22,14 @@ import {
 } from "../../lib/domain/services.ts";
 import type { StatusSink } from "../../lib/ports.ts";
 import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily, ruleLine } from "../../lib/render.ts";
-import type { HelperRule, NamespaceKind, RouterSyncMessage, StatusMessage } from "../../lib/schemas/index.ts";
-import { admin, notification } from "../support/factories.ts";
+import type { HelperRule, StatusMessage } from "../../lib/schemas/index.ts";
+import {
+  admin,
+  helperRule as helper,
+  NEUTRON_RAW,
+  notification,
+  routerSync as snapshot,
+} from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
 const catalog = new HelperCatalog();
@@ -36,37 +42,7 @@ class RecordingSink implements StatusSink {
   }
 }
 
-const helper = (
-  name: string,
-  protocol: "tcp" | "udp",
-  port: number,
-  id: string = randomUUID(),
-): HelperRule => ({
-  id,
-  protocol,
-  port,
-  helper: name,
-});
-
-const snapshot = (
-  routerId: string,
-  revision: number,
-  helpers: HelperRule[],
-  namespace?: NamespaceKind,
-): RouterSyncMessage => ({
-  v: 1,
-  kind: "router-sync",
-  router_id: routerId,
-  revision,
-  ...(namespace ? { namespace } : {}),
-  helpers,
-  correlation_id: `c-${revision}`,
-  issued_at: "2026-11-24T05:00:00.000Z",
-});
-
 /** What Neutron's L3 agent keeps in a router's raw table: not ours, never to be touched. */
-const NEUTRON_RAW =
-  "*raw\n:neutron-l3-agent-PREROUTING - [0:0]\n-A PREROUTING -j neutron-l3-agent-PREROUTING\nCOMMIT\n";
 
 describe("agent core (in-memory iptables model)", () => {
   let dir: string;
