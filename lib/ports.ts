@@ -83,6 +83,12 @@ export interface DrainingChange {
   readonly remove: readonly string[];
 }
 
+/** `draining` after `change`: what every store writes, key by key, and what the writer then holds. */
+export function applyDrainingChange(draining: Draining, change: DrainingChange): Draining {
+  const kept = Object.entries(draining).filter(([host]) => !change.remove.includes(host));
+  return { ...Object.fromEntries(kept), ...change.add };
+}
+
 /** One conditional write of a multi-router commit. */
 export interface RouterWrite {
   readonly next: RouterRecord;
@@ -142,7 +148,7 @@ export interface RoutersStore {
 }
 
 /** The binding of `host`, if the router is bound to it. */
-export const bindingOf = (record: RouterRecord, host: string): Binding | undefined =>
+export const bindingOf = (record: Pick<RouterRecord, "bindings">, host: string): Binding | undefined =>
   record.bindings.find((binding) => binding.host === host);
 
 /** Tells a tombstone from a live router in listAll's output. */

@@ -30,6 +30,7 @@ import type {
   RouterWrite,
   Tombstone,
 } from "../ports.ts";
+import { bindingOf } from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
 import { BINDING_SLOTS, bindingSlotAttribute, bindingSlotIndex } from "./tables.ts";
 
@@ -347,7 +348,7 @@ export class DynamoRoutersStore implements RoutersStore {
     // The applied status of hosts the router no longer lives on says nothing any more: keep the item small.
     // Those are the hosts of the writer's read and the hosts just left; removing an absent key is a no-op.
     [...new Set([...Object.keys(next.replicas), ...Object.keys(draining?.add ?? {})])]
-      .filter((host) => !next.bindings.some((binding) => binding.host === host))
+      .filter((host) => !bindingOf(next, host))
       .forEach((host, index) => {
         names[`#unbound${index}`] = host;
         remove.push(`replicas.#unbound${index}`);
@@ -505,7 +506,7 @@ export class DynamoRoutersStore implements RoutersStore {
       }),
     );
     const fresh = await this.getMany([...ids]);
-    return [...fresh.values()].filter((record) => record.bindings.some((binding) => binding.host === host));
+    return [...fresh.values()].filter((record) => bindingOf(record, host));
   }
 
   async *listAll(): AsyncIterable<RouterRecord | Tombstone> {

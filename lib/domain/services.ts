@@ -15,13 +15,13 @@ import type {
   Binding,
   Clock,
   CommandQueue,
-  Draining,
   DrainingChange,
   RouterRecord,
   RoutersStore,
   RouterWrite,
   Tombstone,
 } from "../ports.ts";
+import { applyDrainingChange, bindingOf } from "../ports.ts";
 import type { Notification, RouterSyncMessage, RouterUpsert } from "../schemas/index.ts";
 import { authorizeHelperProject, authorizeRouter, requireAdmin } from "./authorize.ts";
 import { applyChanges, type HelperOp, type IndexedChange, revertOps } from "./changes.ts";
@@ -333,13 +333,6 @@ const view = (record: RouterRecord): RouterView => ({
   revision: record.revision,
 });
 
-/** `draining` without the bound hosts: a router that comes back to a host owes that host no empty snapshot. */
-function withoutBound(draining: Draining, bindings: readonly Binding[]): Draining {
-  return Object.fromEntries(
-    Object.entries(draining).filter(([host]) => !bindings.some((binding) => binding.host === host)),
-  );
-}
-
 const sameBindings = (a: readonly Binding[], b: readonly Binding[]): boolean =>
   a.length === b.length &&
   a.every((binding, index) => binding.host === b[index]!.host && binding.namespace === b[index]!.namespace);
@@ -408,7 +401,11 @@ export async function upsertRouter(
           revision: tombstone?.revision ?? 0,
           helpers: [],
           replicas: {},
-          draining: withoutBound(tombstone?.draining ?? {}, body.bindings),
+          // A router that comes back to a host owes that host no empty snapshot.
+          draining: applyDrainingChange(tombstone?.draining ?? {}, {
+            add: {},
+            remove: body.bindings.map((binding) => binding.host),
+          }),
           updatedAt: now,
         };
         await deps.store.put(created, undefined);
@@ -420,25 +417,25 @@ export async function upsertRouter(
       }
       const unchanged =
         current.projectId === body.project_id && sameBindings(current.bindings, body.bindings);
-      // Every host unbound is left draining at the new revision: the empty snapshot it is sent (after the
-      // commit) is re-sent until that host confirms it. A host bound again owes nothing.
-      const bound = new Set(body.bindings.map((binding) => binding.host));
-      const change: DrainingChange = {
-        add: Object.fromEntries(
-          current.bindings
-            .filter((binding) => !bound.has(binding.host))
-            .map((binding) => [binding.host, current.revision + 1]),
-        ),
-        remove: Object.keys(current.draining).filter((host) => bound.has(host)),
-      };
-      const next = unchanged
-        ? current
-        : nextRevision(deps, current, {
-            projectId: body.project_id,
-            bindings: body.bindings,
-            draining: withoutBound({ ...current.draining, ...change.add }, body.bindings),
-          });
-      if (!unchanged) await deps.store.put(next, current.revision, change);
+      let next = current;
+      if (!unchanged) {
+        // Every host unbound is left draining at the new revision: the empty snapshot it is sent (after the
+        // commit) is re-sent until that host confirms it. A host bound again owes nothing.
+        const change: DrainingChange = {
+          add: Object.fromEntries(
+            current.bindings
+              .filter((binding) => !bindingOf(body, binding.host))
+              .map((binding) => [binding.host, current.revision + 1]),
+          ),
+          remove: Object.keys(current.draining).filter((host) => bindingOf(body, host)),
+        };
+        next = nextRevision(deps, current, {
+          projectId: body.project_id,
+          bindings: body.bindings,
+          draining: applyDrainingChange(current.draining, change),
+        });
+        await deps.store.put(next, current.revision, change);
+      }
       // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
       // snapshot lost to a queue outage is not stranded.
       // An unchanged router's snapshots are re-sends: their own deduplication scope, or SQS could drop them as
@@ -570,7 +567,7 @@ export async function readRouterState(
     ...(laggard.applied_at !== undefined ? { applied_at: laggard.applied_at } : {}),
     replicas,
     draining: Object.entries(record.draining)
-      .filter(([host]) => !record.bindings.some((binding) => binding.host === host))
+      .filter(([host]) => !bindingOf(record, host))
       .map(([host, revision]) => ({ ...(operator ? { host } : {}), revision })),
   };
 }

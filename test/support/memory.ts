@@ -14,6 +14,7 @@ import type {
   SendOptions,
   Tombstone,
 } from "../../lib/ports.ts";
+import { applyDrainingChange, bindingOf } from "../../lib/ports.ts";
 import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
 
 const clone = <T>(value: T): T => structuredClone(value);
@@ -79,17 +80,13 @@ export class MemoryRoutersStore implements RoutersStore {
   private store(next: RouterRecord, change?: DrainingChange): void {
     const row = this.rows.get(next.routerId);
     // Like DynamoDB's adapter: a change writes only the draining keys it names, a create the whole map.
-    let draining: Draining = next.draining;
-    if (row) {
-      const kept = Object.entries(row.draining).filter(([host]) => !change?.remove.includes(host));
-      draining = { ...Object.fromEntries(kept), ...change?.add };
-    }
+    const draining = row
+      ? applyDrainingChange(row.draining, change ?? { add: {}, remove: [] })
+      : next.draining;
     // Like DynamoDB's adapter: a change of an existing router keeps the stored replica status of the hosts
     // it is still bound to, and drops the rest.
     const replicas = row
-      ? Object.fromEntries(
-          Object.entries(row.replicas).filter(([host]) => next.bindings.some((b) => b.host === host)),
-        )
+      ? Object.fromEntries(Object.entries(row.replicas).filter(([host]) => bindingOf(next, host)))
       : next.replicas;
     this.rows.set(next.routerId, clone({ ...next, replicas, draining }));
     this.tombstones.delete(next.routerId);
@@ -141,9 +138,7 @@ export class MemoryRoutersStore implements RoutersStore {
   }
 
   async listByHost(host: string): Promise<RouterRecord[]> {
-    return [...this.rows.values()]
-      .filter((row) => row.bindings.some((binding) => binding.host === host))
-      .map(clone);
+    return [...this.rows.values()].filter((row) => bindingOf(row, host)).map(clone);
   }
 
   async *listAll(): AsyncIterable<RouterRecord | Tombstone> {
