@@ -28,6 +28,9 @@ export const FIELD_LIMITS = {
   errorMessage: 512,
 } as const;
 
+/** A network node's name names its SQS queues, so SQS's queue-name alphabet applies (primitives.host). */
+export const HOST_ALPHABET = /^[A-Za-z0-9_-]+$/;
+
 export interface Config {
   readonly limits: Limits;
   readonly catalog: HelperCatalog;
@@ -170,7 +173,7 @@ export function loadNodes(env: Env = process.env): ReadonlySet<string> | undefin
     .map((name) => name.trim())
     .filter((name) => name.length > 0);
   if (names.length === 0) return undefined;
-  const bad = names.find((name) => name.length > FIELD_LIMITS.host || !/^[A-Za-z0-9_-]+$/.test(name));
+  const bad = names.find((name) => name.length > FIELD_LIMITS.host || !HOST_ALPHABET.test(name));
   if (bad !== undefined) {
     throw new Error(`CTH_NODES: "${bad}" is not a node name ([A-Za-z0-9_-], up to ${FIELD_LIMITS.host})`);
   }

@@ -3,16 +3,18 @@
  * infra/. On-demand billing; the routers table has one item per router.
  */
 import type { CreateTableCommandInput } from "@aws-sdk/client-dynamodb";
+import { MAX_BINDINGS } from "../schemas/index.ts";
 
 export const ROUTERS_BY_HOST_INDEX = "by-host";
 
 /**
  * A router's i-th binding's host is kept in attribute `host` (i = 0, the index that predates bindings) or
  * `host_<i>`, each with its own index: DynamoDB cannot index the members of a list, and one item per router
- * keeps every write a single conditional write. Only the first index projects the item; the others give
- * keys, which listByHost re-reads consistently anyway.
+ * keeps every write a single conditional write. listByHost reads keys only and re-reads each router
+ * consistently; the first index still projects the whole item because it predates bindings, and changing
+ * a GSI's projection means dropping and rebuilding it.
  */
-export const BINDING_SLOTS = 8;
+export const BINDING_SLOTS = MAX_BINDINGS;
 
 export const bindingSlotAttribute = (slot: number): string => (slot === 0 ? "host" : `host_${slot}`);
 

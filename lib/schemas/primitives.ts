@@ -1,6 +1,6 @@
 // zod/mini: the same validation as classic zod at a quarter of the bundle (function cold starts).
 import * as z from "zod/mini";
-import { FIELD_LIMITS } from "../config.ts";
+import { FIELD_LIMITS, HOST_ALPHABET } from "../config.ts";
 import "./locale.ts";
 
 /** Canonical lowercase UUID (RFC 9562 layout). Mixed case is rejected so one router has exactly one id. */
@@ -26,7 +26,7 @@ export const host = z
   .check(
     z.minLength(1),
     z.maxLength(FIELD_LIMITS.host),
-    z.regex(/^[A-Za-z0-9_-]+$/, "may contain only letters, digits, '_' and '-'"),
+    z.regex(HOST_ALPHABET, "may contain only letters, digits, '_' and '-'"),
   );
 
 export const protocol = z.enum(["tcp", "udp"]);
