@@ -12,10 +12,17 @@ import type { AddressInfo } from "node:net";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { CreateQueueCommand, SendMessageCommand } from "@aws-sdk/client-sqs";
-import { type DynamoDBDocumentClient, ScanCommand } from "@aws-sdk/lib-dynamodb";
+import { ScanCommand } from "@aws-sdk/lib-dynamodb";
 import type { Context, EventBridgeEvent, ScheduledEvent } from "aws-lambda";
+import { DynamoRoutersStore } from "../../lib/aws/routers-store.ts";
 import type { DomainDeps } from "../../lib/domain/services.ts";
-import type { CommandQueue, DrainingChange, RouterRecord, RoutersStore } from "../../lib/ports.ts";
+import {
+  type CommandQueue,
+  type DrainingChange,
+  isTombstone,
+  type RouterRecord,
+  type RoutersStore,
+} from "../../lib/ports.ts";
 import { lazyHandler } from "../../lib/production.ts";
 import {
   type Emulators,
@@ -125,28 +132,13 @@ export interface RunningStack {
 type EventsHandler = (event: EventBridgeEvent<string, unknown>, context: Context) => Promise<unknown>;
 type ScheduleHandler = (event: ScheduledEvent, context: Context) => Promise<unknown>;
 
-/** Every host a stored router is bound to (legacy items name one `host`) or still drains. */
-async function boundHosts(dynamo: DynamoDBDocumentClient, table: string): Promise<Set<string>> {
+/** Every host a stored router is bound to or still drains (a deleted router's too), read through the store. */
+async function knownHosts(store: RoutersStore): Promise<Set<string>> {
   const hosts = new Set<string>();
-  let startKey: Record<string, unknown> | undefined;
-  do {
-    const page = await dynamo.send(
-      new ScanCommand({
-        TableName: table,
-        ExclusiveStartKey: startKey,
-        ProjectionExpression: "bindings, #host, draining",
-        ExpressionAttributeNames: { "#host": "host" },
-      }),
-    );
-    for (const item of page.Items ?? []) {
-      const bindings = Array.isArray(item.bindings) ? (item.bindings as { host?: unknown }[]) : [item];
-      for (const binding of bindings) if (typeof binding.host === "string") hosts.add(binding.host);
-      // Hosts still owed an empty snapshot (left, or of a deleted router) need their queue too.
-      for (const host of Object.keys((item.draining as Record<string, unknown> | undefined) ?? {}))
-        hosts.add(host);
-    }
-    startKey = page.LastEvaluatedKey;
-  } while (startKey);
+  for await (const entry of store.listAll()) {
+    if (!isTombstone(entry)) for (const binding of entry.bindings) hosts.add(binding.host);
+    for (const host of Object.keys(entry.draining)) hosts.add(host);
+  }
   return hosts;
 }
 
@@ -435,7 +427,10 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       handler: lazyHandler(() => eventsModule.makeHandler(provisioning(eventsModule.defaultDeps()))),
     } as unknown as { handler: EventsHandler };
     // A table kept across restarts (CTH_LOCAL_DATA_DIR) names hosts this run has not created queues for.
-    for (const host of await boundHosts(clients.dynamo, config.routersTable)) await ensureNode(host);
+    const store = new DynamoRoutersStore(clients.dynamo, config.routersTable, {
+      transactions: config.routerTransactions,
+    });
+    for (const host of await knownHosts(store)) await ensureNode(host);
 
     const gateway: Gateway = await startGateway({
       handler: async (event, context) => {

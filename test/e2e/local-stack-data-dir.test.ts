@@ -5,11 +5,12 @@
  */
 import { execFileSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, expect, it } from "vitest";
 import { api, type StackChild, startStackChild } from "../../bench/stack-child.ts";
+import type { StackInfo } from "../../scripts/local/stack.ts";
 import { describeKernel } from "../support/requirements.ts";
 
 const ROOT = join(import.meta.dirname, "../..");
@@ -59,12 +60,32 @@ describeKernel("local stack with a data directory", () => {
     await until("the rule", 30_000, async () =>
       rawTable(ns).includes(`cth:${helperId}`) ? true : undefined,
     );
+    // One router bound to a second host, one that left a third (that host only drains now): after the
+    // restart both hosts need their queues, or every send and sweep to them fails.
+    const replicated = randomUUID();
+    const elsewhere = randomUUID();
+    const bindTo = (id: string, hosts: string[]) =>
+      api(stack!, stack!.adminToken, "PUT", `/v1/routers/${id}`, {
+        project_id: stack!.project,
+        bindings: hosts.map((host) => ({ host, namespace: "qrouter" })),
+      });
+    expect((await bindTo(replicated, ["local", "net-3"])).status).toBe(201);
+    expect((await bindTo(elsewhere, ["net-4"])).status).toBe(201);
+    await api(stack, stack.token, "POST", "/v1/notifications", {
+      event: "created",
+      conntrack_helpers: [
+        { id: randomUUID(), router_id: elsewhere, protocol: "tcp", port: 21, helper: "ftp" },
+      ],
+    });
+    expect((await bindTo(elsewhere, ["local"])).status).toBe(200);
     await stack.stop();
     stack = undefined;
     // The stack removed the namespace it made; only the table on disk remembers the router.
     expect(rawTable(ns)).toBe("");
 
     stack = await startStackChild(ROOT, { env });
+    const nodes = (JSON.parse(readFileSync(join(stack.dir, "stack.json"), "utf8")) as StackInfo).nodes;
+    expect(nodes.map((node) => node.host).sort()).toEqual(["local", "net-3", "net-4"]);
     const state = (await api(stack, stack.token, "GET", `/v1/routers/${routerId}/conntrack-helpers`))
       .json as {
       revision: number;
