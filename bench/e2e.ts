@@ -76,7 +76,7 @@ export async function benchEndToEnd(options: {
     for (const [client, routerId] of routers.entries()) {
       const helperId = randomUUID();
       await post(stack, routerId, helperId, 1000 + client);
-      await untilSaved(routerId, helperId);
+      await untilSaved(`qrouter-${routerId}`, helperId);
     }
     for (const routerId of routers) monitors.push(await RuleMonitor.start(`qrouter-${routerId}`));
     /** `clients` concurrent clients, one router each, `perClient` notifications each; latency samples. */
@@ -110,7 +110,7 @@ export async function benchEndToEnd(options: {
     // The events say the kernel committed each rule; a final save per router confirms they are all held:
     // its priming helper, its share of the concurrent run and, for the first router, the baseline's.
     for (const [client, routerId] of routers.entries()) {
-      const save = await saveRaw(routerId);
+      const save = await saveRaw(`qrouter-${routerId}`);
       const expected = 1 + perClient + (client === 0 ? ALONE : 0);
       const held = save.split("\n").filter((line) => line.includes('--comment "cth:')).length;
       if (held !== expected) throw new Error(`router ${routerId}: ${held} rules held, ${expected} expected`);
@@ -207,17 +207,19 @@ export async function post(
   if (response.status !== 202) throw new Error(`POST: ${response.status} ${JSON.stringify(response.json)}`);
 }
 
-async function saveRaw(routerId: string): Promise<string> {
-  const save = await run("ip", ["netns", "exec", `qrouter-${routerId}`, "iptables-save", "-t", "raw"]).catch(
-    () => ({ stdout: "" }),
-  );
+/** The raw table of `namespace` as iptables-save prints it ("" while the namespace does not exist). */
+async function saveRaw(namespace: string): Promise<string> {
+  const save = await run("ip", ["netns", "exec", namespace, "iptables-save", "-t", "raw"]).catch(() => ({
+    stdout: "",
+  }));
   return save.stdout;
 }
 
-async function untilSaved(routerId: string, helperId: string): Promise<void> {
-  const deadline = performance.now() + 30_000;
-  while (!(await saveRaw(routerId)).includes(`cth:${helperId}`)) {
-    if (performance.now() > deadline) throw new Error(`helper ${helperId} not visible after 30 s`);
+/** Waits (up to 60 s) until `namespace` holds the rule of `helperId`. */
+export async function untilSaved(namespace: string, helperId: string): Promise<void> {
+  const deadline = performance.now() + 60_000;
+  while (!(await saveRaw(namespace)).includes(`cth:${helperId}`)) {
+    if (performance.now() > deadline) throw new Error(`helper ${helperId} not in ${namespace} after 60 s`);
     await sleep(20);
   }
 }

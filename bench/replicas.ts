@@ -5,15 +5,14 @@
  * as the kernel suite runs it. Samples alternate between the two routers so drift in the machine's load
  * falls on both rows alike.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
+import { type AgentProcess, spawnAgent } from "../scripts/local/agent-process.ts";
 import type { StackInfo } from "../scripts/local/stack.ts";
 import { EMULATOR_CREDENTIALS } from "../test/support/emulators.ts";
-import { post, RuleMonitor } from "./e2e.ts";
+import { post, RuleMonitor, untilSaved } from "./e2e.ts";
 import { api, stackMissing, startStackChild } from "./stack-child.ts";
 import { run, summarize } from "./stats.ts";
 
@@ -32,56 +31,32 @@ export interface ReplicasResult {
 const SECOND_NODE = "net-2";
 const SECOND_PREFIX = "cthbench2";
 
-function startSecondAgent(root: string, info: StackInfo, stateDir: string): Promise<ChildProcess> {
+/** Node net-2's agent, as the stack runs node local's (spawnAgent), with its own queues and prefix. */
+async function startSecondAgent(info: StackInfo, stateDir: string): Promise<AgentProcess> {
   const node = info.nodes.find((entry) => entry.host === SECOND_NODE);
   if (!node) throw new Error(`the stack made no queues for ${SECOND_NODE}`);
-  const child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "agent/cli.ts",
+  const tail: string[] = [];
+  const agent = spawnAgent({
+    args: [
       ...["--node", SECOND_NODE, "--queue-url", node.queue, "--status-queue-url", node.status_queue],
       ...["--verify-keys", info.signing.verifyKeysDir, "--endpoint", info.awsEndpoint],
       ...["--state-dir", stateDir, "--metrics-port", "off", "--wait-seconds", "5", "--create-namespaces"],
       ...["--namespace-pattern", `${SECOND_PREFIX}-{namespace}-{router_id}`],
     ],
-    {
-      cwd: root,
-      env: {
-        ...process.env,
-        AWS_ACCESS_KEY_ID: EMULATOR_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: EMULATOR_CREDENTIALS.secretAccessKey,
-      },
-      stdio: ["ignore", "pipe", "pipe"],
+    env: {
+      ...process.env,
+      AWS_ACCESS_KEY_ID: EMULATOR_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: EMULATOR_CREDENTIALS.secretAccessKey,
     },
-  );
-  return new Promise((resolve, reject) => {
-    const tail: string[] = [];
-    const timer = setTimeout(
-      () => reject(new Error(`second agent not started:\n${tail.join("\n")}`)),
-      60_000,
-    );
-    createInterface({ input: child.stderr! }).on("line", (line) => tail.push(line));
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      if (tail.length < 50) tail.push(line);
-      if (line.includes('"agent started"')) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`second agent exited (${code}):\n${tail.join("\n")}`));
-    });
+    print: (line) => {
+      tail.push(line);
+      if (tail.length > 50) tail.shift();
+    },
   });
-}
-
-async function held(namespace: string, helperId: string): Promise<boolean> {
-  const save = await run("ip", ["netns", "exec", namespace, "iptables-save", "-t", "raw"]).catch(() => ({
-    stdout: "",
-  }));
-  return save.stdout.includes(`cth:${helperId}`);
+  await agent.started.catch((error: unknown) => {
+    throw new Error(`second agent did not start (${String(error)}):\n${tail.join("\n")}`);
+  });
+  return agent;
 }
 
 export async function benchReplicas(options: {
@@ -102,7 +77,7 @@ export async function benchReplicas(options: {
   const stack = await startStackChild(options.root);
   const monitors: RuleMonitor[] = [];
   const stateDir = mkdtempSync(join(tmpdir(), "cth-bench-agent2-"));
-  let second: ChildProcess | undefined;
+  let second: AgentProcess | undefined;
   const single = randomUUID();
   const ha = randomUUID();
   const haSecondNs = `${SECOND_PREFIX}-qrouter-${ha}`;
@@ -120,23 +95,17 @@ export async function benchReplicas(options: {
     await register(single, ["local"]);
     await register(ha, ["local", SECOND_NODE]);
     const info = JSON.parse(readFileSync(join(stack.dir, "stack.json"), "utf8")) as StackInfo;
-    second = await startSecondAgent(options.root, info, stateDir);
+    second = await startSecondAgent(info, stateDir);
     // A first helper each (not timed) makes the namespaces, so the monitors have something to watch.
     const primed = [randomUUID(), randomUUID()] as const;
     await post(stack, single, primed[0], 1000);
     await post(stack, ha, primed[1], 1000);
-    const deadline = Date.now() + 60_000;
     const namespaces: [string, string][] = [
       [`qrouter-${single}`, primed[0]],
       [`qrouter-${ha}`, primed[1]],
       [haSecondNs, primed[1]],
     ];
-    for (const [ns, id] of namespaces) {
-      while (!(await held(ns, id))) {
-        if (Date.now() > deadline) throw new Error(`priming rule not in ${ns} after 60 s`);
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-    }
+    for (const [ns, id] of namespaces) await untilSaved(ns, id);
     const [onSingle, onHaLocal, onHaSecond] = await Promise.all(
       namespaces.map(([ns]) => RuleMonitor.start(ns)),
     );
@@ -169,11 +138,7 @@ export async function benchReplicas(options: {
     };
   } finally {
     for (const monitor of monitors) monitor.stop();
-    if (second && second.exitCode === null) {
-      const exited = new Promise((resolve) => second!.once("exit", resolve));
-      second.kill("SIGTERM");
-      await exited;
-    }
+    await second?.stop();
     await stack.stop();
     // The stack removes the namespaces of its own agent; the second node's is this benchmark's to remove.
     await run("ip", ["netns", "delete", haSecondNs]).catch(() => undefined);
