@@ -18,7 +18,7 @@ import { helperRule as helper, routerSync as snapshot } from "../support/factori
 import { eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
-import { AgentProcess } from "./agent-support.ts";
+import { AgentProcess, agentFlags } from "./agent-support.ts";
 
 const catalog = new HelperCatalog();
 const dispatcher = testKey("dispatcher");
@@ -80,28 +80,13 @@ describeKernel("agent process: DVR routers' snat namespaces on the real kernel",
     status = await emu.createStatusQueue(`cth-status-${sandbox.tag}`);
     stateDir = await mkdtemp(join(tmpdir(), "cth-agent-dvr-"));
     keysDir = verifyKeysDir(dispatcher);
-    const flags = [
-      "--node",
-      node,
-      "--queue-url",
-      queue.url,
-      "--status-queue-url",
-      status.url,
-      "--state-dir",
-      stateDir,
-      "--verify-keys",
-      keysDir,
-      "--namespace-pattern",
-      `${prefix}{namespace}-{router_id}`,
-      "--metrics-port",
-      "off",
-      "--wait-seconds",
-      "1",
-      "--visibility-timeout",
-      "3",
-      "--retry-base",
-      "1",
-    ];
+    const flags = agentFlags(
+      { node, queueUrl: queue.url, statusQueueUrl: status.url, stateDir, verifyKeysDir: keysDir },
+      [
+        ...["--namespace-pattern", `${prefix}{namespace}-{router_id}`, "--metrics-port", "off"],
+        ...["--visibility-timeout", "3", "--retry-base", "1"],
+      ],
+    );
     await AgentProcess.start(sandbox, flags, emu.env(emu.makeConfig()));
   });
 

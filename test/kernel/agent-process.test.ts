@@ -18,7 +18,7 @@ import { helperRule as helper, routerSync as snapshot } from "../support/factori
 import { descendantPids, eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
-import { AgentProcess } from "./agent-support.ts";
+import { AgentProcess, agentFlags } from "./agent-support.ts";
 
 const catalog = new HelperCatalog();
 const DRIFT_SECONDS = 2;
@@ -81,28 +81,13 @@ describeKernel("agent process: fauxqs queue -> real iptables in router namespace
     for (const ns of [nsA, nsB]) {
       for (const family of ["ipv4", "ipv6"] as const) pristine[`${ns}/${family}`] = await rawSave(ns, family);
     }
-    flags = [
-      "--node",
-      node,
-      "--queue-url",
-      queue.url,
-      "--status-queue-url",
-      status.url,
-      "--state-dir",
-      stateDir,
-      "--verify-keys",
-      keysDir,
-      "--metrics-port",
-      "0",
-      "--drift-interval",
-      String(DRIFT_SECONDS),
-      "--wait-seconds",
-      "1",
-      "--visibility-timeout",
-      "3",
-      "--retry-base",
-      "1",
-    ];
+    flags = agentFlags(
+      { node, queueUrl: queue.url, statusQueueUrl: status.url, stateDir, verifyKeysDir: keysDir },
+      [
+        ...["--metrics-port", "0", "--drift-interval", String(DRIFT_SECONDS)],
+        ...["--visibility-timeout", "3", "--retry-base", "1"],
+      ],
+    );
     env = { ...emu.env(emu.makeConfig()), LOG_LEVEL: "debug", CTH_MAX_HELPERS_PER_ROUTER: "2000" };
     agent = await AgentProcess.start(sandbox, flags, env);
   });

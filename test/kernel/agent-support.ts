@@ -11,6 +11,28 @@ export interface LogLine {
   readonly [key: string]: unknown;
 }
 
+/** Where a test agent's queues, state and keys are. */
+export interface AgentPlacement {
+  readonly node: string;
+  readonly queueUrl: string;
+  readonly statusQueueUrl: string;
+  readonly stateDir: string;
+  readonly verifyKeysDir: string;
+}
+
+/**
+ * The flags every test agent runs with: its node's queues, state and keys, a 1 s long poll (tests wait on
+ * it), then `extra`, the flags a suite is about.
+ */
+export function agentFlags(placement: AgentPlacement, extra: readonly string[] = []): string[] {
+  return [
+    ...["--node", placement.node, "--queue-url", placement.queueUrl],
+    ...["--status-queue-url", placement.statusQueueUrl, "--state-dir", placement.stateDir],
+    ...["--verify-keys", placement.verifyKeysDir, "--wait-seconds", "1"],
+    ...extra,
+  ];
+}
+
 export class AgentProcess {
   readonly logs: LogLine[] = [];
   readonly stderr: string[] = [];

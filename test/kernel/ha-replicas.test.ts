@@ -17,7 +17,7 @@ import { EMULATOR_CREDENTIALS } from "../support/emulators.ts";
 import { eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { routerWithListener, trackedConnection } from "../support/traffic.ts";
-import { AgentProcess } from "./agent-support.ts";
+import { AgentProcess, agentFlags } from "./agent-support.ts";
 
 const FTP_PORT = 2121;
 
@@ -41,6 +41,8 @@ describeKernel("HA and DVR routers: two agents, two node queues, real namespaces
   const prefixes = [`n1${sandbox.tag}`, `n2${sandbox.tag}`] as const;
   const nsOf = (node: 0 | 1, kind: "qrouter" | "snat", routerId: string) =>
     `${prefixes[node]}-${kind}-${routerId}`;
+  /** The HA router's bindings: a qrouter replica on each node. */
+  const onBothNodes = nodes.map((host) => ({ host, namespace: "qrouter" }));
   const haRouter = randomUUID();
   const dvrRouter = randomUUID();
   const migrated = randomUUID();
@@ -151,41 +153,25 @@ describeKernel("HA and DVR routers: two agents, two node queues, real namespaces
       useQueueUrlAsEndpoint: false,
     });
     // Registering the HA router creates both nodes' queues; then each node's agent starts on its own.
-    expect(
-      (
-        await bind(
-          haRouter,
-          nodes.map((host) => ({ host, namespace: "qrouter" })),
-        )
-      ).status,
-    ).toBe(201);
+    expect((await bind(haRouter, onBothNodes)).status).toBe(201);
     for (const node of [0, 1] as const) {
       const queues = stack.info.nodes.find((entry) => entry.host === nodes[node])!;
       agents.push(
         await AgentProcess.start(
           sandbox,
-          [
-            "--node",
-            nodes[node],
-            "--queue-url",
-            queues.queue,
-            "--status-queue-url",
-            queues.status_queue,
-            "--verify-keys",
-            stack.info.signing.verifyKeysDir,
-            "--endpoint",
-            stack.info.awsEndpoint,
-            "--state-dir",
-            join(dir, `agent-${node}`),
-            "--metrics-port",
-            "off",
-            "--wait-seconds",
-            "1",
-            "--visibility-timeout",
-            "5",
-            "--namespace-pattern",
-            `${prefixes[node]}-{namespace}-{router_id}`,
-          ],
+          agentFlags(
+            {
+              node: nodes[node],
+              queueUrl: queues.queue,
+              statusQueueUrl: queues.status_queue,
+              stateDir: join(dir, `agent-${node}`),
+              verifyKeysDir: stack.info.signing.verifyKeysDir,
+            },
+            [
+              ...["--endpoint", stack.info.awsEndpoint, "--metrics-port", "off", "--visibility-timeout", "5"],
+              ...["--namespace-pattern", `${prefixes[node]}-{namespace}-{router_id}`],
+            ],
+          ),
           {},
         ),
       );
@@ -281,14 +267,7 @@ describeKernel("HA and DVR routers: two agents, two node queues, real namespaces
   });
 
   it("a removed replica whose empty snapshot was lost is healed by the reconciler", async () => {
-    expect(
-      (
-        await bind(
-          haRouter,
-          nodes.map((host) => ({ host, namespace: "qrouter" })),
-        )
-      ).status,
-    ).toBe(200);
+    expect((await bind(haRouter, onBothNodes)).status).toBe(200);
     await waitState(haRouter, "both replicas back in sync", (s) => s.in_sync && s.replicas.length === 2);
     expect(await ownRules(nsOf(1, "qrouter", haRouter))).toHaveLength(2);
     agents[1]!.child.kill("SIGSTOP");
