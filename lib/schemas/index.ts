@@ -34,21 +34,27 @@ export const MAX_BINDINGS = 8;
 /** One host a router lives on and the kind of namespace it has there. */
 export const binding = z.strictObject({ host, namespace: namespaceKind });
 
-/** 1..MAX_BINDINGS bindings with unique hosts; a repeated host is named by its path (`bindings.1.host`). */
-export const bindings = list(binding, 1, MAX_BINDINGS).check((ctx) => {
-  const seen = new Set<string>();
-  for (const [index, item] of ctx.value.entries()) {
-    if (seen.has(item.host)) {
-      ctx.issues.push({
-        code: "custom",
-        input: item.host,
-        path: [index, "host"],
-        message: `host "${item.host}" is bound more than once`,
-      });
+/**
+ * A list check: `field` holds a different value in every item; a repeat is reported at its own path
+ * (`<index>.<field>`), so the caller can see which one.
+ */
+function uniqueBy<K extends string>(field: K, repeated: (value: string) => string) {
+  return (ctx: z.core.ParsePayload<readonly Record<K, string>[]>) => {
+    const seen = new Set<string>();
+    for (const [index, item] of ctx.value.entries()) {
+      const value = item[field];
+      if (seen.has(value)) {
+        ctx.issues.push({ code: "custom", input: value, path: [index, field], message: repeated(value) });
+      }
+      seen.add(value);
     }
-    seen.add(item.host);
-  }
-});
+  };
+}
+
+/** 1..MAX_BINDINGS bindings with unique hosts; a repeated host is named by its path (`bindings.1.host`). */
+export const bindings = list(binding, 1, MAX_BINDINGS).check(
+  uniqueBy("host", (host) => `host "${host}" is bound more than once`),
+);
 
 type Ctx = z.core.ParsePayload;
 type Binding = z.infer<typeof binding>;
@@ -211,20 +217,9 @@ export function buildSchemas(limits: Limits, catalog: HelperCatalog) {
     namespace: z.optional(namespaceKind),
     // A repeated id is refused here, not by the renderer: a message that can never apply is parked at once
     // instead of burning every retry on its way to the DLQ.
-    helpers: list(queuedHelper, 0, limits.maxHelpersPerRouter).check((ctx) => {
-      const seen = new Set<string>();
-      for (const [index, item] of ctx.value.entries()) {
-        if (seen.has(item.id)) {
-          ctx.issues.push({
-            code: "custom",
-            input: item.id,
-            path: [index, "id"],
-            message: `helper id ${item.id} appears more than once`,
-          });
-        }
-        seen.add(item.id);
-      }
-    }),
+    helpers: list(queuedHelper, 0, limits.maxHelpersPerRouter).check(
+      uniqueBy("id", (id) => `helper id ${id} appears more than once`),
+    ),
     correlation_id: correlationId,
     issued_at: z.iso.datetime(),
   });
