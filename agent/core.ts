@@ -21,6 +21,7 @@ import {
 import {
   type ApplyError,
   type HelperRule,
+  kindOrDefault,
   type NamespaceKind,
   namespaceKind,
   type RouterSyncMessage,
@@ -183,11 +184,11 @@ export class AgentCore {
         );
         return { kind: "stale", appliedRevision: last.revision };
       }
-      const kind = snapshot.namespace ?? "qrouter";
+      const kind = kindOrDefault(snapshot.namespace);
       if (!this.kinds.includes(kind)) return this.refuse(snapshot, kind);
       // What a host holds is named by revision and namespace kind together: the same revision for the other
       // kind (a router deleted and registered again on this host as snat, both empty at one revision) moves.
-      if (last && snapshot.revision === last.revision && (last.kind ?? "qrouter") === kind) {
+      if (last && snapshot.revision === last.revision && kindOrDefault(last.kind) === kind) {
         this.options.metrics.messages.inc({ outcome: "duplicate" });
         await this.report(snapshot.router_id, last);
         return { kind: "duplicate", appliedRevision: last.revision };
@@ -524,7 +525,7 @@ export class AgentCore {
     await this.sendReport({
       routerId,
       revision: last.revision,
-      kind: last.kind ?? "qrouter",
+      kind: kindOrDefault(last.kind),
       rules,
       errors,
       digest: readBackDigest(saves, this.options.catalog),
@@ -595,7 +596,7 @@ export class AgentCore {
             );
             // Repaired where it was applied: only a new snapshot moves a router.
             await this.converge(routerId, last.revision, last.helpers, {
-              kind: last.kind ?? "qrouter",
+              kind: kindOrDefault(last.kind),
               ns: last.namespace,
             });
             repaired.push(routerId);

@@ -18,7 +18,12 @@ import type {
   Tombstone,
 } from "../ports.ts";
 import { bindingOf, isTombstone } from "../ports.ts";
-import type { AppliedReport, ApplyError, RouterSyncMessage } from "../schemas/index.ts";
+import {
+  type AppliedReport,
+  type ApplyError,
+  kindOrDefault,
+  type RouterSyncMessage,
+} from "../schemas/index.ts";
 import { buildEmptySnapshot, buildSnapshot } from "./snapshot.ts";
 
 export interface ReportDeps {
@@ -52,7 +57,7 @@ export const CONTENT_MISMATCH = "content_mismatch";
  */
 export function judgeContent(record: RouterRecord, binding: Binding, report: AppliedReport): ReplicaContent {
   if (report.revision < record.revision) return "behind";
-  if ((report.namespace ?? "qrouter") !== binding.namespace) return "mismatch";
+  if (kindOrDefault(report.namespace) !== binding.namespace) return "mismatch";
   if (report.errors.some((error) => error.helper_id === undefined)) return "mismatch";
   if (report.digest === helperSetDigest(record.helpers)) return "match";
   // The kernel may lack a helper module: the agent leaves it out and names it. The rest must then be exact.

@@ -28,6 +28,9 @@ export type NotificationEvent = z.infer<typeof notificationEvent>;
 export const namespaceKind = z.enum(["qrouter", "snat"]);
 export type NamespaceKind = z.infer<typeof namespaceKind>;
 
+/** Messages, reports and agent state written before bindings name no kind: they all speak of qrouter. */
+export const kindOrDefault = (kind: NamespaceKind | undefined): NamespaceKind => kind ?? "qrouter";
+
 /** At most this many hosts per router (Neutron's max_l3_agents_per_router is commonly 2 or 3). */
 export const MAX_BINDINGS = 8;
 
