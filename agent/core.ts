@@ -1,32 +1,26 @@
 /**
- * The agent's decisions, free of SQS: guard revisions, render, apply one transaction per family, read back
- * and compare, record, report. One transaction at a time per router (poll loop and drift timer share its
- * lock); different routers proceed in parallel.
+ * The agent's decisions, free of SQS and of firewall syntax: guard revisions, place a router's snapshot in
+ * its namespace, have the firewall backend (agent/backend.ts) converge and verify it, record, report. One
+ * transaction at a time per router (poll loop and drift timer share its lock); different routers proceed in
+ * parallel.
  */
 import type { Logger } from "pino";
-import type { Family, HelperCatalog } from "../lib/catalog.ts";
 import { helperSetDigest } from "../lib/digest.ts";
 import type { StatusSink } from "../lib/ports.ts";
 import {
-  expectedOwnedLines,
-  FAMILIES,
-  helperAtLine,
-  isMissingHelperError,
-  ownedLines,
-  planFamily,
-  readBackDigest,
-  renderRestore,
-  sameLines,
-} from "../lib/render.ts";
-import {
-  type ApplyError,
   type HelperRule,
   kindOrDefault,
   type NamespaceKind,
   namespaceKind,
   type RouterSyncMessage,
 } from "../lib/schemas/index.ts";
-import { type IptablesPort, NamespaceMissingError, RestoreError } from "./iptables.ts";
+import {
+  ApplyFailedError,
+  type BackendName,
+  type FirewallBackend,
+  NamespaceMissingError,
+  type Verified,
+} from "./backend.ts";
 import type { AgentMetrics } from "./metrics.ts";
 import type { RouterState, StateStore } from "./state.ts";
 
@@ -35,7 +29,7 @@ export type ApplyOutcome =
       readonly kind: "applied";
       readonly changed: boolean;
       readonly rules: { ipv4: number; ipv6: number };
-      readonly errors: readonly ApplyError[];
+      readonly errors: Verified["errors"];
     }
   /** revision < last applied: dropped. */
   | { readonly kind: "stale"; readonly appliedRevision: number }
@@ -48,22 +42,14 @@ export type ApplyOutcome =
    */
   | { readonly kind: "refused"; readonly reason: "namespace_unsupported" };
 
-/** The rules could not be made to match the snapshot; the message stays queued for a retry. */
-export class ApplyFailedError extends Error {
-  override readonly name = "ApplyFailedError";
-  constructor(
-    message: string,
-    readonly reason: "restore" | "verify" | "other",
-    options?: ErrorOptions,
-  ) {
-    super(message, options);
-  }
-}
-
 export interface AgentCoreOptions {
   readonly node: string;
-  readonly catalog: HelperCatalog;
-  readonly iptables: IptablesPort;
+  readonly backend: FirewallBackend;
+  /**
+   * The other backends that may have written to this node's namespaces (a switch of `--backend`): what they
+   * own there is removed once the current backend has verified its own rules, so no rule stays doubled.
+   */
+  readonly formerBackends?: readonly FirewallBackend[];
   readonly state: StateStore;
   readonly status: StatusSink;
   readonly metrics: AgentMetrics;
@@ -74,28 +60,18 @@ export interface AgentCoreOptions {
    */
   readonly namespacePattern: string;
   readonly createNamespaces?: boolean;
-  /** Address families this node manages (default both); a host without IPv6 netfilter runs with ipv4 only. */
-  readonly families?: readonly Family[];
-  /** Helpers the kernel lacks, per family (start-up probe); grows when a restore error names one. */
-  readonly unavailable?: Record<Family, Set<string>>;
-}
-
-interface FamilyResult {
-  readonly changed: boolean;
-  readonly rules: number;
-  readonly errors: readonly ApplyError[];
-  /** The verified read-back (undefined: a family this node does not manage). */
-  readonly save?: string | undefined;
-}
-
-/** Where one router's snapshot goes on this host. */
-interface Placement {
-  readonly kind: NamespaceKind;
-  readonly ns: string;
 }
 
 /** What a namespace that is gone holds: nothing. */
-const EMPTY_DIGEST = helperSetDigest([]);
+const NOTHING: Verified = {
+  changed: false,
+  rules: { ipv4: 0, ipv6: 0 },
+  errors: [],
+  digest: helperSetDigest([]),
+};
+
+/** Who wrote a router's recorded rules: state written before nftables support was iptables'. */
+const writerOf = (state: RouterState): BackendName => state.backend ?? "iptables";
 
 export const DEFAULT_NAMESPACE_PATTERN = "{namespace}-{router_id}";
 
@@ -127,19 +103,19 @@ export function coalesce<T>(
 }
 
 export class AgentCore {
-  readonly unavailable: Record<Family, Set<string>>;
-  private readonly families: readonly Family[];
   private readonly kinds: readonly NamespaceKind[];
   /** Tail of each router's queue of transactions (see exclusive). */
   private readonly locks = new Map<string, Promise<unknown>>();
   private drifting = false;
-  /** Our lines as last read back, per namespace and family (see convergeFamily). */
-  private readonly lastSeen = new Map<string, string>();
+  /** Namespaces the former backends have been cleared from in this process (see checkDrift). */
+  private readonly released = new Set<string>();
 
   constructor(private readonly options: AgentCoreOptions) {
-    this.unavailable = options.unavailable ?? { ipv4: new Set(), ipv6: new Set() };
-    this.families = options.families ?? FAMILIES;
     this.kinds = namespaceKindsOf(options.namespacePattern);
+  }
+
+  get backend(): FirewallBackend {
+    return this.options.backend;
   }
 
   /** The router's namespace of `kind` (absent: qrouter, as on the wire); throws for a kind it cannot name. */
@@ -194,10 +170,13 @@ export class AgentCore {
         return { kind: "duplicate", appliedRevision: last.revision };
       }
       return this.converge(
-        snapshot.router_id,
-        snapshot.revision,
-        snapshot.helpers,
-        { kind, ns: this.namespaceFor(snapshot.router_id, kind) },
+        {
+          routerId: snapshot.router_id,
+          revision: snapshot.revision,
+          helpers: snapshot.helpers,
+          kind,
+          ns: this.namespaceFor(snapshot.router_id, kind),
+        },
         snapshot.correlation_id,
       );
     });
@@ -219,75 +198,49 @@ export class AgentCore {
       { router_id: snapshot.router_id, revision: snapshot.revision, namespace_kind: kind, reason },
       message,
     );
-    await this.sendReport({
-      routerId: snapshot.router_id,
-      revision: snapshot.revision,
-      kind,
-      rules: { ipv4: 0, ipv6: 0 },
-      errors: [{ code: reason, message }],
-      digest: EMPTY_DIGEST,
-    });
+    await this.sendReport(
+      { routerId: snapshot.router_id, revision: snapshot.revision, kind },
+      { ...NOTHING, errors: [{ code: reason, message }] },
+    );
     return { kind: "refused", reason };
   }
 
-  private async converge(
-    routerId: string,
-    revision: number,
-    helpers: readonly HelperRule[],
-    placement: Placement,
-    correlationId?: string,
-  ): Promise<ApplyOutcome> {
-    const { iptables, logger, metrics, state } = this.options;
-    const { kind, ns } = placement;
+  private async converge(target: Target, correlationId?: string): Promise<ApplyOutcome> {
+    const { backend, logger, metrics, state } = this.options;
+    const { routerId, revision, helpers, kind, ns } = target;
     const previous = state.get(routerId);
     let created = previous?.createdNamespace === true && previous.namespace === ns;
     const started = performance.now();
     logger.debug({ router_id: routerId, revision, namespace: ns, helpers: helpers.length }, "applying");
     try {
-      if (!(await iptables.namespaceExists(ns))) {
+      let verified = NOTHING;
+      let present = await backend.namespaceExists(ns);
+      if (!present) {
         // A namespace that comes back is a new, empty one: what was last read back no longer holds.
-        this.forget(ns);
-        if (helpers.length === 0) {
-          // Nothing to remove from a namespace that is gone: the empty snapshot holds there already.
-          await this.vacate(routerId, ns, previous);
-          await state.set(routerId, {
-            revision,
-            helpers: [],
-            namespace: ns,
-            kind,
-            appliedAt: new Date().toISOString(),
-          });
-          const nothing = { ipv4: 0, ipv6: 0 };
-          return this.finish(
-            routerId,
-            revision,
-            placement,
-            started,
-            false,
-            nothing,
-            [],
-            EMPTY_DIGEST,
-            correlationId,
-          );
+        backend.forget(ns);
+        // Nothing to remove from a namespace that is gone: the empty snapshot holds there already.
+        if (helpers.length > 0) {
+          if (!this.options.createNamespaces) return this.missing(routerId, revision, ns);
+          await backend.createNamespace(ns);
+          created = true;
+          present = true;
+          logger.info({ router_id: routerId, namespace: ns }, "namespace created");
         }
-        if (!this.options.createNamespaces) return this.missing(routerId, revision, ns);
-        await iptables.createNamespace(ns);
-        created = true;
-        logger.info({ router_id: routerId, namespace: ns }, "namespace created");
       }
-      // What this agent last wrote here (state file), the guess for a namespace it has not read yet.
-      const assumed = previous?.namespace === ns ? previous.helpers : [];
-      const results = await this.convergeFamilies(ns, helpers, assumed);
-      const changed = results.ipv4.changed || results.ipv6.changed;
-      const errors = [...results.ipv4.errors, ...results.ipv6.errors];
-      if (helpers.length === 0 && created) {
-        await iptables.deleteNamespace(ns);
-        this.forget(ns);
-        created = false;
-        logger.info({ router_id: routerId, namespace: ns }, "namespace this agent created removed");
+      if (present) {
+        // What this backend last wrote here (state file), the guess for a namespace it has not read yet.
+        const assumed =
+          previous?.namespace === ns && writerOf(previous) === backend.name ? previous.helpers : [];
+        verified = await backend.converge(ns, helpers, assumed);
+        if (helpers.length === 0 && created) {
+          await backend.deleteNamespace(ns);
+          backend.forget(ns);
+          created = false;
+          logger.info({ router_id: routerId, namespace: ns }, "namespace this agent created removed");
+        }
       }
-      // Only after the new namespace is verified: a move that fails halfway leaves the old rules, never none.
-      await this.vacate(routerId, ns, previous);
+      // Only after the new rules are verified: a move that fails halfway leaves the old rules, never none.
+      await this.vacate(target, previous);
       await state.set(routerId, {
         revision,
         helpers: [...helpers],
@@ -295,27 +248,12 @@ export class AgentCore {
         kind,
         appliedAt: new Date().toISOString(),
         createdNamespace: created || undefined,
+        backend: backend.name,
       });
-      const rules = { ipv4: results.ipv4.rules, ipv6: results.ipv6.rules };
-      // Of what the read-back found, not of what was meant.
-      const digest = readBackDigest(
-        { ipv4: results.ipv4.save, ipv6: results.ipv6.save },
-        this.options.catalog,
-      );
-      return this.finish(
-        routerId,
-        revision,
-        placement,
-        started,
-        changed,
-        rules,
-        errors,
-        digest,
-        correlationId,
-      );
+      return this.finish(target, started, verified, correlationId);
     } catch (error) {
       if (error instanceof NamespaceMissingError) {
-        this.forget(ns);
+        backend.forget(ns);
         return this.missing(routerId, revision, ns);
       }
       const failure =
@@ -331,24 +269,6 @@ export class AgentCore {
   }
 
   /**
-   * The families are independent tables: converged concurrently (each step is a process spawn). Both settle
-   * before anything is decided, so no family is still being written once the lock is released.
-   */
-  private async convergeFamilies(
-    ns: string,
-    helpers: readonly HelperRule[],
-    assumed: readonly HelperRule[],
-  ): Promise<Record<Family, FamilyResult>> {
-    const [ipv4, ipv6] = await Promise.allSettled([
-      this.convergeFamily(ns, "ipv4", helpers, assumed),
-      this.convergeFamily(ns, "ipv6", helpers, assumed),
-    ]);
-    if (ipv4.status === "rejected") throw ipv4.reason;
-    if (ipv6.status === "rejected") throw ipv6.reason;
-    return { ipv4: ipv4.value, ipv6: ipv6.value };
-  }
-
-  /**
    * Namespaces this router may have left on this host: the one the state file names if it is not `ns` (a
    * legacy router turned DVR, or back); with no state (lost, or a new router), the router's namespaces of
    * the other kinds, so an agent that forgot still leaves rules only where the control plane wants them.
@@ -359,30 +279,55 @@ export class AgentCore {
   }
 
   /**
-   * Converges the router's former namespaces to the empty set (our chains only; Neutron's rules are never
-   * touched) and removes one the agent created itself. A namespace that is gone holds nothing.
+   * Empties what this router left behind on this host: its former namespaces (our rules only; Neutron's are
+   * never touched; one the agent created itself is removed), and in `ns` the rules another backend wrote
+   * there before this one took over. A namespace that is gone holds nothing.
    */
-  private async vacate(routerId: string, ns: string, previous: RouterState | undefined): Promise<void> {
-    const { iptables, logger } = this.options;
+  private async vacate(target: Target, previous: RouterState | undefined): Promise<void> {
+    const { backend, logger } = this.options;
+    const { routerId, ns } = target;
+    if (previous && previous.namespace === ns && writerOf(previous) !== backend.name) {
+      await this.releaseFormer(routerId, ns, writerOf(previous));
+    }
     for (const former of this.formerNamespaces(routerId, ns, previous)) {
       try {
-        if (!(await iptables.namespaceExists(former))) {
-          this.forget(former);
+        if (!(await backend.namespaceExists(former))) {
+          backend.forget(former);
           continue;
         }
-        const assumed = previous?.namespace === former ? previous.helpers : [];
-        const results = await this.convergeFamilies(former, [], assumed);
-        if (results.ipv4.changed || results.ipv6.changed) {
-          logger.info({ router_id: routerId, namespace: former, now: ns }, "router moved: old rules removed");
-        }
+        const writer = previous ? writerOf(previous) : backend.name;
+        if (writer === backend.name) {
+          const assumed = previous?.namespace === former ? previous.helpers : [];
+          const emptied = await backend.converge(former, [], assumed);
+          if (emptied.changed) {
+            logger.info(
+              { router_id: routerId, namespace: former, now: ns },
+              "router moved: old rules removed",
+            );
+          }
+        } else await this.releaseFormer(routerId, former, writer);
         if (previous?.namespace === former && previous.createdNamespace) {
-          await iptables.deleteNamespace(former);
-          this.forget(former);
+          await backend.deleteNamespace(former);
+          backend.forget(former);
           logger.info({ router_id: routerId, namespace: former }, "namespace this agent created removed");
         }
       } catch (error) {
         if (!(error instanceof NamespaceMissingError)) throw error;
-        this.forget(former);
+        backend.forget(former);
+      }
+    }
+  }
+
+  /** Removes from `ns` what the former backend `writer` owns there (a switch of `--backend`). */
+  private async releaseFormer(routerId: string, ns: string, writer: BackendName): Promise<void> {
+    for (const former of this.options.formerBackends ?? []) {
+      if (former.name !== writer) continue;
+      const about = { router_id: routerId, namespace: ns, former_backend: writer };
+      try {
+        if (await former.release(ns)) this.options.logger.info(about, "rules of the former backend removed");
+      } catch (error) {
+        // Not this backend's failure (the former one's tool may not even be installed): the apply stands.
+        this.options.logger.warn({ ...about, err: error }, "could not remove the former backend's rules");
       }
     }
   }
@@ -394,17 +339,14 @@ export class AgentCore {
   }
 
   private async finish(
-    routerId: string,
-    revision: number,
-    placement: Placement,
+    target: Target,
     started: number,
-    changed: boolean,
-    rules: { ipv4: number; ipv6: number },
-    errors: readonly ApplyError[],
-    digest: string,
+    verified: Verified,
     correlationId: string | undefined,
   ): Promise<ApplyOutcome> {
     const { metrics, logger } = this.options;
+    const { routerId, revision, ns } = target;
+    const { changed, rules, errors } = verified;
     const seconds = (performance.now() - started) / 1000;
     metrics.applies.inc({ result: changed ? "changed" : "unchanged" });
     metrics.applySeconds.observe(seconds);
@@ -413,7 +355,7 @@ export class AgentCore {
       {
         router_id: routerId,
         revision,
-        namespace: placement.ns,
+        namespace: ns,
         changed,
         rules,
         errors: errors.length,
@@ -422,136 +364,21 @@ export class AgentCore {
       },
       changed ? "snapshot applied" : "snapshot already in place, nothing written",
     );
-    await this.sendReport({ routerId, revision, kind: placement.kind, rules, errors, digest });
+    await this.sendReport(target, verified);
     return { kind: "applied", changed, rules, errors };
-  }
-
-  /**
-   * One family: render against what the table holds, restore, leave out helpers the kernel lacks, read back
-   * and compare. "What the table holds" is the last read-back of this namespace when there is one (saves a
-   * process spawn per apply); if that view is stale (someone edited the table), the restore fails or the
-   * read-back differs, and the family is redone once against a fresh save.
-   */
-  private async convergeFamily(
-    ns: string,
-    family: Family,
-    helpers: readonly HelperRule[],
-    assumed: readonly HelperRule[],
-  ): Promise<FamilyResult> {
-    if (!this.families.includes(family)) return { changed: false, rules: 0, errors: [] };
-    const { iptables, catalog, logger, metrics } = this.options;
-    const unavailable = this.unavailable[family];
-    const key = `${ns}\n${family}`;
-    // Not read yet in this process: assume the table holds what this agent last wrote (nothing, for a new
-    // router) instead of spending a process spawn on a save. The read-back below proves the guess; a wrong
-    // one (state lost, hand edits) costs one more restore against a fresh save, and converges the same.
-    let current = this.lastSeen.get(key) ?? this.assumedSave(family, assumed);
-    let fresh = false;
-    let changed = false;
-    // Each failed attempt removes one helper or refreshes a stale view once, so this ends.
-    for (let attempt = 0; attempt < helpers.length + 3; attempt++) {
-      const plan = planFamily(helpers, family, catalog, { unavailable });
-      // After a surprise (a failed restore or a read-back that differs) the chain is rewritten whole.
-      const text = renderRestore(plan.rules, current, { whole: fresh });
-      if (text !== undefined) {
-        try {
-          await iptables.restore(ns, family, text);
-          changed = true;
-        } catch (error) {
-          if (!(error instanceof RestoreError)) throw error;
-          const hit = helperAtLine(text, error.stderr);
-          if (hit && isMissingHelperError(error.stderr) && !unavailable.has(hit.helper)) {
-            unavailable.add(hit.helper);
-            metrics.helperUnavailable.inc({ family, helper: hit.helper });
-            logger.warn({ family, helper: hit.helper, stderr: error.stderr.trim() }, "kernel lacks helper");
-            continue;
-          }
-          if (!fresh) {
-            this.lastSeen.delete(key);
-            current = await iptables.save(ns, family);
-            fresh = true;
-            continue;
-          }
-          throw new ApplyFailedError(error.message, "restore", { cause: error });
-        }
-      }
-      const after = await iptables.save(ns, family);
-      const owned = ownedLines(after);
-      this.remember(key, owned);
-      if (sameLines(owned, expectedOwnedLines(plan.rules))) {
-        return { changed, rules: plan.rules.length, errors: plan.errors, save: after };
-      }
-      if (!fresh) {
-        current = after;
-        fresh = true;
-        continue;
-      }
-      throw new ApplyFailedError(`${family}: rules read back differ from the rendered rules`, "verify");
-    }
-    throw new ApplyFailedError(`${family}: gave up leaving out helpers`, "restore");
-  }
-
-  private assumedSave(family: Family, assumed: readonly HelperRule[]): string {
-    const plan = planFamily(assumed, family, this.options.catalog, { unavailable: this.unavailable[family] });
-    return ["*raw", ...expectedOwnedLines(plan.rules), "COMMIT", ""].join("\n");
-  }
-
-  private forget(ns: string): void {
-    for (const family of FAMILIES) this.lastSeen.delete(`${ns}\n${family}`);
-  }
-
-  /** Keeps only our lines of a read-back, as a minimal save the renderer can diff against. */
-  private remember(key: string, owned: readonly string[]): void {
-    this.lastSeen.set(key, ["*raw", ...owned, "COMMIT", ""].join("\n"));
   }
 
   /** Re-reports an applied revision: with the digest of the last read-back, or of a fresh one. */
   private async report(routerId: string, last: RouterState): Promise<void> {
-    const rules = { ipv4: 0, ipv6: 0 };
-    const errors: ApplyError[] = [];
-    const saves: Partial<Record<Family, string>> = {};
-    const exists = await this.options.iptables.namespaceExists(last.namespace);
-    for (const family of this.families) {
-      const plan = planFamily(last.helpers, family, this.options.catalog, {
-        unavailable: this.unavailable[family],
-      });
-      rules[family] = plan.rules.length;
-      errors.push(...plan.errors);
-      // A namespace that is gone holds nothing, whatever was last seen in it.
-      saves[family] = exists
-        ? (this.lastSeen.get(`${last.namespace}\n${family}`) ?? (await this.readBack(last.namespace, family)))
-        : "";
-    }
-    await this.sendReport({
-      routerId,
-      revision: last.revision,
-      kind: kindOrDefault(last.kind),
-      rules,
-      errors,
-      digest: readBackDigest(saves, this.options.catalog),
-    });
+    const found = await this.options.backend.describe(last.namespace, last.helpers);
+    await this.sendReport({ routerId, revision: last.revision, kind: kindOrDefault(last.kind) }, found);
   }
 
-  private async readBack(ns: string, family: Family): Promise<string> {
-    try {
-      const save = await this.options.iptables.save(ns, family);
-      this.remember(`${ns}\n${family}`, ownedLines(save));
-      return save;
-    } catch (error) {
-      if (error instanceof NamespaceMissingError) return "";
-      throw error;
-    }
-  }
-
-  private async sendReport(report: {
-    readonly routerId: string;
-    readonly revision: number;
-    readonly kind: NamespaceKind;
-    readonly rules: { ipv4: number; ipv6: number };
-    readonly errors: readonly ApplyError[];
-    readonly digest: string;
-  }): Promise<void> {
-    const { routerId, revision, kind, rules, errors, digest } = report;
+  private async sendReport(
+    about: { readonly routerId: string; readonly revision: number; readonly kind: NamespaceKind },
+    verified: Verified,
+  ): Promise<void> {
+    const { routerId, revision, kind } = about;
     try {
       await this.options.status.send({
         v: 1,
@@ -561,9 +388,9 @@ export class AgentCore {
         // Kept for readers of the queue; the status side takes the host from the queue itself.
         host: this.options.node,
         namespace: kind,
-        digest,
-        rules,
-        errors: [...errors],
+        digest: verified.digest,
+        rules: verified.rules,
+        errors: [...verified.errors],
       });
     } catch (error) {
       // The rules are in place; a lost report is healed by the reconciler's re-send (a duplicate re-reports).
@@ -572,36 +399,45 @@ export class AgentCore {
   }
 
   /**
-   * Compares every router's owned chains with its last applied snapshot and re-applies where someone changed
-   * them out of band. Returns the routers repaired.
+   * Compares every router's owned rules with its last applied snapshot and re-applies where someone changed
+   * them out of band. The first pass of this process also clears each namespace of what a former backend
+   * owns there (an agent whose state was lost when `--backend` changed). Returns the routers repaired.
    */
   async checkDrift(): Promise<string[]> {
     // One drift pass at a time; a timer tick during a long pass is skipped, not queued.
     if (this.drifting) return [];
     this.drifting = true;
     const repaired: string[] = [];
+    const { backend, logger, metrics, state } = this.options;
     try {
-      for (const [routerId] of this.options.state.entries()) {
+      for (const [routerId] of state.entries()) {
         // The lock is taken per router, so snapshots from the queue are not held up by a whole pass.
         await this.exclusive(routerId, async () => {
-          const last = this.options.state.get(routerId);
+          const last = state.get(routerId);
           if (!last) return;
           try {
-            if (!(await this.options.iptables.namespaceExists(last.namespace))) return;
-            if (await this.inPlace(last.namespace, last.helpers)) return;
-            this.options.metrics.driftRepairs.inc();
-            this.options.logger.warn(
-              { router_id: routerId, namespace: last.namespace },
-              "drift found, re-applying",
-            );
+            if (!(await backend.namespaceExists(last.namespace))) return;
+            if (!this.released.has(last.namespace) && writerOf(last) === backend.name) {
+              this.released.add(last.namespace);
+              for (const former of this.options.formerBackends ?? []) {
+                await this.releaseFormer(routerId, last.namespace, former.name);
+              }
+            }
+            if (writerOf(last) === backend.name && (await backend.holds(last.namespace, last.helpers)))
+              return;
+            metrics.driftRepairs.inc();
+            logger.warn({ router_id: routerId, namespace: last.namespace }, "drift found, re-applying");
             // Repaired where it was applied: only a new snapshot moves a router.
-            await this.converge(routerId, last.revision, last.helpers, {
+            await this.converge({
+              routerId,
+              revision: last.revision,
+              helpers: last.helpers,
               kind: kindOrDefault(last.kind),
               ns: last.namespace,
             });
             repaired.push(routerId);
           } catch (error) {
-            this.options.logger.error({ router_id: routerId, err: error }, "drift repair failed");
+            logger.error({ router_id: routerId, err: error }, "drift repair failed");
           }
         });
       }
@@ -610,16 +446,13 @@ export class AgentCore {
     }
     return repaired;
   }
+}
 
-  private async inPlace(ns: string, helpers: readonly HelperRule[]): Promise<boolean> {
-    const checks = this.families.map(async (family) => {
-      const plan = planFamily(helpers, family, this.options.catalog, {
-        unavailable: this.unavailable[family],
-      });
-      const current = ownedLines(await this.options.iptables.save(ns, family));
-      this.remember(`${ns}\n${family}`, current);
-      return sameLines(current, expectedOwnedLines(plan.rules));
-    });
-    return (await Promise.all(checks)).every(Boolean);
-  }
+/** One router's snapshot, placed on this host. */
+interface Target {
+  readonly routerId: string;
+  readonly revision: number;
+  readonly helpers: readonly HelperRule[];
+  readonly kind: NamespaceKind;
+  readonly ns: string;
 }

@@ -4,16 +4,15 @@
  */
 import type { SQSClient } from "@aws-sdk/client-sqs";
 import type { Logger } from "pino";
-import type { Family, HelperCatalog } from "../lib/catalog.ts";
+import type { HelperCatalog } from "../lib/catalog.ts";
 import type { Limits } from "../lib/config.ts";
 import type { StatusSink } from "../lib/ports.ts";
 import { buildSchemas } from "../lib/schemas/index.ts";
 import type { VerifyKeys } from "../lib/signing.ts";
+import type { FirewallBackend } from "./backend.ts";
 import { AgentCore } from "./core.ts";
-import type { IptablesPort } from "./iptables.ts";
 import { AgentMetrics } from "./metrics.ts";
 import { QueuePoller } from "./poller.ts";
-import { probeHelpers } from "./probe.ts";
 import { StateStore } from "./state.ts";
 
 export interface AgentDeps {
@@ -23,7 +22,10 @@ export interface AgentDeps {
   readonly dlqUrl?: string | undefined;
   /** Undefined: reports are only logged. */
   readonly status?: StatusSink | undefined;
-  readonly iptables: IptablesPort;
+  /** Built on `metrics` (the backend counts helpers the kernel lacks), see agent/backends.ts. */
+  readonly backend: (metrics: AgentMetrics) => FirewallBackend;
+  /** Backends that may have written to this node's namespaces before (their rules are removed). */
+  readonly formerBackends?: (metrics: AgentMetrics) => readonly FirewallBackend[];
   /** The dispatcher's public keys (agent/verify-keys.ts): only snapshots signed by one are applied. */
   readonly verifyKeys: VerifyKeys;
   /** The kernel catalog: operator narrowing is the API's job, never the agent's (see agent/cli.ts). */
@@ -33,8 +35,6 @@ export interface AgentDeps {
   readonly stateDir: string;
   readonly namespacePattern: string;
   readonly createNamespaces?: boolean;
-  /** Address families to manage (default ipv4 and ipv6). */
-  readonly families?: readonly Family[];
   /** Probe the kernel's helpers in a throwaway namespace at start (real backend). */
   readonly probe?: boolean;
   readonly driftIntervalSeconds: number;
@@ -60,11 +60,12 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
   const state = await StateStore.load(deps.stateDir, deps.node, (error) =>
     logger.error({ err: error }, "state file unreadable; starting empty (snapshots are level-triggered)"),
   );
-  let unavailable: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
+  const backend = deps.backend(metrics);
   if (deps.probe) {
-    unavailable = await probeHelpers(deps.iptables, deps.catalog, deps.families);
+    await backend.probe();
+    const { ipv4, ipv6 } = backend.unavailable;
     logger.info(
-      { lacking: { ipv4: [...unavailable.ipv4], ipv6: [...unavailable.ipv6] } },
+      { backend: backend.name, lacking: { ipv4: [...ipv4], ipv6: [...ipv6] } },
       "kernel helper probe done",
     );
   }
@@ -73,16 +74,14 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
   };
   const core = new AgentCore({
     node: deps.node,
-    catalog: deps.catalog,
-    iptables: deps.iptables,
+    backend,
+    formerBackends: deps.formerBackends?.(metrics) ?? [],
     state,
     status,
     metrics,
     logger,
     namespacePattern: deps.namespacePattern,
     createNamespaces: deps.createNamespaces ?? false,
-    unavailable,
-    ...(deps.families ? { families: deps.families } : {}),
   });
   const poller = new QueuePoller({
     sqs: deps.sqs,
@@ -126,6 +125,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
       clearInterval(drift);
       await poller.stop();
       await core.idle();
+      backend.close();
       await served?.close();
       logger.info("agent stopped");
     },

@@ -19,7 +19,8 @@ import type { Logger } from "pino";
 import type { RouterSyncMessage, Schemas } from "../lib/schemas/index.ts";
 import { toFieldIssues } from "../lib/schemas/index.ts";
 import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, type VerifyKeys, verifyBody } from "../lib/signing.ts";
-import { type AgentCore, ApplyFailedError, type ApplyOutcome, coalesce } from "./core.ts";
+import { ApplyFailedError } from "./backend.ts";
+import { type AgentCore, type ApplyOutcome, coalesce } from "./core.ts";
 import type { AgentMetrics } from "./metrics.ts";
 
 export interface PollerOptions {

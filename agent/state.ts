@@ -12,6 +12,7 @@ import { join } from "node:path";
 import * as z from "zod/mini";
 import type { HelperRule, NamespaceKind } from "../lib/schemas/index.ts";
 import { namespaceKind, primitives } from "../lib/schemas/index.ts";
+import { BACKEND_NAMES, type BackendName } from "./backend.ts";
 import { assertPrivatePath } from "./private-path.ts";
 
 export interface RouterState {
@@ -23,6 +24,8 @@ export interface RouterState {
   readonly appliedAt: string;
   /** The agent created this namespace itself (--create-namespaces), so it may remove it again. */
   readonly createdNamespace?: boolean | undefined;
+  /** The firewall backend that wrote it; absent (state written before nftables support) means iptables. */
+  readonly backend?: BackendName | undefined;
 }
 
 const stateFile = z.strictObject({
@@ -44,6 +47,7 @@ const stateFile = z.strictObject({
       kind: z.optional(namespaceKind),
       appliedAt: z.string().check(z.maxLength(40)),
       createdNamespace: z.optional(z.boolean()),
+      backend: z.optional(z.enum(BACKEND_NAMES)),
     }),
   ),
 });

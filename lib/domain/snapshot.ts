@@ -1,6 +1,6 @@
 import type { Binding, Clock, RouterRecord, StoredHelper } from "../ports.ts";
 // The renderer's order (protocol, port, id by code point, never locale-dependent): snapshots and rules agree.
-import { compareRules } from "../render.ts";
+import { compareRules } from "../rules.ts";
 import type { RouterSyncMessage } from "../schemas/index.ts";
 
 /**

@@ -1,5 +1,5 @@
 /**
- * Snapshot -> iptables-restore input, pure (no I/O). Verified against iptables 1.8.9 (nf_tables):
+ * A rule plan (lib/rules.ts) -> iptables-restore input, and iptables-save read-backs -> what they hold; pure. Verified against iptables 1.8.9 (nf_tables):
  * - iptables-save prints a port match as `-p tcp -m tcp --dport 21` and always double-quotes a comment;
  * - in `--noflush` mode, declaring `:CHAIN - [0:0]` creates the chain or flushes it, inside the transaction;
  * - `-D` and `-X` inside the same transaction remove the jump and the (just flushed) chain.
@@ -8,10 +8,9 @@
  * collision) and every rule is written exactly as iptables-save prints it, so reading back and comparing
  * converges and an unchanged snapshot writes nothing.
  */
-import { createHash } from "node:crypto";
-import type { Family, HelperCatalog, Protocol } from "./catalog.ts";
-import { helperSetDigest } from "./digest.ts";
-import type { ApplyError, HelperRule } from "./schemas/index.ts";
+import type { Family, HelperCatalog, Protocol } from "../../lib/catalog.ts";
+import { FAMILIES, type FoundRules, heldDigest } from "../../lib/rules.ts";
+import type { HelperRule } from "../../lib/schemas/index.ts";
 
 export const TABLE = "raw";
 /** <= 28 characters (iptables' chain-name limit); upper case so it cannot clash with Neutron's `neutron-*`. */
@@ -20,92 +19,6 @@ export const HOOK_CHAIN = "PREROUTING";
 export const JUMP_LINE = `-A ${HOOK_CHAIN} -j ${OWNED_CHAIN}`;
 const CHAIN_LINE = `:${OWNED_CHAIN} - [0:0]`;
 const COMMENT_PREFIX = "cth:";
-
-export const FAMILIES: readonly Family[] = ["ipv4", "ipv6"];
-
-// Re-checked here (the renderer is the last stop before text reaches iptables), independent of the schema.
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-const HELPER_RE = /^[A-Za-z0-9.-]{1,32}$/;
-
-export class RenderError extends Error {
-  override readonly name = "RenderError";
-}
-
-/** Which helpers go into a family's chain, and why the others were left out. */
-export interface FamilyPlan {
-  readonly family: Family;
-  readonly rules: readonly HelperRule[];
-  readonly errors: readonly ApplyError[];
-}
-
-export interface PlanOptions {
-  /** Helper names the running kernel lacks in this family (probe or classified restore error). */
-  readonly unavailable?: ReadonlySet<string> | undefined;
-}
-
-function assertRenderable(rule: HelperRule, catalog: HelperCatalog): void {
-  const protocols: readonly Protocol[] = ["tcp", "udp"];
-  if (!UUID_RE.test(rule.id)) throw new RenderError("helper id is not a lowercase UUID");
-  if (!protocols.includes(rule.protocol)) throw new RenderError(`bad protocol for helper ${rule.id}`);
-  if (!Number.isInteger(rule.port) || rule.port < 1 || rule.port > 65_535) {
-    throw new RenderError(`bad port for helper ${rule.id}`);
-  }
-  if (!HELPER_RE.test(rule.helper) || catalog.resolve(rule.helper, rule.protocol) !== rule.helper) {
-    throw new RenderError(`helper ${rule.id} names a helper the catalog does not allow`);
-  }
-}
-
-/** Stable order: protocol, then port, then id. */
-export function compareRules(a: HelperRule, b: HelperRule): number {
-  if (a.protocol !== b.protocol) return a.protocol < b.protocol ? -1 : 1;
-  if (a.port !== b.port) return a.port - b.port;
-  return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
-}
-
-/**
- * Selects one family's rules: helpers the family does not support are simply absent (IPv4-only helpers in
- * ip6tables are not an error), a second helper on the same (protocol, port) is left out because the
- * kernel would only ever use the first, and helpers the kernel lacks are left out with a per-helper error.
- */
-export function planFamily(
-  helpers: readonly HelperRule[],
-  family: Family,
-  catalog: HelperCatalog,
-  options: PlanOptions = {},
-): FamilyPlan {
-  const sorted = [...helpers].sort(compareRules);
-  const rules: HelperRule[] = [];
-  const errors: ApplyError[] = [];
-  const taken = new Map<string, string>();
-  const seenIds = new Set<string>();
-  for (const rule of sorted) {
-    assertRenderable(rule, catalog);
-    if (seenIds.has(rule.id)) throw new RenderError(`helper id ${rule.id} appears twice`);
-    seenIds.add(rule.id);
-    if (!catalog.families(rule.helper).includes(family)) continue;
-    if (options.unavailable?.has(rule.helper)) {
-      errors.push({
-        helper_id: rule.id,
-        code: "helper_unavailable",
-        message: `${family}: the running kernel lacks conntrack helper ${rule.helper}`,
-      });
-      continue;
-    }
-    const key = `${rule.protocol}/${rule.port}`;
-    const owner = taken.get(key);
-    if (owner !== undefined) {
-      errors.push({
-        helper_id: rule.id,
-        code: "port_conflict",
-        message: `${family}: ${key} already carries helper ${owner}`,
-      });
-      continue;
-    }
-    taken.set(key, rule.id);
-    rules.push(rule);
-  }
-  return { family, rules, errors };
-}
 
 /** One rule exactly as iptables-save prints it. */
 export function ruleLine(rule: HelperRule): string {
@@ -168,18 +81,6 @@ const OWNED_RULE_RE = new RegExp(
   `^-A ${OWNED_CHAIN} -p (tcp|udp) -m \\1 --dport ([1-9]\\d{0,4}) -m comment --comment "${COMMENT_PREFIX}([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})" -j CT --helper ([A-Za-z0-9.-]{1,32})$`,
 );
 
-/** What one family's read-back holds of ours. */
-export interface FoundRules {
-  /** Our helper rules in save order, each parsed back into (id, protocol, port, helper). */
-  readonly rules: readonly HelperRule[];
-  /**
-   * The owned lines are exactly what the renderer writes for `rules`: chain, one PREROUTING jump, canonical
-   * rules, ids and (protocol, port) pairs unique. Otherwise something else is in effect (a missing jump, a
-   * hand-written rule, a shadowed port) and `rules` alone does not say what the kernel does.
-   */
-  readonly canonical: boolean;
-}
-
 /** Parses the owned rules of an iptables-save read-back back into helpers. */
 export function parseOwnedRules(save: string): FoundRules {
   const owned = ownedLines(save);
@@ -206,44 +107,15 @@ export function parseOwnedRules(save: string): FoundRules {
   return { rules, canonical };
 }
 
-/**
- * The content digest (lib/digest.ts) of what the read-backs of a router namespace found, one save per family
- * this node manages. A helper counts as held when it is in every managed family its helper belongs to
- * (IPv4-only helpers only in ipv4), with the same protocol, port and helper in each (one family alone is not
- * "held": the status side then sees the set differ). When any family holds something the renderer would not
- * have written (see FoundRules.canonical, a helper in a family it does not belong to, one id with two
- * meanings), the digest is of that text instead, marked so that it cannot equal any helper set's digest.
- */
+/** The content digest (lib/rules.ts heldDigest) of one save per family this node manages. */
 export function readBackDigest(saves: Partial<Record<Family, string>>, catalog: HelperCatalog): string {
   const managed = FAMILIES.filter((family) => saves[family] !== undefined);
-  const found = new Map<Family, FoundRules>();
-  for (const family of managed) found.set(family, parseOwnedRules(saves[family] ?? ""));
-  let canonical = managed.every((family) => found.get(family)?.canonical);
-  const byId = new Map<string, { rule: HelperRule; families: Set<Family> }>();
-  for (const [family, { rules }] of found) {
-    for (const rule of rules) {
-      const entry = byId.get(rule.id);
-      if (!entry) byId.set(rule.id, { rule, families: new Set([family]) });
-      else if (ruleKey(entry.rule) !== ruleKey(rule)) canonical = false;
-      else entry.families.add(family);
-    }
-  }
-  const held: HelperRule[] = [];
-  for (const { rule, families } of byId.values()) {
-    const belongs = catalog.families(rule.helper);
-    if ([...families].some((family) => !belongs.includes(family))) canonical = false;
-    if (belongs.every((family) => !managed.includes(family) || families.has(family))) held.push(rule);
-  }
-  if (!canonical) {
-    const text = managed.map((family) => `${family}\n${ownedLines(saves[family] ?? "").join("\n")}\n`);
-    return createHash("sha256")
-      .update(`non-canonical read-back\n${text.join("")}`, "utf8")
-      .digest("hex");
-  }
-  return helperSetDigest(held);
+  const found: Partial<Record<Family, FoundRules>> = {};
+  for (const family of managed) found[family] = parseOwnedRules(saves[family] ?? "");
+  return heldDigest(found, catalog, () =>
+    managed.map((family) => `${family}\n${ownedLines(saves[family] ?? "").join("\n")}\n`).join(""),
+  );
 }
-
-const ruleKey = (rule: HelperRule) => `${rule.id} ${rule.protocol} ${rule.port} ${rule.helper}`;
 
 export function sameLines(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((line, index) => line === b[index]);

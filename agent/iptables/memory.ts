@@ -8,9 +8,10 @@
  */
 import { mkdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Family } from "../lib/catalog.ts";
-import { KERNEL_HELPERS } from "../lib/catalog.ts";
-import { assertNamespaceName, type IptablesPort, NamespaceMissingError, RestoreError } from "./iptables.ts";
+import type { Family } from "../../lib/catalog.ts";
+import { KERNEL_HELPERS } from "../../lib/catalog.ts";
+import { assertNamespaceName, NamespaceMissingError } from "../backend.ts";
+import { type IptablesPort, RestoreError } from "./port.ts";
 
 const BUILTIN = ["PREROUTING", "OUTPUT"] as const;
 const CHAIN_NAME_RE = /^[A-Za-z0-9_.-]{1,28}$/;

@@ -5,10 +5,11 @@
  * retried.
  */
 import { randomUUID } from "node:crypto";
-import type { Family, HelperCatalog } from "../lib/catalog.ts";
-import { FAMILIES, helperAtLine, isMissingHelperError, renderRestore } from "../lib/render.ts";
-import type { HelperRule } from "../lib/schemas/index.ts";
-import { type IptablesPort, RestoreError } from "./iptables.ts";
+import type { Family, HelperCatalog } from "../../lib/catalog.ts";
+import { FAMILIES } from "../../lib/rules.ts";
+import type { HelperRule } from "../../lib/schemas/index.ts";
+import { type IptablesPort, RestoreError } from "./port.ts";
+import { helperAtLine, isMissingHelperError, renderRestore } from "./render.ts";
 
 export async function probeHelpers(
   iptables: IptablesPort,
