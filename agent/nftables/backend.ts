@@ -11,7 +11,7 @@ import { FAMILIES, planErrors, planRules, ruleCounts } from "../../lib/rules.ts"
 import type { HelperRule } from "../../lib/schemas/index.ts";
 import { ApplyFailedError, type FirewallBackend, NamespaceMissingError, type Verified } from "../backend.ts";
 import type { AgentMetrics } from "../metrics.ts";
-import { type NftPort, NftError } from "./port.ts";
+import { NftError, type NftPort } from "./port.ts";
 import {
   ABSENT,
   type Edit,

@@ -7,7 +7,7 @@
  */
 import { KERNEL_HELPERS } from "../../lib/catalog.ts";
 import { assertNamespaceName, NamespaceMissingError } from "../backend.ts";
-import { type NftPort, NftError } from "./port.ts";
+import { NftError, type NftPort } from "./port.ts";
 import { CHAIN, TABLE } from "./render.ts";
 
 interface ModelObject {

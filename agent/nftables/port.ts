@@ -10,7 +10,7 @@
 import { mkdtemp, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { assertNamespaceName, type Namespaces, NamespaceMissingError } from "../backend.ts";
+import { assertNamespaceName, NamespaceMissingError, type Namespaces } from "../backend.ts";
 import { ExecError } from "../exec-helper.ts";
 import { ExecNamespaces } from "../namespaces.ts";
 import { TABLE } from "./render.ts";

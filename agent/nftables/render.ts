@@ -179,7 +179,8 @@ export interface TableView {
   /**
    * Exactly the kind of table this backend writes: our base chain as we declare it, only our rules (each
    * parsed, its object present with its helper's protocol and l3proto, ids unique, no family's
-   * (protocol, port) twice), only objects our rules use, nothing else.
+   * (protocol, port) twice), nothing else. An object no rule uses does nothing: it is tolerated here (the
+   * digest is still of the rules) but not by viewMatches, so the next write removes it.
    */
   readonly wellFormed: boolean;
   readonly objects: ReadonlyMap<string, HelperObject & { readonly handle: number }>;
@@ -337,12 +338,10 @@ export function readView(
   let wellFormed = chainOk && foreign.length === 0;
   const ids = new Set<string>();
   const ports = new Set<string>();
-  const used = new Set<string>();
   for (const entry of raw) {
     const known = entry.expr === undefined ? kept.get(entry.handle) : undefined;
     if (known) {
       rules.push(known);
-      used.add(objectName(known.helper, known.protocol));
       ids.add(known.id);
       for (const family of known.only ? [known.only] : FAMILIES)
         ports.add(`${family} ${known.protocol}/${known.port}`);
@@ -384,10 +383,8 @@ export function readView(
       ports.add(key);
     }
     ids.add(id);
-    used.add(object.name);
     rules.push(rule);
   }
-  for (const name of objects.keys()) if (!used.has(name)) wellFormed = false;
   if (!exists) return ABSENT;
   return { exists, wellFormed, objects, rules, foreign };
 }

@@ -25,6 +25,8 @@ export function kernelMissing(): string | undefined {
     "iptables-save",
     "conntrack",
     "unshare",
+    "nsenter",
+    "nft",
   ]) {
     if (!has(tool, tool === "ip" ? ["-V"] : ["--version"])) return `needs ${tool}`;
   }
