@@ -62,8 +62,9 @@ export async function benchEndToEnd(options: {
     };
   }
   try {
-    if (stack.backend !== "iptables")
+    if (stack.backend !== "iptables" && stack.backend !== "nftables")
       return { skipped: `the stack's agent runs backend "${stack.backend}"`, ...empty };
+    const backend = stack.backend;
     const routers = Array.from({ length: options.clients }, () => randomUUID());
     for (const routerId of routers) {
       const put = await api(stack, stack.adminToken, "PUT", `/v1/routers/${routerId}`, {
@@ -78,7 +79,7 @@ export async function benchEndToEnd(options: {
       await post(stack, routerId, helperId, 1000 + client);
       await untilSaved(`qrouter-${routerId}`, helperId);
     }
-    for (const routerId of routers) monitors.push(await RuleMonitor.start(`qrouter-${routerId}`));
+    for (const routerId of routers) monitors.push(await RuleMonitor.start(`qrouter-${routerId}`, backend));
     /** `clients` concurrent clients, one router each, `perClient` notifications each; latency samples. */
     const drive = async (clients: number, perClient: number, portBase: number) => {
       const latencies: number[] = [];
@@ -154,15 +155,14 @@ export class RuleMonitor {
     });
   }
 
-  static async start(namespace: string): Promise<RuleMonitor> {
+  /** Watches the kernel's rule events in `namespace`: xtables-monitor for iptables, `nft monitor` for nftables. */
+  static async start(namespace: string, backend: "iptables" | "nftables"): Promise<RuleMonitor> {
+    const monitor =
+      backend === "iptables" ? ["xtables-monitor", "--event", "-4"] : ["nft", "monitor", "new", "rules"];
     // stdbuf: the monitor block-buffers a pipe otherwise, and each event must arrive as it happens.
-    const child = spawn(
-      "ip",
-      ["netns", "exec", namespace, "stdbuf", "-oL", "xtables-monitor", "--event", "-4"],
-      {
-        stdio: ["ignore", "pipe", "inherit"],
-      },
-    );
+    const child = spawn("ip", ["netns", "exec", namespace, "stdbuf", "-oL", ...monitor], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", resolve);
       child.once("error", reject);
@@ -207,12 +207,17 @@ export async function post(
   if (response.status !== 202) throw new Error(`POST: ${response.status} ${JSON.stringify(response.json)}`);
 }
 
-/** The raw table of `namespace` as iptables-save prints it ("" while the namespace does not exist). */
+/**
+ * What either backend holds in `namespace`: the raw table as iptables-save prints it and our nftables table
+ * ("" for what is not there, or while the namespace does not exist).
+ */
 async function saveRaw(namespace: string): Promise<string> {
-  const save = await run("ip", ["netns", "exec", namespace, "iptables-save", "-t", "raw"]).catch(() => ({
-    stdout: "",
-  }));
-  return save.stdout;
+  const none = { stdout: "" };
+  const [save, nft] = await Promise.all([
+    run("ip", ["netns", "exec", namespace, "iptables-save", "-t", "raw"]).catch(() => none),
+    run("ip", ["netns", "exec", namespace, "nft", "list", "table", "inet", "cth-helpers"]).catch(() => none),
+  ]);
+  return `${save.stdout}${nft.stdout}`;
 }
 
 /** Waits (up to 60 s) until `namespace` holds the rule of `helperId`. */

@@ -32,7 +32,7 @@ const SECOND_NODE = "net-2";
 const SECOND_PREFIX = "cthbench2";
 
 /** Node net-2's agent, as the stack runs node local's (spawnAgent), with its own queues and prefix. */
-async function startSecondAgent(info: StackInfo, stateDir: string): Promise<AgentProcess> {
+async function startSecondAgent(info: StackInfo, stateDir: string, backend: string): Promise<AgentProcess> {
   const node = info.nodes.find((entry) => entry.host === SECOND_NODE);
   if (!node) throw new Error(`the stack made no queues for ${SECOND_NODE}`);
   const tail: string[] = [];
@@ -41,7 +41,7 @@ async function startSecondAgent(info: StackInfo, stateDir: string): Promise<Agen
       ...["--node", SECOND_NODE, "--queue-url", node.queue, "--status-queue-url", node.status_queue],
       ...["--verify-keys", info.signing.verifyKeysDir, "--endpoint", info.awsEndpoint],
       ...["--state-dir", stateDir, "--metrics-port", "off", "--wait-seconds", "5", "--create-namespaces"],
-      ...["--namespace-pattern", `${SECOND_PREFIX}-{namespace}-{router_id}`],
+      ...["--namespace-pattern", `${SECOND_PREFIX}-{namespace}-{router_id}`, "--backend", backend],
     ],
     env: {
       ...process.env,
@@ -82,8 +82,9 @@ export async function benchReplicas(options: {
   const ha = randomUUID();
   const haSecondNs = `${SECOND_PREFIX}-qrouter-${ha}`;
   try {
-    if (stack.backend !== "iptables")
+    if (stack.backend !== "iptables" && stack.backend !== "nftables")
       return { skipped: `the stack's agent runs "${stack.backend}"`, ...empty };
+    const backend = stack.backend;
     const register = async (routerId: string, hosts: string[]) => {
       const bindings = hosts.map((host) => ({ host, namespace: "qrouter" }));
       const put = await api(stack, stack.adminToken, "PUT", `/v1/routers/${routerId}`, {
@@ -95,7 +96,7 @@ export async function benchReplicas(options: {
     await register(single, ["local"]);
     await register(ha, ["local", SECOND_NODE]);
     const info = JSON.parse(readFileSync(join(stack.dir, "stack.json"), "utf8")) as StackInfo;
-    second = await startSecondAgent(info, stateDir);
+    second = await startSecondAgent(info, stateDir, backend);
     // A first helper each (not timed) makes the namespaces, so the monitors have something to watch.
     const primed = [randomUUID(), randomUUID()] as const;
     await post(stack, single, primed[0], 1000);
@@ -107,7 +108,7 @@ export async function benchReplicas(options: {
     ];
     for (const [ns, id] of namespaces) await untilSaved(ns, id);
     const [onSingle, onHaLocal, onHaSecond] = await Promise.all(
-      namespaces.map(([ns]) => RuleMonitor.start(ns)),
+      namespaces.map(([ns]) => RuleMonitor.start(ns, backend)),
     );
     monitors.push(onSingle!, onHaLocal!, onHaSecond!);
     const singleMs: number[] = [];

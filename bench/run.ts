@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,handler,e2e,replicas,cold] [--shared DIR]`
+ * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold] [--shared DIR]`
  * Every figure comes with the baseline measured in the same run and the ratio against the goal.
  * The shared dir (restore_floor.sh, neutron_cth_bench.py) defaults to ../shared beside the repo
  * (CTH_SHARED_DIR or --shared to override).
@@ -8,7 +8,8 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
 import { resolve } from "node:path";
-import { type ApplyRow, benchAgentApply } from "./agent-apply.ts";
+import { type ApplyRow, benchAgentApply, neutronAvailable } from "./agent-apply.ts";
+import { benchBackends, type FloorRow, type NodeRow } from "./backends.ts";
 import { benchColdStart, type ColdRow } from "./cold-start.ts";
 import { benchEndToEnd, type EndToEndResult } from "./e2e.ts";
 import { benchHandler, benchSigning, type HandlerRow, type SigningRow } from "./handler.ts";
@@ -30,7 +31,7 @@ function parseFlags(argv: readonly string[]): Flags {
     json: false,
     quick: false,
     skipNeutron: false,
-    only: new Set(["apply", "handler", "e2e", "replicas", "cold"]),
+    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold"]),
     shared: process.env.CTH_SHARED_DIR ?? resolve(ROOT, "../shared/bench"),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -100,6 +101,56 @@ function applyGoals(rows: readonly ApplyRow[]): Goal[] {
       ratio: `${fmt(floorRatio, "x floor")}${neutronRatio ? `; ${fmt(neutronRatio, "x faster than Neutron")}` : ""}`,
       goal: goals.join("; "),
       met,
+    };
+  });
+}
+
+function floorGoals(rows: readonly FloorRow[]): Goal[] {
+  return rows.flatMap((row) => {
+    const ratio = row.oursSeconds / row.nftFloorSeconds;
+    const goals: Goal[] = [
+      {
+        name: `nftables backend apply, N=${row.n}: message to rules verified by the echo (median of ${row.reps})`,
+        measured: fmt(row.oursSeconds * 1000, " ms"),
+        baseline: `nft_floor.sh ${row.n} ${fmt(row.nftFloorSeconds * 1000, " ms")}; iptables backend ${fmt(row.iptablesSeconds * 1000, " ms")}`,
+        ratio: `${fmt(ratio, "x nft floor")}; ${fmt(row.iptablesSeconds / row.oursSeconds, "x faster than the iptables backend")}`,
+        goal: row.n === 1 ? "(reported)" : "<= 2x nft floor",
+        met: row.n === 1 ? undefined : ratio <= 2,
+      },
+    ];
+    if (row.restoreFloorSeconds !== undefined) {
+      const vsRestore = row.oursSeconds / row.restoreFloorSeconds;
+      goals.push({
+        name: `nftables backend apply, N=${row.n}, against the iptables floor`,
+        measured: fmt(row.oursSeconds * 1000, " ms"),
+        baseline: `restore_floor.sh ${row.n} ${fmt(row.restoreFloorSeconds * 1000, " ms")}`,
+        ratio: fmt(vsRestore, "x restore floor"),
+        goal: "<= 0.5x restore floor",
+        met: vsRestore <= 0.5,
+      });
+    }
+    return goals;
+  });
+}
+
+function nodeGoals(rows: readonly NodeRow[]): Goal[] {
+  return rows.map((row) => {
+    const perRouter = row.neutronSeconds === undefined ? undefined : row.neutronSeconds / (row.neutronRouters ?? 100);
+    const neutronHere = perRouter === undefined ? undefined : perRouter * row.routers;
+    const speedup = neutronHere === undefined ? undefined : neutronHere / row.seconds.nftables;
+    return {
+      name: `network node: ${row.routers} routers x ${row.helpersPerRouter} helpers at once, to every router verified (apply concurrency ${row.concurrency})`,
+      measured: `nftables ${fmt(row.seconds.nftables, " s")}; iptables ${fmt(row.seconds.iptables, " s")}`,
+      baseline:
+        neutronHere === undefined
+          ? "Neutron not run"
+          : `Neutron --routers 100: ${fmt(row.neutronSeconds, " s")}${row.routers === 100 ? "" : ` (x ${row.routers / 100} = ${fmt(neutronHere, " s")})`}`,
+      ratio:
+        speedup === undefined
+          ? `iptables / nftables ${fmt(row.seconds.iptables / row.seconds.nftables, "x")}`
+          : `nftables ${fmt(speedup, "x")}, iptables ${fmt((neutronHere ?? 0) / row.seconds.iptables, "x")} faster than Neutron`,
+      goal: row.routers === 100 ? ">= 50x faster than Neutron (nftables)" : "(reported)",
+      met: row.routers === 100 && speedup !== undefined ? speedup >= 50 : undefined,
     };
   });
 }
@@ -258,6 +309,21 @@ async function main(): Promise<void> {
     });
     result.agentApply = rows;
     goals.push(...applyGoals(rows));
+  }
+  if (flags.only.has("backends")) {
+    log("firewall backends: nftables against its floor, a network node ...");
+    const neutronMissing = flags.skipNeutron || flags.quick ? "skipped" : await neutronAvailable(flags.shared);
+    const backends = await benchBackends({
+      sizes: [1, 100, 500, 2000],
+      reps: flags.quick ? 3 : 7,
+      routers: flags.quick ? [100] : [100, 1000],
+      concurrency: 4,
+      sharedDir: flags.shared,
+      neutron: neutronMissing === undefined,
+      log,
+    });
+    result.backends = backends;
+    goals.push(...floorGoals(backends.floors), ...nodeGoals(backends.node));
   }
   if (flags.only.has("e2e")) {
     log("end to end on the local stack ...");
