@@ -10,13 +10,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { AgentCore } from "../agent/core.ts";
-import { ExecIptables } from "../agent/iptables.ts";
+import { IptablesBackend } from "../agent/iptables/backend.ts";
+import { ExecIptables } from "../agent/iptables/port.ts";
+import { renderRestore } from "../agent/iptables/render.ts";
 import { AgentMetrics } from "../agent/metrics.ts";
 import { StateStore } from "../agent/state.ts";
 import { HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
 import type { StatusSink } from "../lib/ports.ts";
-import { FAMILIES, planFamily, renderRestore } from "../lib/render.ts";
+import { FAMILIES, planFamily } from "../lib/rules.ts";
 import { buildSchemas, type HelperRule } from "../lib/schemas/index.ts";
 import { median, run } from "./stats.ts";
 
@@ -110,8 +112,7 @@ export async function benchAgentApply(options: ApplyOptions): Promise<ApplyRow[]
   const newCore = async (ns: string) =>
     new AgentCore({
       node: `bench-${process.pid}`,
-      catalog,
-      iptables,
+      backend: new IptablesBackend({ port: iptables, catalog, metrics: new AgentMetrics(), logger }),
       state: await StateStore.load(join(stateDir, ns), `bench-${process.pid}`),
       status: nullStatus,
       metrics: new AgentMetrics(),

@@ -108,7 +108,9 @@ async function netns(verb: "add" | "delete", names: readonly string[]): Promise<
   }
 }
 
-export async function benchBackends(options: BackendBenchOptions): Promise<{ floors: FloorRow[]; node: NodeRow[] }> {
+export async function benchBackends(
+  options: BackendBenchOptions,
+): Promise<{ floors: FloorRow[]; node: NodeRow[] }> {
   const maxN = Math.max(...options.sizes, 2);
   const limits = loadLimits({ ...process.env, CTH_MAX_HELPERS_PER_ROUTER: String(Math.max(maxN, 128)) });
   const schema = buildSchemas(limits, catalog).routerSync;
@@ -130,7 +132,8 @@ export async function benchBackends(options: BackendBenchOptions): Promise<{ flo
     const started = performance.now();
     const outcome = await agent.apply(schema.parse(JSON.parse(text)));
     const seconds = (performance.now() - started) / 1000;
-    if (outcome.kind !== "applied" || !outcome.changed) throw new Error(`apply did not write: ${outcome.kind}`);
+    if (outcome.kind !== "applied" || !outcome.changed)
+      throw new Error(`apply did not write: ${outcome.kind}`);
     return seconds;
   };
   const floors: FloorRow[] = [];
@@ -141,7 +144,10 @@ export async function benchBackends(options: BackendBenchOptions): Promise<{ flo
       const ns = `cthbb-${process.pid}-warm-${name.slice(0, 3)}`;
       await netns("add", [ns]);
       const metrics = new AgentMetrics();
-      await applyTimed(await core(makeBackend(name, metrics), metrics, ns, ns), body(randomUUID(), 1, helpers(1)));
+      await applyTimed(
+        await core(makeBackend(name, metrics), metrics, ns, ns),
+        body(randomUUID(), 1, helpers(1)),
+      );
       await netns("delete", [ns]);
     }
     for (const n of options.sizes) {
@@ -184,9 +190,13 @@ export async function benchBackends(options: BackendBenchOptions): Promise<{ flo
     let neutronSeconds: number | undefined;
     if (options.neutron) {
       options.log("  neutron 2 --routers 100 (about 15 s) ...");
-      const { stdout } = await run(join(options.sharedDir, "neutron_cth_bench.py"), ["2", "--routers", "100"], {
-        timeoutMs: 900_000,
-      });
+      const { stdout } = await run(
+        join(options.sharedDir, "neutron_cth_bench.py"),
+        ["2", "--routers", "100"],
+        {
+          timeoutMs: 900_000,
+        },
+      );
       neutronSeconds = (JSON.parse(stdout.trim().split("\n").pop() ?? "{}") as { seconds: number }).seconds;
     }
     for (const routers of options.routers) {
@@ -206,7 +216,8 @@ export async function benchBackends(options: BackendBenchOptions): Promise<{ flo
           bodies.map((text) =>
             limit(async () => {
               const outcome = await agent.apply(schema.parse(JSON.parse(text)));
-              if (outcome.kind !== "applied" || outcome.rules.ipv4 !== 2) throw new Error(`not applied: ${outcome.kind}`);
+              if (outcome.kind !== "applied" || outcome.rules.ipv4 !== 2)
+                throw new Error(`not applied: ${outcome.kind}`);
             }),
           ),
         );

@@ -135,7 +135,8 @@ function floorGoals(rows: readonly FloorRow[]): Goal[] {
 
 function nodeGoals(rows: readonly NodeRow[]): Goal[] {
   return rows.map((row) => {
-    const perRouter = row.neutronSeconds === undefined ? undefined : row.neutronSeconds / (row.neutronRouters ?? 100);
+    const perRouter =
+      row.neutronSeconds === undefined ? undefined : row.neutronSeconds / (row.neutronRouters ?? 100);
     const neutronHere = perRouter === undefined ? undefined : perRouter * row.routers;
     const speedup = neutronHere === undefined ? undefined : neutronHere / row.seconds.nftables;
     return {
@@ -312,7 +313,8 @@ async function main(): Promise<void> {
   }
   if (flags.only.has("backends")) {
     log("firewall backends: nftables against its floor, a network node ...");
-    const neutronMissing = flags.skipNeutron || flags.quick ? "skipped" : await neutronAvailable(flags.shared);
+    const neutronMissing =
+      flags.skipNeutron || flags.quick ? "skipped" : await neutronAvailable(flags.shared);
     const backends = await benchBackends({
       sizes: [1, 100, 500, 2000],
       reps: flags.quick ? 3 : 7,
