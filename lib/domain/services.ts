@@ -27,13 +27,10 @@ import { authorizeHelperProject, authorizeRouter, requireAdmin } from "./authori
 import { applyChanges, type HelperOp, type IndexedChange, revertOps } from "./changes.ts";
 import { type Identity, isAdmin, isService } from "./identity.ts";
 import { drainSnapshots, inSync, replicaInSync } from "./reports.ts";
+import { done, type RetryPolicy, retry, retrying } from "./retry.ts";
 import { buildSnapshot, sortHelpers } from "./snapshot.ts";
 
-export interface RetryPolicy {
-  readonly maxAttempts: number;
-  readonly baseDelayMs: number;
-  readonly maxDelayMs: number;
-}
+export type { RetryPolicy } from "./retry.ts";
 
 /**
  * Under N concurrent writers to one router each round has one winner, so a writer may lose up to N-1
@@ -65,15 +62,9 @@ export const COMMITTED_BUT_NOT_QUEUED =
   "the change is committed but its commands could not be queued; retrying the same request " +
   "with the same Idempotency-Key is safe and re-sends them";
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function backoff(policy: RetryPolicy, attempt: number): Promise<void> {
-  const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** Math.min(attempt, 16));
-  await sleep(Math.random() * ceiling);
-}
-
-function busy(routerId: string): ServiceUnavailableError {
-  return new ServiceUnavailableError(`router ${routerId} is changing too often right now; retry later`);
+/** Out of attempts: the 503 for a router whose every conditional write lost a race. */
+function throwBusy(routerId: string): never {
+  throw new ServiceUnavailableError(`router ${routerId} is changing too often right now; retry later`);
 }
 
 function groupByRouter(notification: Notification): Map<string, IndexedChange[]> {
@@ -129,24 +120,23 @@ async function commitRouter(
   changes: readonly IndexedChange[],
   first: RouterRecord | undefined,
 ): Promise<Committed> {
-  const policy = deps.retry ?? DEFAULT_RETRY;
-  let current = first;
-  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
-    if (attempt > 0) {
-      await backoff(policy, attempt);
-      current = await deps.store.get(routerId);
-    }
-    const planned = plan(deps, identity, notification, routerId, changes, current);
-    if (planned.ops.length === 0) return { record: planned.record, ops: [] };
-    const next = nextRevision(deps, planned.record, { helpers: planned.helpers });
-    try {
-      await deps.store.put(next, planned.record.revision);
-      return { record: next, ops: planned.ops };
-    } catch (error) {
-      if (!(error instanceof RevisionConflictError)) throw error;
-    }
-  }
-  throw busy(routerId);
+  return retrying(
+    deps.retry ?? DEFAULT_RETRY,
+    async (attempt) => {
+      const current = attempt === 0 ? first : await deps.store.get(routerId);
+      const planned = plan(deps, identity, notification, routerId, changes, current);
+      if (planned.ops.length === 0) return done({ record: planned.record, ops: [] });
+      const next = nextRevision(deps, planned.record, { helpers: planned.helpers });
+      try {
+        await deps.store.put(next, planned.record.revision);
+        return done({ record: next, ops: planned.ops });
+      } catch (error) {
+        if (error instanceof RevisionConflictError) return retry;
+        throw error;
+      }
+    },
+    () => throwBusy(routerId),
+  );
 }
 
 /** Best effort: reverts what this request wrote, never what later writers did. */
@@ -155,32 +145,36 @@ async function compensate(
   committed: readonly Committed[],
   correlationId: string,
 ): Promise<void> {
-  const policy = deps.retry ?? DEFAULT_RETRY;
   for (const { record: written, ops } of [...committed].reverse()) {
     if (ops.length === 0) continue;
-    for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
-      if (attempt > 0) await backoff(policy, attempt);
-      try {
-        const current = await deps.store.get(written.routerId);
-        if (!current) break;
-        const reverted = revertOps(current.helpers, ops);
-        if (!reverted.changed) break;
-        const next = nextRevision(deps, current, { helpers: reverted.helpers });
-        await deps.store.put(next, current.revision);
-        // The agents never saw the undone revision; this snapshot brings them level (the reconciler would too).
-        await enqueueByHost(deps, routerSnapshots(next, correlationId, deps)).catch((error: unknown) =>
-          deps.log?.warn("compensation snapshot not queued", {
-            routerId: next.routerId,
-            error: String(error),
-          }),
-        );
-        break;
-      } catch (error) {
-        if (error instanceof RevisionConflictError) continue;
-        deps.log?.error("compensation failed", { routerId: written.routerId, error: String(error) });
-        break;
-      }
-    }
+    await retrying(
+      deps.retry ?? DEFAULT_RETRY,
+      async () => {
+        try {
+          const current = await deps.store.get(written.routerId);
+          if (!current) return done();
+          const reverted = revertOps(current.helpers, ops);
+          if (!reverted.changed) return done();
+          const next = nextRevision(deps, current, { helpers: reverted.helpers });
+          await deps.store.put(next, current.revision);
+          // The agents never saw the undone revision; this snapshot brings them level (the reconciler would
+          // too).
+          await enqueueByHost(deps, routerSnapshots(next, correlationId, deps)).catch((error: unknown) =>
+            deps.log?.warn("compensation snapshot not queued", {
+              routerId: next.routerId,
+              error: String(error),
+            }),
+          );
+          return done();
+        } catch (error) {
+          if (error instanceof RevisionConflictError) return retry;
+          deps.log?.error("compensation failed", { routerId: written.routerId, error: String(error) });
+          return done();
+        }
+      },
+      // Out of attempts: left as it is, like any other failure to compensate (best effort).
+      () => undefined,
+    );
   }
 }
 
@@ -233,33 +227,32 @@ async function commitAtomically(
   groups: Map<string, IndexedChange[]>,
   first: Map<string, RouterRecord>,
 ): Promise<Committed[]> {
-  const policy = deps.retry ?? DEFAULT_RETRY;
-  let records = first;
-  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
-    if (attempt > 0) {
-      await backoff(policy, attempt);
-      records = await deps.store.getMany([...groups.keys()]);
-    }
-    const committed: Committed[] = [];
-    const writes: RouterWrite[] = [];
-    for (const [routerId, changes] of groups) {
-      const planned = plan(deps, identity, notification, routerId, changes, records.get(routerId));
-      if (planned.ops.length === 0) {
-        committed.push({ record: planned.record, ops: [] });
-        continue;
+  return retrying(
+    deps.retry ?? DEFAULT_RETRY,
+    async (attempt) => {
+      const records = attempt === 0 ? first : await deps.store.getMany([...groups.keys()]);
+      const committed: Committed[] = [];
+      const writes: RouterWrite[] = [];
+      for (const [routerId, changes] of groups) {
+        const planned = plan(deps, identity, notification, routerId, changes, records.get(routerId));
+        if (planned.ops.length === 0) {
+          committed.push({ record: planned.record, ops: [] });
+          continue;
+        }
+        const next = nextRevision(deps, planned.record, { helpers: planned.helpers });
+        writes.push({ next, expectedRevision: planned.record.revision });
+        committed.push({ record: next, ops: planned.ops });
       }
-      const next = nextRevision(deps, planned.record, { helpers: planned.helpers });
-      writes.push({ next, expectedRevision: planned.record.revision });
-      committed.push({ record: next, ops: planned.ops });
-    }
-    try {
-      await putAll(writes);
-      return committed;
-    } catch (error) {
-      if (!(error instanceof RevisionConflictError)) throw error;
-    }
-  }
-  throw busy([...groups.keys()].join(", "));
+      try {
+        await putAll(writes);
+        return done(committed);
+      } catch (error) {
+        if (error instanceof RevisionConflictError) return retry;
+        throw error;
+      }
+    },
+    () => throwBusy([...groups.keys()].join(", ")),
+  );
 }
 
 /** Without transactions: router by router, undoing what this request wrote when a later router fails. */
@@ -368,6 +361,8 @@ function requireKnownNodes(nodes: ReadonlySet<string> | undefined, bindings: rea
   if (unknown.length > 0) throw new ValidationError("invalid router", unknown);
 }
 
+type Upserted = { created: boolean; router: RouterView };
+
 /**
  * PUT: creates a router or changes its bindings (admin). Every bound host gets the full set (a host added,
  * at once; a kind changed, into its new namespace, and the agent empties the old one); every host removed
@@ -379,79 +374,82 @@ export async function upsertRouter(
   routerId: string,
   body: RouterUpsert,
   correlationId: string,
-): Promise<{ created: boolean; router: RouterView }> {
+): Promise<Upserted> {
   requireAdmin(identity);
   requireKnownNodes(deps.nodes, body.bindings);
-  const policy = deps.retry ?? DEFAULT_RETRY;
-  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
-    if (attempt > 0) await backoff(policy, attempt);
-    const current = await deps.store.get(routerId);
-    const now = deps.clock.now().toISOString();
-    try {
-      if (!current) {
-        // A new id starts at revision 0 with no helpers: nothing for an agent to apply yet. An id that was
-        // deleted continues from its tombstone: agents drop revisions not newer than the last they applied,
-        // and the deleted router's empty snapshot went out at that revision; hosts that have not confirmed
-        // it yet stay draining.
-        const tombstone = await deps.store.tombstone(routerId);
-        const created: RouterRecord = {
-          routerId,
-          projectId: body.project_id,
-          bindings: body.bindings,
-          revision: tombstone?.revision ?? 0,
-          helpers: [],
-          replicas: {},
-          // A router that comes back to a host owes that host no empty snapshot.
-          draining: applyDrainingChange(tombstone?.draining ?? {}, {
-            add: {},
-            remove: body.bindings.map((binding) => binding.host),
-          }),
-          updatedAt: now,
-        };
-        await deps.store.put(created, undefined);
-        // Tell the (maybe new) node the empty state at that revision, so its report brings the router in sync.
-        // Its own deduplication scope: the deletion's empty snapshot carried the same router and revision.
-        if (created.revision > 0)
-          await enqueueByHost(deps, placementSnapshots(created, correlationId, deps), correlationId);
-        return { created: true, router: view(created) };
+  return retrying<Upserted>(
+    deps.retry ?? DEFAULT_RETRY,
+    async () => {
+      const current = await deps.store.get(routerId);
+      const now = deps.clock.now().toISOString();
+      try {
+        if (!current) {
+          // A new id starts at revision 0 with no helpers: nothing for an agent to apply yet. An id that was
+          // deleted continues from its tombstone: agents drop revisions not newer than the last they applied,
+          // and the deleted router's empty snapshot went out at that revision; hosts that have not confirmed
+          // it yet stay draining.
+          const tombstone = await deps.store.tombstone(routerId);
+          const created: RouterRecord = {
+            routerId,
+            projectId: body.project_id,
+            bindings: body.bindings,
+            revision: tombstone?.revision ?? 0,
+            helpers: [],
+            replicas: {},
+            // A router that comes back to a host owes that host no empty snapshot.
+            draining: applyDrainingChange(tombstone?.draining ?? {}, {
+              add: {},
+              remove: body.bindings.map((binding) => binding.host),
+            }),
+            updatedAt: now,
+          };
+          await deps.store.put(created, undefined);
+          // Tell the (maybe new) node the empty state at that revision, so its report brings the router in
+          // sync. Its own deduplication scope: the deletion's empty snapshot carried the same router and
+          // revision.
+          if (created.revision > 0)
+            await enqueueByHost(deps, placementSnapshots(created, correlationId, deps), correlationId);
+          return done({ created: true, router: view(created) });
+        }
+        const unchanged =
+          current.projectId === body.project_id && sameBindings(current.bindings, body.bindings);
+        let next = current;
+        if (!unchanged) {
+          // Every host unbound is left draining at the new revision: the empty snapshot it is sent (after the
+          // commit) is re-sent until that host confirms it. A host bound again owes nothing.
+          const change: DrainingChange = {
+            add: Object.fromEntries(
+              current.bindings
+                .filter((binding) => !bindingOf(body, binding.host))
+                .map((binding) => [binding.host, current.revision + 1]),
+            ),
+            remove: Object.keys(current.draining).filter((host) => bindingOf(body, host)),
+          };
+          next = nextRevision(deps, current, {
+            projectId: body.project_id,
+            bindings: body.bindings,
+            draining: applyDrainingChange(current.draining, change),
+          });
+          await deps.store.put(next, current.revision, change);
+        }
+        // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
+        // snapshot lost to a queue outage is not stranded.
+        // An unchanged router's snapshots are re-sends: their own deduplication scope, or SQS could drop them
+        // as copies of what a deletion or an earlier placement sent at the same revision.
+        if (next.revision > 0)
+          await enqueueByHost(
+            deps,
+            placementSnapshots(next, correlationId, deps),
+            unchanged ? correlationId : undefined,
+          );
+        return done({ created: false, router: view(next) });
+      } catch (error) {
+        if (error instanceof RevisionConflictError) return retry;
+        throw error;
       }
-      const unchanged =
-        current.projectId === body.project_id && sameBindings(current.bindings, body.bindings);
-      let next = current;
-      if (!unchanged) {
-        // Every host unbound is left draining at the new revision: the empty snapshot it is sent (after the
-        // commit) is re-sent until that host confirms it. A host bound again owes nothing.
-        const change: DrainingChange = {
-          add: Object.fromEntries(
-            current.bindings
-              .filter((binding) => !bindingOf(body, binding.host))
-              .map((binding) => [binding.host, current.revision + 1]),
-          ),
-          remove: Object.keys(current.draining).filter((host) => bindingOf(body, host)),
-        };
-        next = nextRevision(deps, current, {
-          projectId: body.project_id,
-          bindings: body.bindings,
-          draining: applyDrainingChange(current.draining, change),
-        });
-        await deps.store.put(next, current.revision, change);
-      }
-      // Nothing to send for a router that never had a revision; otherwise a retried PUT re-sends, so a
-      // snapshot lost to a queue outage is not stranded.
-      // An unchanged router's snapshots are re-sends: their own deduplication scope, or SQS could drop them as
-      // copies of what a deletion or an earlier placement sent at the same revision.
-      if (next.revision > 0)
-        await enqueueByHost(
-          deps,
-          placementSnapshots(next, correlationId, deps),
-          unchanged ? correlationId : undefined,
-        );
-      return { created: false, router: view(next) };
-    } catch (error) {
-      if (!(error instanceof RevisionConflictError)) throw error;
-    }
-  }
-  throw busy(routerId);
+    },
+    () => throwBusy(routerId),
+  );
 }
 
 /**
@@ -467,35 +465,41 @@ export async function deleteRouter(
   correlationId: string,
 ): Promise<void> {
   requireAdmin(identity);
-  const policy = deps.retry ?? DEFAULT_RETRY;
-  for (let attempt = 0; attempt < policy.maxAttempts; attempt++) {
-    if (attempt > 0) await backoff(policy, attempt);
-    const current = await deps.store.get(routerId);
-    if (!current) {
-      const tombstone = await deps.store.tombstone(routerId);
-      if (!tombstone || Object.keys(tombstone.draining).length === 0) throw routerNotFound(routerId);
-      await enqueueByHost(deps, drainSnapshots(tombstone, correlationId, deps.clock), correlationId);
-      return;
-    }
-    const tombstone: Tombstone = {
-      deleted: true,
-      routerId,
-      revision: current.revision + 1,
-      draining: {
-        ...current.draining,
-        ...Object.fromEntries(current.bindings.map((binding) => [binding.host, current.revision + 1])),
-      },
-    };
-    try {
-      await deps.store.delete(routerId, current.revision, deps.clock.now().toISOString(), tombstone.draining);
-    } catch (error) {
-      if (!(error instanceof RevisionConflictError)) throw error;
-      continue;
-    }
-    await enqueueByHost(deps, drainSnapshots(tombstone, correlationId, deps.clock));
-    return;
-  }
-  throw busy(routerId);
+  await retrying(
+    deps.retry ?? DEFAULT_RETRY,
+    async () => {
+      const current = await deps.store.get(routerId);
+      if (!current) {
+        const tombstone = await deps.store.tombstone(routerId);
+        if (!tombstone || Object.keys(tombstone.draining).length === 0) throw routerNotFound(routerId);
+        await enqueueByHost(deps, drainSnapshots(tombstone, correlationId, deps.clock), correlationId);
+        return done();
+      }
+      const tombstone: Tombstone = {
+        deleted: true,
+        routerId,
+        revision: current.revision + 1,
+        draining: {
+          ...current.draining,
+          ...Object.fromEntries(current.bindings.map((binding) => [binding.host, current.revision + 1])),
+        },
+      };
+      try {
+        await deps.store.delete(
+          routerId,
+          current.revision,
+          deps.clock.now().toISOString(),
+          tombstone.draining,
+        );
+      } catch (error) {
+        if (error instanceof RevisionConflictError) return retry;
+        throw error;
+      }
+      await enqueueByHost(deps, drainSnapshots(tombstone, correlationId, deps.clock));
+      return done();
+    },
+    () => throwBusy(routerId),
+  );
 }
 
 export interface ReplicaView {
