@@ -12,10 +12,9 @@ import { type Family, HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
 import { namespaceKind, primitives } from "../lib/schemas/index.ts";
 import type { VerifyKeys } from "../lib/signing.ts";
+import { assertNamespaceName, BACKEND_NAMES, type BackendName } from "./backend.ts";
+import { backendFactories } from "./backends.ts";
 import { DEFAULT_NAMESPACE_PATTERN, renderNamespace } from "./core.ts";
-import { DirectRunner, HelperRunner } from "./exec-helper.ts";
-import { assertNamespaceName, ExecIptables, type IptablesPort } from "./iptables.ts";
-import { DryRunIptables } from "./iptables-memory.ts";
 import { type RunningAgent, startAgent } from "./main.ts";
 import { AgentSetupError } from "./private-path.ts";
 import { loadVerifyKeys } from "./verify-keys.ts";
@@ -97,7 +96,9 @@ const FLAGS = {
     env: "CTH_AGENT_BACKEND",
     type: "string",
     default: "iptables",
-    help: "iptables (real) or dry-run (writes rendered input under the state dir)",
+    help:
+      "firewall backend: iptables, nftables (native, one inet table per namespace) or dry-run (the " +
+      "iptables model; writes rendered input under the state dir)",
   },
   spawner: {
     env: "CTH_AGENT_SPAWNER",
@@ -198,8 +199,8 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     }
   }
   const backend = str("backend");
-  if (backend !== "iptables" && backend !== "dry-run")
-    throw new Error("--backend must be iptables or dry-run");
+  if (!BACKEND_NAMES.includes(backend as BackendName))
+    throw new Error(`--backend must be one of ${BACKEND_NAMES.join(", ")}`);
   const spawner = str("spawner");
   if (spawner !== "helper" && spawner !== "direct") throw new Error("--spawner must be helper or direct");
   const metricsRaw = str("metrics-port");
@@ -230,9 +231,9 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     namespacePattern,
     createNamespaces: bool("create-namespaces"),
     families: families as Family[],
-    backend,
-    spawner,
-    probe: !bool("no-probe") && backend === "iptables",
+    backend: backend as BackendName,
+    spawner: spawner as "helper" | "direct",
+    probe: !bool("no-probe") && backend !== "dry-run",
     waitSeconds: num("wait-seconds", 0),
     visibilitySeconds: num("visibility-timeout", 2),
     retryBaseSeconds: num("retry-base", 1),
@@ -273,10 +274,15 @@ async function main(): Promise<void> {
     // Emulators hand out queue URLs of their own; an explicit endpoint must win over them.
     ...(options.endpoint ? { endpoint: options.endpoint, useQueueUrlAsEndpoint: false } : {}),
   });
-  const iptables: IptablesPort =
-    options.backend === "dry-run"
-      ? new DryRunIptables(`${options.stateDir}/dry-run`)
-      : new ExecIptables({ runner: options.spawner === "direct" ? new DirectRunner() : new HelperRunner() });
+  const catalog = new HelperCatalog();
+  const { backend, formerBackends } = backendFactories({
+    name: options.backend,
+    catalog,
+    logger,
+    families: options.families,
+    stateDir: options.stateDir,
+    spawner: options.spawner,
+  });
   // Handlers go in before start-up (probe, resync, first drift pass), so an early signal is a clean stop too.
   let agent: RunningAgent | undefined;
   let stopping = false;
@@ -301,15 +307,15 @@ async function main(): Promise<void> {
     queueUrl: options.queueUrl,
     dlqUrl: options.dlqUrl,
     status: options.statusQueueUrl ? new SqsStatusSink(sqs, options.statusQueueUrl) : undefined,
-    iptables,
+    backend,
+    formerBackends,
     verifyKeys,
-    catalog: new HelperCatalog(),
+    catalog,
     limits: loadLimits(process.env),
     logger,
     stateDir: options.stateDir,
     namespacePattern: options.namespacePattern,
     createNamespaces: options.createNamespaces,
-    families: options.families,
     probe: options.probe,
     driftIntervalSeconds: options.driftIntervalSeconds,
     metricsPort: options.metricsPort,

@@ -37,6 +37,9 @@ function banner(stack: RunningStack): string {
     `curl -sS -X POST ${apiUrl}/v1/notifications -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' -d '${body}'`,
     `curl -sS ${apiUrl}/v1/routers/${demoRouterId}/conntrack-helpers -H "authorization: Bearer $TOKEN"`,
     ...(backend === "iptables" ? [`ip netns exec qrouter-${demoRouterId} iptables-save -t raw`] : []),
+    ...(backend === "nftables"
+      ? [`ip netns exec qrouter-${demoRouterId} nft list table inet cth-helpers`]
+      : []),
     "",
     "More tokens: npm run -s token -- --project P [--role admin|service]. Events: npm run emit -- 'Router Upserted' '{...}'.",
     "Ctrl-C stops everything.",

@@ -4,15 +4,22 @@ import { promisify } from "node:util";
 
 const run = promisify(execFile);
 
-/** Why the real iptables backend cannot run here, or undefined when it can. */
-export async function realBackendMissing(): Promise<string | undefined> {
-  if (process.getuid?.() !== 0) return "not running as root";
-  for (const [tool, args] of [
-    ["ip", ["-V"]],
+const TOOLS = {
+  iptables: [
     ["iptables-restore", ["--version"]],
     ["ip6tables-restore", ["--version"]],
     ["iptables-save", ["--version"]],
-  ] as const) {
+  ],
+  nftables: [
+    ["nft", ["--version"]],
+    ["nsenter", ["--version"]],
+  ],
+} as const;
+
+/** Why the real backend cannot run here, or undefined when it can. */
+export async function realBackendMissing(backend: keyof typeof TOOLS): Promise<string | undefined> {
+  if (process.getuid?.() !== 0) return "not running as root";
+  for (const [tool, args] of [["ip", ["-V"]] as const, ...TOOLS[backend]]) {
     try {
       await run(tool, [...args], { timeout: 5_000 });
     } catch {

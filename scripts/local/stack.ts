@@ -49,7 +49,7 @@ export interface StackOptions {
   readonly port: number;
   readonly dir: string;
   readonly reconcileSeconds: number;
-  readonly backend: "auto" | "iptables" | "dry-run";
+  readonly backend: "auto" | "iptables" | "nftables" | "dry-run";
   readonly agent: boolean;
   readonly metricsPort: string;
   readonly demoRouterId: string;
@@ -67,8 +67,8 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => 
     return value;
   };
   const backend = env.CTH_LOCAL_BACKEND || "auto";
-  if (backend !== "auto" && backend !== "iptables" && backend !== "dry-run") {
-    throw new Error("CTH_LOCAL_BACKEND must be auto, iptables or dry-run");
+  if (backend !== "auto" && backend !== "iptables" && backend !== "nftables" && backend !== "dry-run") {
+    throw new Error("CTH_LOCAL_BACKEND must be auto, iptables, nftables or dry-run");
   }
   const demoRouterId = env.CTH_LOCAL_DEMO_ROUTER || DEFAULT_DEMO_ROUTER;
   if (!NAMESPACE.test(`qrouter-${demoRouterId}`))
@@ -92,7 +92,7 @@ export interface StackInfo {
   readonly controlUrl: string;
   readonly controlToken: string;
   readonly agentPid: number | undefined;
-  readonly backend: "iptables" | "dry-run" | "none";
+  readonly backend: "iptables" | "nftables" | "dry-run" | "none";
   readonly demoRouterId: string;
   /** The emulators' endpoint and the queues, for operators and soak tests that inspect them (DLQ depth). */
   readonly awsEndpoint: string;
@@ -311,11 +311,12 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     let agent: AgentProcess | undefined;
     const namespacesBefore = await listNamespaces();
     if (options.agent) {
+      const real = options.backend === "nftables" ? "nftables" : "iptables";
       const missing =
-        options.backend === "dry-run" ? "CTH_LOCAL_BACKEND=dry-run" : await realBackendMissing();
-      if (missing && options.backend === "iptables")
-        throw new Error(`CTH_LOCAL_BACKEND=iptables but ${missing}`);
-      backend = missing ? "dry-run" : "iptables";
+        options.backend === "dry-run" ? "CTH_LOCAL_BACKEND=dry-run" : await realBackendMissing(real);
+      if (missing && options.backend !== "auto")
+        throw new Error(`CTH_LOCAL_BACKEND=${options.backend} but ${missing}`);
+      backend = missing ? "dry-run" : real;
       const stateDir = `${options.dir}/agent`;
       // A fresh agent state every start: the last stop removed the namespaces this stack made, and the table
       // is new (or, with CTH_LOCAL_DATA_DIR, the agent's resync request re-sends every router it keeps).
@@ -352,7 +353,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
             "5",
             "--backend",
             backend,
-            ...(backend === "iptables" ? ["--create-namespaces"] : []),
+            ...(backend === "dry-run" ? [] : ["--create-namespaces"]),
           ],
           // The private key's location is the dispatcher's business, never a node's.
           env: Object.fromEntries(
@@ -372,7 +373,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
         await current()?.stop();
         // Remove the namespaces this stack's agent created: only `qrouter-<id>` and `snat-<id>` of routers this stack knew,
         // and only if they did not exist before it started.
-        if (backend !== "iptables") return;
+        if (backend === "dry-run" || backend === "none") return;
         try {
           const rows = await clients.dynamo.send(
             new ScanCommand({ TableName: config.routersTable, ProjectionExpression: "router_id" }),
