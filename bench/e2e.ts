@@ -35,6 +35,8 @@ export async function benchEndToEnd(options: {
   root: string;
   notifications: number;
   clients: number;
+  /** The stack agent's firewall backend. */
+  backend: "iptables" | "nftables";
   log: (line: string) => void;
 }): Promise<EndToEndResult> {
   const empty = {
@@ -54,7 +56,7 @@ export async function benchEndToEnd(options: {
   let stack: Awaited<ReturnType<typeof startStackChild>>;
   const monitors: RuleMonitor[] = [];
   try {
-    stack = await startStackChild(options.root);
+    stack = await startStackChild(options.root, { env: { CTH_LOCAL_BACKEND: options.backend } });
   } catch (error) {
     return {
       skipped: `the local stack did not start: ${error instanceof Error ? error.message.slice(0, 400) : String(error)}`,
@@ -113,7 +115,7 @@ export async function benchEndToEnd(options: {
     for (const [client, routerId] of routers.entries()) {
       const save = await saveRaw(`qrouter-${routerId}`);
       const expected = 1 + perClient + (client === 0 ? ALONE : 0);
-      const held = save.split("\n").filter((line) => line.includes('--comment "cth:')).length;
+      const held = save.split("\n").filter((line) => line.includes('comment "cth:')).length;
       if (held !== expected) throw new Error(`router ${routerId}: ${held} rules held, ${expected} expected`);
     }
     const stats = summarize(latencies);

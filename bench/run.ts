@@ -191,11 +191,11 @@ function signingGoals(rows: readonly SigningRow[]): Goal[] {
   ]);
 }
 
-function e2eGoals(result: EndToEndResult): Goal[] {
+function e2eGoals(result: EndToEndResult, backend: string): Goal[] {
   if (result.skipped) {
     return [
       {
-        name: "end to end on the local stack",
+        name: `end to end on the local stack (${backend})`,
         measured: "skipped",
         baseline: "-",
         ratio: "-",
@@ -206,7 +206,7 @@ function e2eGoals(result: EndToEndResult): Goal[] {
   }
   return [
     {
-      name: `end to end: 202 -> rule in namespace (${result.notifications} notifications, ${result.clients} clients, ${result.routers} routers)`,
+      name: `end to end (${backend} backend): 202 -> rule in namespace (${result.notifications} notifications, ${result.clients} clients, ${result.routers} routers)`,
       measured: `p50 ${fmt(result.p50Ms, " ms")}, p99 ${fmt(result.p99Ms, " ms")}, max ${fmt(result.maxMs, " ms")}`,
       baseline: `1 client alone: p50 ${fmt(result.aloneP50Ms, " ms")}, p99 ${fmt(result.aloneP99Ms, " ms")}; POST p50 ${fmt(result.postP50Ms, " ms")}; ${fmt(result.throughputPerSecond, "/s")} through`,
       ratio: `${fmt(result.p50Ms / 150, "x")} of p50 goal, ${fmt(result.p99Ms / 500, "x")} of p99 goal`,
@@ -329,10 +329,21 @@ async function main(): Promise<void> {
   }
   if (flags.only.has("e2e")) {
     log("end to end on the local stack ...");
-    const e2e = await benchEndToEnd({ root: ROOT, notifications: flags.quick ? 100 : 240, clients: 10, log });
-    result.endToEnd = e2e;
-    if (e2e.skipped) log(`  end to end skipped: ${e2e.skipped}`);
-    goals.push(...e2eGoals(e2e));
+    const runs: Record<string, EndToEndResult> = {};
+    for (const backend of ["iptables", "nftables"] as const) {
+      log(`  with the ${backend} backend ...`);
+      const e2e = await benchEndToEnd({
+        root: ROOT,
+        notifications: flags.quick ? 100 : 240,
+        clients: 10,
+        backend,
+        log,
+      });
+      runs[backend] = e2e;
+      if (e2e.skipped) log(`  end to end skipped: ${e2e.skipped}`);
+      goals.push(...e2eGoals(e2e, backend));
+    }
+    result.endToEnd = runs;
   }
   if (flags.only.has("replicas")) {
     log("HA router on two nodes vs one ...");
