@@ -1,14 +1,26 @@
 /**
- * Agent installation on a network node: the single-file bundle runs outside the repository (no node_modules),
- * the example environment file alone configures the agent, and the systemd unit is valid and hardened.
+ * Agent installation on a network node: the bundle and its command helper run outside the repository (no
+ * node_modules, no TypeScript source), the example environment file alone configures the agent, and the
+ * systemd unit is valid and hardened.
  */
-import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { execFile, spawn } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { resolveOptions, usage } from "../../agent/cli.ts";
+import { HELPER_BUNDLE_FILE } from "../../agent/exec-helper.ts";
 
 const run = promisify(execFile);
 const root = resolve(import.meta.dirname, "../..");
@@ -62,6 +74,80 @@ describe("agent bundle", () => {
     );
     expect(failure).toMatchObject({ code: 2, stderr: expect.stringContaining("--node") });
   });
+
+  it("has its command helper beside it, built from its source alone: node: imports only", () => {
+    expect(readdirSync(dir).sort()).toEqual(
+      ["cth-agent.mjs", "cth-agent.mjs.map", HELPER_BUNDLE_FILE].sort(),
+    );
+    const helper = readFileSync(join(dir, HELPER_BUNDLE_FILE), "utf8");
+    const imports = [...helper.matchAll(/^import\b[^;]*?from\s*"([^"]+)"/gm)].map((m) => m[1]);
+    expect(imports.sort()).toEqual(["node:child_process", "node:readline"]);
+  });
+
+  it("runs its firewall commands through the built helper beside it, not the TypeScript source", async () => {
+    const work = mkdtempSync(join(tmpdir(), "cth-agent-run-"));
+    try {
+      const bin = join(work, "bin");
+      const keys = join(work, "keys");
+      mkdirSync(bin);
+      mkdirSync(keys, { mode: 0o700 });
+      const record = join(work, "parent");
+      // Whichever firewall command the agent runs first (its start-up probe: unshare), a stand-in records
+      // who started it: the command helper's argv.
+      const script = `#!/bin/sh\ntr '\\0' '\\n' < /proc/$PPID/cmdline > ${record}.tmp && mv ${record}.tmp ${record}\n`;
+      for (const name of ["unshare", "ip", "nft", "iptables-restore", "iptables-save"]) {
+        writeFileSync(join(bin, name), script, { mode: 0o755 });
+      }
+      const { publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+      writeFileSync(join(keys, "k1.pem"), publicKey.export({ type: "spki", format: "pem" }), { mode: 0o600 });
+      const agent = spawn(
+        process.execPath,
+        [
+          join(dir, "cth-agent.mjs"),
+          "--node",
+          "net-1",
+          "--queue-url",
+          "http://127.0.0.1:9/000000000000/cth-test-node-net-1.fifo",
+          "--endpoint",
+          "http://127.0.0.1:9",
+          "--verify-keys",
+          keys,
+          "--state-dir",
+          join(work, "state"),
+          "--metrics-port",
+          "off",
+          "--families",
+          "ipv4",
+        ],
+        {
+          cwd: work,
+          env: { PATH: `${bin}:${process.env.PATH}`, AWS_ACCESS_KEY_ID: "x", AWS_SECRET_ACCESS_KEY: "x" },
+          stdio: ["ignore", "ignore", "pipe"],
+        },
+      );
+      let stderr = "";
+      agent.stderr!.on("data", (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
+      try {
+        const deadline = Date.now() + 20_000;
+        while (!existsSync(record) && Date.now() < deadline && agent.exitCode === null) {
+          await new Promise((done) => setTimeout(done, 50));
+        }
+        expect(existsSync(record), `the agent ran no command through its helper; stderr: ${stderr}`).toBe(
+          true,
+        );
+        expect(readFileSync(record, "utf8").split("\n").filter(Boolean)).toEqual([
+          process.execPath,
+          join(dir, HELPER_BUNDLE_FILE),
+        ]);
+      } finally {
+        agent.kill("SIGKILL");
+      }
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 30_000);
 });
 
 describe("environment file", () => {
@@ -109,6 +195,14 @@ describe("systemd unit", () => {
     expect(unit.get("Restart")).toEqual(["always"]);
     expect(unit.get("StateDirectory")).toEqual(["cth-agent"]);
     expect(unit.get("Environment")).toContain("CTH_AGENT_STATE_DIR=/var/lib/cth-agent");
+  });
+
+  it("the install steps (unit header, README) copy the command helper beside the bundle", () => {
+    const readme = readFileSync(join(root, "README.md"), "utf8");
+    expect(unitText).toContain(`dist/${HELPER_BUNDLE_FILE}`);
+    // The README's install line copies it with the bundle.
+    const install = readme.split("\n").find((line) => line.includes("install -m0644 dist/cth-agent.mjs"));
+    expect(install).toContain(` dist/${HELPER_BUNDLE_FILE} /opt/cth-agent/`);
   });
 
   it("is hardened: only the network and namespace capabilities, no privilege gain, read-only system", () => {

@@ -15,7 +15,8 @@ import type { SQSEvent, SQSRecord } from "aws-lambda";
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { AgentCore } from "../../agent/core.ts";
-import { ExecIptables } from "../../agent/iptables.ts";
+import { ExecIptables } from "../../agent/iptables/port.ts";
+import { ownedHelperIds } from "../../agent/iptables/render.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { QueuePoller } from "../../agent/poller.ts";
 import { StateStore } from "../../agent/state.ts";
@@ -29,8 +30,8 @@ import { SqsStatusSink } from "../../lib/aws/sqs-status-sink.ts";
 import type { Config } from "../../lib/config.ts";
 import type { CommandQueue } from "../../lib/ports.ts";
 import { systemClock } from "../../lib/ports.ts";
-import { ownedHelperIds } from "../../lib/render.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import {
   type Emulators,
   type NodeStatusQueue,
@@ -127,8 +128,7 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
     const agentLogger = pino({ level: "silent" });
     const core = new AgentCore({
       node: HOST,
-      catalog: config.catalog,
-      iptables: new ExecIptables(),
+      backend: iptablesBackend(new ExecIptables(), { catalog: config.catalog }),
       state: await StateStore.load(stateDir, HOST),
       status: new SqsStatusSink(sqs, statusQueue.url),
       metrics,

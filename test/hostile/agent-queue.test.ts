@@ -13,7 +13,8 @@ import * as fc from "fast-check";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AgentCore } from "../../agent/core.ts";
-import { MemoryIptables } from "../../agent/iptables-memory.ts";
+import { MemoryIptables } from "../../agent/iptables/memory.ts";
+import { expectedOwnedLines, ownedLines } from "../../agent/iptables/render.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { QueuePoller } from "../../agent/poller.ts";
 import { StateStore } from "../../agent/state.ts";
@@ -21,9 +22,10 @@ import { loadVerifyKeys } from "../../agent/verify-keys.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
 import type { StatusSink } from "../../lib/ports.ts";
-import { expectedOwnedLines, FAMILIES, ownedLines, planFamily } from "../../lib/render.ts";
+import { FAMILIES, planFamily } from "../../lib/rules.ts";
 import { buildSchemas, type RouterSyncMessage, type StatusMessage } from "../../lib/schemas/index.ts";
 import type { VerifyKeys } from "../../lib/signing.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
@@ -207,8 +209,7 @@ describe("hostile queue messages at the agent boundary (fauxqs + real poller + a
     const logger = pino({ level: "silent" });
     const core = new AgentCore({
       node,
-      catalog,
-      iptables,
+      backend: iptablesBackend(iptables, { catalog }),
       state: await StateStore.load(stateRoot, node),
       status,
       metrics,

@@ -11,7 +11,7 @@ import { makeHandler } from "../../functions/events.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadLimits } from "../../lib/config.ts";
 import { isTombstone, type RouterRecord, type Tombstone } from "../../lib/ports.ts";
-import { FAMILIES, planFamily } from "../../lib/render.ts";
+import { FAMILIES, planFamily } from "../../lib/rules.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
 import { fixedClock, PROJECT_A, PROJECT_B, qrouters, routerRecord } from "../support/factories.ts";

@@ -17,7 +17,7 @@ import { makeHandler } from "../../functions/http.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadLimits } from "../../lib/config.ts";
 import { isTombstone, type RouterRecord, type Tombstone } from "../../lib/ports.ts";
-import { FAMILIES, planFamily } from "../../lib/render.ts";
+import { FAMILIES, planFamily } from "../../lib/rules.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { type Emulators, startEmulators } from "../support/emulators.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent } from "../support/events.ts";

@@ -7,8 +7,9 @@
  */
 import { execFileSync } from "node:child_process";
 import { afterAll, beforeAll, expect, it } from "vitest";
+import { OWNED_CHAIN, renderRestore } from "../../agent/iptables/render.ts";
 import type { Family, HelperCatalog } from "../../lib/catalog.ts";
-import { FAMILIES, OWNED_CHAIN, planFamily, renderRestore } from "../../lib/render.ts";
+import { FAMILIES, planFamily } from "../../lib/rules.ts";
 import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { describeKernel } from "../support/requirements.ts";
 

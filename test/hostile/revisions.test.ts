@@ -17,7 +17,8 @@ import fc from "fast-check";
 import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
 import { AgentCore } from "../../agent/core.ts";
-import { MemoryIptables } from "../../agent/iptables-memory.ts";
+import { MemoryIptables } from "../../agent/iptables/memory.ts";
+import { expectedOwnedLines, ownedLines } from "../../agent/iptables/render.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { StateStore } from "../../agent/state.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
@@ -33,8 +34,9 @@ import {
 } from "../../lib/domain/services.ts";
 import { ServiceUnavailableError } from "../../lib/errors.ts";
 import type { Binding, CommandQueue, RoutersStore, SendOptions } from "../../lib/ports.ts";
-import { expectedOwnedLines, FAMILIES, ownedLines, planFamily } from "../../lib/render.ts";
+import { FAMILIES, planFamily } from "../../lib/rules.ts";
 import type { HelperRule, NamespaceKind, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import { admin, fixedClock, PROJECT_A, qrouters } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
@@ -165,8 +167,7 @@ async function startNode(
   const iptables = new MemoryIptables();
   const core = new AgentCore({
     node: host,
-    catalog,
-    iptables,
+    backend: iptablesBackend(iptables, { catalog }),
     state: await StateStore.load(dir, host),
     status: { send: (message) => onReport(host, message) },
     metrics: new AgentMetrics(),

@@ -9,16 +9,17 @@ import { join } from "node:path";
 import { type MessageAttributeValue, SendMessageCommand } from "@aws-sdk/client-sqs";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { MemoryIptables } from "../../agent/iptables-memory.ts";
+import { MemoryIptables } from "../../agent/iptables/memory.ts";
+import { ownedHelperIds } from "../../agent/iptables/render.ts";
 import { type RunningAgent, startAgent } from "../../agent/main.ts";
 import { loadVerifyKeys } from "../../agent/verify-keys.ts";
 import { SqsStatusSink } from "../../lib/aws/sqs-status-sink.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
 import { helperSetDigest } from "../../lib/digest.ts";
-import { ownedHelperIds } from "../../lib/render.ts";
 import type { HelperRule } from "../../lib/schemas/index.ts";
 import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE } from "../../lib/signing.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
 import { helperRule as helper, routerSync as snapshot } from "../support/factories.ts";
 import { signedAttributes, type TestKey, testKey, verifyKeysDir } from "../support/signing.ts";
@@ -93,7 +94,7 @@ describe("agent poll loop on fauxqs", () => {
       sqs,
       queueUrl: queue.url,
       status: new SqsStatusSink(sqs, status.url),
-      iptables,
+      backend: (metrics) => iptablesBackend(iptables, { metrics }),
       verifyKeys: loadVerifyKeys(keysDir),
       catalog: new HelperCatalog(),
       limits: DEFAULT_LIMITS,
@@ -349,7 +350,7 @@ describe("agent poll loop on fauxqs: slow applies", () => {
       node: "slow",
       sqs: emu.clients().sqs,
       queueUrl: queue.url,
-      iptables,
+      backend: (metrics) => iptablesBackend(iptables, { metrics }),
       verifyKeys: loadVerifyKeys(keysDir),
       catalog: new HelperCatalog(),
       limits: DEFAULT_LIMITS,

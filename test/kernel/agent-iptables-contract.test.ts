@@ -1,5 +1,5 @@
 import { DirectRunner, HelperRunner } from "../../agent/exec-helper.ts";
-import { ExecIptables } from "../../agent/iptables.ts";
+import { ExecIptables } from "../../agent/iptables/port.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { iptablesPortContract } from "./iptables-port-contract.ts";
 

@@ -11,14 +11,15 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { AgentCore } from "../../agent/core.ts";
-import { ExecIptables } from "../../agent/iptables.ts";
+import { ExecIptables } from "../../agent/iptables/port.ts";
+import { probeHelpers } from "../../agent/iptables/probe.ts";
+import { ownedHelperIds, renderRestore } from "../../agent/iptables/render.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
-import { probeHelpers } from "../../agent/probe.ts";
 import { StateStore } from "../../agent/state.ts";
 import type { Family } from "../../lib/catalog.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
-import { ownedHelperIds, renderRestore } from "../../lib/render.ts";
 import type { HelperRule, StatusMessage } from "../../lib/schemas/index.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import { rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 
@@ -64,8 +65,7 @@ describeKernel("a helper the kernel rejects does not take the router's other hel
     const sent: StatusMessage[] = [];
     const core = new AgentCore({
       node: "rejects",
-      catalog,
-      iptables: new KernelWithoutSome(),
+      backend: iptablesBackend(new KernelWithoutSome(), { catalog }),
       state: await StateStore.load(join(stateDir, "a"), "rejects"),
       status: { send: async (message) => void sent.push(message) },
       metrics: new AgentMetrics(),
@@ -94,8 +94,8 @@ describeKernel("a helper the kernel rejects does not take the router's other hel
       expect.objectContaining({ helper_id: snmp.id, code: "helper_unavailable" }),
       expect.objectContaining({ helper_id: sip.id, code: "helper_unavailable" }),
     ]);
-    expect([...core.unavailable.ipv4]).toEqual(["snmp"]);
-    expect([...core.unavailable.ipv6]).toEqual(["sip"]);
+    expect([...core.backend.unavailable.ipv4]).toEqual(["snmp"]);
+    expect([...core.backend.unavailable.ipv6]).toEqual(["sip"]);
   });
 
   it("the start-up probe (throwaway namespace) finds the same helpers missing", async () => {

@@ -9,12 +9,13 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { AgentCore } from "../../agent/core.ts";
-import { ExecIptables } from "../../agent/iptables.ts";
+import { ExecIptables } from "../../agent/iptables/port.ts";
+import { ownedHelperIds } from "../../agent/iptables/render.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { StateStore } from "../../agent/state.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
-import { ownedHelperIds } from "../../lib/render.ts";
 import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import { rawSave, Sandbox } from "../support/netns.ts";
 import { describeKernel } from "../support/requirements.ts";
 
@@ -38,8 +39,7 @@ describeKernel("agent --create-namespaces on the real kernel", () => {
     stateDir = await mkdtemp(join(tmpdir(), "cth-agent-ns-"));
     core = new AgentCore({
       node: "ns",
-      catalog: new HelperCatalog(),
-      iptables,
+      backend: iptablesBackend(iptables, { catalog: new HelperCatalog() }),
       state: await StateStore.load(stateDir, "ns"),
       status: { send: async () => undefined },
       metrics: new AgentMetrics(),

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { DeleteMessageCommand, ReceiveMessageCommand, SQSClient } from "@aws-sdk/client-sqs";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { ownedHelperIds } from "../../lib/render.ts";
+import { ownedHelperIds } from "../../agent/iptables/render.ts";
 import { type RunningStack, startStack } from "../../scripts/local/stack.ts";
 import { EMULATOR_CREDENTIALS } from "../support/emulators.ts";
 import { eventually, inNs, rawSave, Sandbox } from "../support/netns.ts";

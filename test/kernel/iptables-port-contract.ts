@@ -5,9 +5,8 @@
  */
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeEach, expect, it } from "vitest";
-import { type IptablesPort, NamespaceMissingError, RestoreError } from "../../agent/iptables.ts";
-import { HelperCatalog } from "../../lib/catalog.ts";
-import { helperSetDigest } from "../../lib/digest.ts";
+import { NamespaceMissingError } from "../../agent/backend.ts";
+import { type IptablesPort, RestoreError } from "../../agent/iptables/port.ts";
 import {
   expectedOwnedLines,
   helperAtLine,
@@ -16,11 +15,13 @@ import {
   ownedHelperIds,
   ownedLines,
   parseOwnedRules,
-  planFamily,
   readBackDigest,
   renderRestore,
   ruleLine,
-} from "../../lib/render.ts";
+} from "../../agent/iptables/render.ts";
+import { HelperCatalog } from "../../lib/catalog.ts";
+import { helperSetDigest } from "../../lib/digest.ts";
+import { planFamily } from "../../lib/rules.ts";
 import type { HelperRule } from "../../lib/schemas/index.ts";
 
 const catalog = new HelperCatalog();

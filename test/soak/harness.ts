@@ -18,6 +18,7 @@ import {
 } from "@aws-sdk/client-sqs";
 import type { SQSEvent, SQSRecord } from "aws-lambda";
 import { type FauxqsServer, startFauxqs } from "fauxqs";
+import { ownedHelperIds, ownedLines } from "../../agent/iptables/render.ts";
 import { freePort } from "../../bench/stack-child.ts";
 import { makeHandler } from "../../functions/http.ts";
 import { makeHandler as makeReconcileHandler } from "../../functions/reconcile.ts";
@@ -28,7 +29,7 @@ import { DynamoRoutersStore } from "../../lib/aws/routers-store.ts";
 import type { Family } from "../../lib/catalog.ts";
 import { type Config, loadLimits } from "../../lib/config.ts";
 import { systemClock } from "../../lib/ports.ts";
-import { FAMILIES, ownedHelperIds, ownedLines, planFamily } from "../../lib/render.ts";
+import { FAMILIES, planFamily } from "../../lib/rules.ts";
 import { buildSchemas } from "../../lib/schemas/index.ts";
 import {
   EMULATOR_CREDENTIALS,

@@ -1,11 +1,11 @@
 /** Firewall backends for tests: the real backend classes over a given port (in-memory model or exec adapter). */
 import { type Logger, pino } from "pino";
-import { type Family, HelperCatalog } from "../../lib/catalog.ts";
 import { IptablesBackend } from "../../agent/iptables/backend.ts";
 import type { IptablesPort } from "../../agent/iptables/port.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { NftablesBackend } from "../../agent/nftables/backend.ts";
 import type { NftPort } from "../../agent/nftables/port.ts";
+import { type Family, HelperCatalog } from "../../lib/catalog.ts";
 
 export interface BackendOptions {
   readonly catalog?: HelperCatalog;

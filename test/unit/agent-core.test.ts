@@ -4,11 +4,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { AgentCore, ApplyFailedError, coalesce } from "../../agent/core.ts";
-import { RestoreError } from "../../agent/iptables.ts";
-import { MemoryIptables } from "../../agent/iptables-memory.ts";
+import { ApplyFailedError } from "../../agent/backend.ts";
+import { AgentCore, coalesce } from "../../agent/core.ts";
+import { MemoryIptables } from "../../agent/iptables/memory.ts";
+import { RestoreError } from "../../agent/iptables/port.ts";
+import { probeHelpers } from "../../agent/iptables/probe.ts";
+import { expectedOwnedLines, ownedHelperIds, ownedLines, ruleLine } from "../../agent/iptables/render.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
-import { probeHelpers } from "../../agent/probe.ts";
 import { StateStore } from "../../agent/state.ts";
 import type { Family } from "../../lib/catalog.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
@@ -21,8 +23,9 @@ import {
   upsertRouter,
 } from "../../lib/domain/services.ts";
 import type { StatusSink } from "../../lib/ports.ts";
-import { expectedOwnedLines, ownedHelperIds, ownedLines, planFamily, ruleLine } from "../../lib/render.ts";
+import { planFamily } from "../../lib/rules.ts";
 import type { HelperRule, StatusMessage } from "../../lib/schemas/index.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import {
   admin,
   helperRule as helper,
@@ -56,8 +59,7 @@ describe("agent core (in-memory iptables model)", () => {
   const makeCore = (overrides: Partial<ConstructorParameters<typeof AgentCore>[0]> = {}) =>
     new AgentCore({
       node: NODE,
-      catalog,
-      iptables,
+      backend: iptablesBackend(iptables, { catalog, metrics }),
       state,
       status: sink,
       metrics,
@@ -238,7 +240,7 @@ describe("agent core (in-memory iptables model)", () => {
     ]);
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).not.toContain(snmp.id);
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toContain(ftp.id);
-    expect(core.unavailable.ipv4.has("snmp")).toBe(true);
+    expect(core.backend.unavailable.ipv4.has("snmp")).toBe(true);
     expect(sink.sent.at(-1)).toMatchObject({ errors: [expect.objectContaining({ helper_id: snmp.id })] });
   });
 
@@ -272,7 +274,7 @@ describe("agent core (in-memory iptables model)", () => {
     const more = helper("ftp", "tcp", 21);
     const outcome = await core.apply(snapshot(routerId, 2, [ftp, tftp, more]));
     expect(outcome).toMatchObject({ kind: "applied", errors: [] });
-    expect(core.unavailable.ipv4.size).toBe(0);
+    expect(core.backend.unavailable.ipv4.size).toBe(0);
     expect(ownedHelperIds(await iptables.save(ns, "ipv4")).sort()).toEqual(
       [ftp, tftp, more].map((h) => h.id).sort(),
     );
@@ -467,7 +469,7 @@ describe("agent core (in-memory iptables model)", () => {
     const ftp = helper("ftp", "tcp", 21);
     const everything = makeCore();
     await expect(everything.apply(snapshot(routerId, 1, [ftp]))).rejects.toBeInstanceOf(ApplyFailedError);
-    const v4only = makeCore({ families: ["ipv4"] });
+    const v4only = makeCore({ backend: iptablesBackend(iptables, { catalog, metrics, families: ["ipv4"] }) });
     expect(await v4only.apply(snapshot(routerId, 2, [ftp]))).toMatchObject({
       kind: "applied",
       rules: { ipv4: 1, ipv6: 0 },

@@ -1,12 +1,22 @@
 /**
  * The agent's two command runners behave alike: stdout and stderr back, the exit status and stderr of a
- * failure in an ExecError, input on stdin, no shell. The helper also survives its own death.
+ * failure in an ExecError, input on stdin, no shell. The helper also survives its own death, and runs as a
+ * bare node on its TypeScript source here (the bundle's built helper: test/deploy/agent-install.test.ts).
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { readFileSync } from "node:fs";
+import { stripTypeScriptTypes } from "node:module";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
-import { type CommandRunner, DirectRunner, ExecError, HelperRunner } from "../../agent/exec-helper.ts";
+import {
+  type CommandRunner,
+  commandHelperPath,
+  DirectRunner,
+  ExecError,
+  HELPER_BUNDLE_FILE,
+  HelperRunner,
+} from "../../agent/exec-helper.ts";
 import { descendantPids } from "../support/netns.ts";
 
 const alive = (pid: number): boolean => {
@@ -76,6 +86,57 @@ describe.each([
       .run(node, ["-e", "setTimeout(() => {}, 10000)"], undefined, 300)
       .catch((error: unknown) => error);
     expect(failure).toBeInstanceOf(ExecError);
+  });
+
+  it("fails a command whose output passes 64 MiB", async () => {
+    runner = make();
+    const failure = await runner
+      .run(node, ["-e", "process.stdout.write('x'.repeat(64 * 1024 * 1024 + 1))"])
+      .catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(ExecError);
+    expect((failure as ExecError).code).toBe("ERR_CHILD_PROCESS_STDIO_MAXBUFFER");
+  }, 20_000);
+});
+
+describe("command helper program", () => {
+  const source = fileURLToPath(new URL("../../agent/command-helper.ts", import.meta.url));
+
+  it("is the TypeScript source beside a source module, the built file beside a built one", () => {
+    expect(commandHelperPath()).toBe(source);
+    expect(commandHelperPath(new URL("../../agent/exec-helper.ts", import.meta.url).href)).toBe(source);
+    expect(commandHelperPath("file:///opt/cth-agent/cth-agent.mjs")).toBe(
+      `/opt/cth-agent/${HELPER_BUNDLE_FILE}`,
+    );
+  });
+
+  it("runs as a bare node on that file: no execArgv of the agent's (tsx, vitest) and no flag", async () => {
+    const runner = new HelperRunner();
+    await runner.run(node, ["-e", "0"]);
+    const argv = readFileSync(`/proc/${runner.pid}/cmdline`, "utf8").split("\0").filter(Boolean);
+    expect(argv).toEqual([node, source]);
+    runner.close();
+  });
+
+  it("is erasable TypeScript importing only node: built-ins (a type-only import is erased)", () => {
+    const text = readFileSync(source, "utf8");
+    // What node does to it before running it; throws on an enum, a namespace, a parameter property.
+    expect(() => stripTypeScriptTypes(text, { mode: "strip" })).not.toThrow();
+    const specifiers = [...text.matchAll(/^import\s+(type\s+)?[^;]*?from\s+"([^"]+)"/gm)];
+    expect(specifiers.length).toBeGreaterThan(0);
+    for (const [, typeOnly, specifier] of specifiers) {
+      expect(typeOnly !== undefined || specifier!.startsWith("node:"), specifier).toBe(true);
+    }
+  });
+
+  it("a missing helper file fails the command plainly, not as node's exit status", async () => {
+    const runner = new HelperRunner(node, "/nonexistent/cth-agent-helper.mjs");
+    const failure = await runner.run(node, ["-e", "0"]).catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(ExecError);
+    expect((failure as ExecError).code).toBe("EHELPER");
+    expect((failure as ExecError).message).toMatch(
+      /command helper \/nonexistent\/cth-agent-helper\.mjs is missing/,
+    );
+    runner.close();
   });
 });
 

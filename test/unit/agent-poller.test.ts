@@ -15,7 +15,7 @@ import {
 import { pino } from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { AgentCore } from "../../agent/core.ts";
-import { MemoryIptables } from "../../agent/iptables-memory.ts";
+import { MemoryIptables } from "../../agent/iptables/memory.ts";
 import { AgentMetrics } from "../../agent/metrics.ts";
 import { QueuePoller } from "../../agent/poller.ts";
 import { StateStore } from "../../agent/state.ts";
@@ -23,6 +23,7 @@ import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
 import { buildSchemas, type RouterSyncMessage, type StatusMessage } from "../../lib/schemas/index.ts";
 import { publicKeyFromPem } from "../../lib/signing.ts";
+import { iptablesBackend } from "../support/backends.ts";
 import { signedAttributes, testKey } from "../support/signing.ts";
 
 const NODE = "poller-node";
@@ -78,8 +79,7 @@ describe("agent poller: apply outcomes and their messages", () => {
     const logger = pino({ level: "silent" });
     const core = new AgentCore({
       node: NODE,
-      catalog,
-      iptables: new MemoryIptables(),
+      backend: iptablesBackend(new MemoryIptables(), { catalog }),
       state: await StateStore.load(dir, NODE),
       status: { send: async (message) => void reports.push(message) },
       metrics,

@@ -1,8 +1,6 @@
 import { randomUUID } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { HelperCatalog, KERNEL_HELPERS } from "../../lib/catalog.ts";
-import { helperSetDigest } from "../../lib/digest.ts";
 import {
   expectedOwnedLines,
   helperAtLine,
@@ -11,12 +9,13 @@ import {
   ownedHelperIds,
   ownedLines,
   parseOwnedRules,
-  planFamily,
-  RenderError,
   readBackDigest,
   renderRestore,
   ruleLine,
-} from "../../lib/render.ts";
+} from "../../agent/iptables/render.ts";
+import { HelperCatalog, KERNEL_HELPERS } from "../../lib/catalog.ts";
+import { helperSetDigest } from "../../lib/digest.ts";
+import { planFamily, RuleSetError } from "../../lib/rules.ts";
 import type { HelperRule } from "../../lib/schemas/index.ts";
 
 const catalog = new HelperCatalog();
@@ -99,7 +98,7 @@ describe("render: rule text", () => {
       { id: id(1), protocol: "tcp", port: 21, helper: "h323" },
       { id: id(1), protocol: "udp", port: 21, helper: "ftp" },
     ];
-    for (const value of bad) expect(() => planFamily([value], "ipv4", catalog)).toThrow(RenderError);
+    for (const value of bad) expect(() => planFamily([value], "ipv4", catalog)).toThrow(RuleSetError);
     expect(() => planFamily([rule(1, "ftp", "tcp", 21), rule(1, "ftp", "tcp", 22)], "ipv4", catalog)).toThrow(
       /appears twice/,
     );
