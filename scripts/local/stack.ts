@@ -314,7 +314,7 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       const real = options.backend === "nftables" ? "nftables" : "iptables";
       const missing =
         options.backend === "dry-run" ? "CTH_LOCAL_BACKEND=dry-run" : await realBackendMissing(real);
-      if (missing && options.backend !== "auto")
+      if (missing && options.backend !== "auto" && options.backend !== "dry-run")
         throw new Error(`CTH_LOCAL_BACKEND=${options.backend} but ${missing}`);
       backend = missing ? "dry-run" : real;
       const stateDir = `${options.dir}/agent`;
