@@ -5,7 +5,7 @@
  */
 import type { Logger } from "pino";
 import type { Family, HelperCatalog } from "../../lib/catalog.ts";
-import { FAMILIES, type FamilyPlan, planFamily, planErrors, planRules, ruleCounts } from "../../lib/rules.ts";
+import { FAMILIES, type FamilyPlan, planErrors, planFamily, planRules, ruleCounts } from "../../lib/rules.ts";
 import type { HelperRule } from "../../lib/schemas/index.ts";
 import { ApplyFailedError, type FirewallBackend, NamespaceMissingError, type Verified } from "../backend.ts";
 import type { AgentMetrics } from "../metrics.ts";

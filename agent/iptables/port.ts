@@ -4,7 +4,7 @@
  * iptables-restore on stdin, so nothing from a message is ever parsed by a shell.
  */
 import type { Family } from "../../lib/catalog.ts";
-import { assertNamespaceName, type Namespaces, NamespaceMissingError } from "../backend.ts";
+import { assertNamespaceName, NamespaceMissingError, type Namespaces } from "../backend.ts";
 import { ExecError } from "../exec-helper.ts";
 import { ExecNamespaces } from "../namespaces.ts";
 

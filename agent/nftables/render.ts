@@ -241,8 +241,7 @@ function parseExpr(
   const dport = match(parts[0]);
   const payload =
     dport && isObject(dport.left) && isObject(dport.left.payload) ? dport.left.payload : undefined;
-  if (!payload || payload.field !== "dport" || !PROTOCOLS.includes(String(payload.protocol)))
-    return undefined;
+  if (payload?.field !== "dport" || !PROTOCOLS.includes(String(payload.protocol))) return undefined;
   const port = dport?.right;
   if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65_535) return undefined;
   const set = parts[1];
