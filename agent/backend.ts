@@ -54,6 +54,28 @@ export interface FirewallBackend extends Namespaces {
   close(): void;
 }
 
+/** A backend's namespace verbs and close, passed through to the port it writes with. */
+export abstract class OnPort<P extends Namespaces> implements Namespaces {
+  constructor(protected readonly port: P) {}
+
+  namespaceExists(ns: string): Promise<boolean> {
+    return this.port.namespaceExists(ns);
+  }
+
+  createNamespace(ns: string): Promise<void> {
+    return this.port.createNamespace(ns);
+  }
+
+  deleteNamespace(ns: string): Promise<void> {
+    return this.port.deleteNamespace(ns);
+  }
+
+  /** Lets the port's command helper exit (in-memory ports have nothing to close). */
+  close(): void {
+    (this.port as { close?: () => void }).close?.();
+  }
+}
+
 /** The rules could not be made to match the snapshot; the message stays queued for a retry. */
 export class ApplyFailedError extends Error {
   override readonly name = "ApplyFailedError";

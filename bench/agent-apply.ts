@@ -48,16 +48,18 @@ export interface ApplyOptions {
 
 const nullStatus: StatusSink = { send: async () => undefined };
 
-function helpers(n: number): HelperRule[] {
+/** N ftp helpers on consecutive ports from `base`. */
+export function helpers(n: number, base = 1024): HelperRule[] {
   return Array.from({ length: n }, (_, i) => ({
     id: randomUUID(),
     protocol: "tcp" as const,
-    port: 1024 + i,
+    port: base + i,
     helper: "ftp",
   }));
 }
 
-function body(routerId: string, revision: number, list: readonly HelperRule[]): string {
+/** A router-sync message body as the agent receives it. */
+export function body(routerId: string, revision: number, list: readonly HelperRule[]): string {
   return JSON.stringify({
     v: 1,
     kind: "router-sync",
@@ -69,12 +71,15 @@ function body(routerId: string, revision: number, list: readonly HelperRule[]): 
   });
 }
 
-async function floor(sharedDir: string, n: number): Promise<number> {
-  const { stdout } = await run("bash", [join(sharedDir, "restore_floor.sh"), String(n)]);
+/** Seconds one run of a floor script (restore_floor.sh, nft_floor.sh) prints for N helpers. */
+export async function floorSeconds(script: string, n: number): Promise<number> {
+  const { stdout } = await run("bash", [script, String(n)]);
   const match = /seconds=([\d.]+)/.exec(stdout);
-  if (!match) throw new Error(`restore_floor.sh printed no seconds: ${stdout}`);
+  if (!match) throw new Error(`${script} printed no seconds: ${stdout}`);
   return Number(match[1]);
 }
+
+const floor = (sharedDir: string, n: number) => floorSeconds(join(sharedDir, "restore_floor.sh"), n);
 
 async function neutron(sharedDir: string, n: number): Promise<{ seconds: number; v4: number; v6: number }> {
   // Run the script itself: its shebang is the system python3, where python3-neutron lives.

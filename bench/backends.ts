@@ -24,7 +24,8 @@ import { ExecNft } from "../agent/nftables/port.ts";
 import { StateStore } from "../agent/state.ts";
 import { HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
-import { buildSchemas, type HelperRule } from "../lib/schemas/index.ts";
+import { buildSchemas } from "../lib/schemas/index.ts";
+import { body, floorSeconds, helpers } from "./agent-apply.ts";
 import { median, run } from "./stats.ts";
 
 type RealBackend = Exclude<BackendName, "dry-run">;
@@ -58,34 +59,6 @@ export interface BackendBenchOptions {
   readonly sharedDir: string;
   readonly neutron: boolean;
   readonly log: (line: string) => void;
-}
-
-function helpers(n: number, base = 1024): HelperRule[] {
-  return Array.from({ length: n }, (_, i) => ({
-    id: randomUUID(),
-    protocol: "tcp" as const,
-    port: base + i,
-    helper: "ftp",
-  }));
-}
-
-function body(routerId: string, revision: number, list: readonly HelperRule[]): string {
-  return JSON.stringify({
-    v: 1,
-    kind: "router-sync",
-    router_id: routerId,
-    revision,
-    helpers: list,
-    correlation_id: `bench-${revision}`,
-    issued_at: new Date().toISOString(),
-  });
-}
-
-async function floorSeconds(script: string, n: number): Promise<number> {
-  const { stdout } = await run("bash", [script, String(n)]);
-  const match = /seconds=([\d.]+)/.exec(stdout);
-  if (!match) throw new Error(`${script} printed no seconds: ${stdout}`);
-  return Number(match[1]);
 }
 
 /** One command helper per backend for the whole run, as a running agent has one. */

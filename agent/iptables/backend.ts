@@ -7,7 +7,13 @@ import type { Logger } from "pino";
 import type { Family, HelperCatalog } from "../../lib/catalog.ts";
 import { FAMILIES, type FamilyPlan, planErrors, planFamily, planRules, ruleCounts } from "../../lib/rules.ts";
 import type { HelperRule } from "../../lib/schemas/index.ts";
-import { ApplyFailedError, type FirewallBackend, NamespaceMissingError, type Verified } from "../backend.ts";
+import {
+  ApplyFailedError,
+  type FirewallBackend,
+  NamespaceMissingError,
+  OnPort,
+  type Verified,
+} from "../backend.ts";
 import type { AgentMetrics } from "../metrics.ts";
 import { type IptablesPort, RestoreError } from "./port.ts";
 import { probeHelpers } from "./probe.ts";
@@ -39,7 +45,7 @@ interface FamilyResult {
   readonly save: string;
 }
 
-export class IptablesBackend implements FirewallBackend {
+export class IptablesBackend extends OnPort<IptablesPort> implements FirewallBackend {
   readonly name: "iptables" | "dry-run";
   readonly unavailable: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
   private readonly families: readonly Family[];
@@ -47,29 +53,14 @@ export class IptablesBackend implements FirewallBackend {
   private readonly lastSeen = new Map<string, string>();
 
   constructor(private readonly options: IptablesBackendOptions) {
+    super(options.port);
     this.name = options.name ?? "iptables";
     this.families = options.families ?? FAMILIES;
-  }
-
-  namespaceExists(ns: string): Promise<boolean> {
-    return this.options.port.namespaceExists(ns);
-  }
-
-  createNamespace(ns: string): Promise<void> {
-    return this.options.port.createNamespace(ns);
-  }
-
-  deleteNamespace(ns: string): Promise<void> {
-    return this.options.port.deleteNamespace(ns);
   }
 
   async probe(): Promise<void> {
     const lacking = await probeHelpers(this.options.port, this.options.catalog, this.families);
     for (const family of FAMILIES) for (const helper of lacking[family]) this.unavailable[family].add(helper);
-  }
-
-  close(): void {
-    (this.options.port as { close?: () => void }).close?.();
   }
 
   forget(ns: string): void {

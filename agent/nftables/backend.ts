@@ -9,7 +9,13 @@ import type { Logger } from "pino";
 import type { Family, HelperCatalog } from "../../lib/catalog.ts";
 import { FAMILIES, planErrors, planRules, ruleCounts } from "../../lib/rules.ts";
 import type { HelperRule } from "../../lib/schemas/index.ts";
-import { ApplyFailedError, type FirewallBackend, NamespaceMissingError, type Verified } from "../backend.ts";
+import {
+  ApplyFailedError,
+  type FirewallBackend,
+  NamespaceMissingError,
+  OnPort,
+  type Verified,
+} from "../backend.ts";
 import type { AgentMetrics } from "../metrics.ts";
 import { NftError, type NftPort } from "./port.ts";
 import {
@@ -38,7 +44,7 @@ export interface NftablesBackendOptions {
   readonly families?: readonly Family[];
 }
 
-export class NftablesBackend implements FirewallBackend {
+export class NftablesBackend extends OnPort<NftPort> implements FirewallBackend {
   readonly name = "nftables";
   readonly unavailable: Record<Family, Set<string>> = { ipv4: new Set(), ipv6: new Set() };
   private readonly families: readonly Family[];
@@ -46,23 +52,8 @@ export class NftablesBackend implements FirewallBackend {
   private readonly views = new Map<string, TableView>();
 
   constructor(private readonly options: NftablesBackendOptions) {
+    super(options.port);
     this.families = options.families ?? FAMILIES;
-  }
-
-  namespaceExists(ns: string): Promise<boolean> {
-    return this.options.port.namespaceExists(ns);
-  }
-
-  createNamespace(ns: string): Promise<void> {
-    return this.options.port.createNamespace(ns);
-  }
-
-  deleteNamespace(ns: string): Promise<void> {
-    return this.options.port.deleteNamespace(ns);
-  }
-
-  close(): void {
-    (this.options.port as { close?: () => void }).close?.();
   }
 
   forget(ns: string): void {
