@@ -11,8 +11,9 @@ import { SqsStatusSink } from "../lib/aws/sqs-status-sink.ts";
 import { type Family, HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
 import { namespaceKind, primitives } from "../lib/schemas/index.ts";
+import { booleanSetting, choiceSetting, integerSetting } from "../lib/settings.ts";
 import type { VerifyKeys } from "../lib/signing.ts";
-import { assertNamespaceName, BACKEND_NAMES, type BackendName } from "./backend.ts";
+import { assertNamespaceName, BACKEND_NAMES } from "./backend.ts";
 import { backendFactories } from "./backends.ts";
 import { DEFAULT_NAMESPACE_PATTERN, renderNamespace } from "./core.ts";
 import { type RunningAgent, startAgent } from "./main.ts";
@@ -136,6 +137,17 @@ const FLAGS = {
 
 type FlagName = keyof typeof FLAGS;
 
+/** Variables the agent reads besides its flags' own (every one is listed by --help). */
+export const OTHER_VARIABLES: Readonly<Record<string, string>> = {
+  CTH_AWS_ENDPOINT: "SQS endpoint when --endpoint and CTH_AGENT_ENDPOINT are unset (the local stack's)",
+  AWS_REGION: "region when --region and CTH_AGENT_REGION are unset",
+  AWS_DEFAULT_REGION: "region when AWS_REGION is unset too",
+  CTH_MAX_BODY_BYTES: "limit shared with the functions (default 65536)",
+  CTH_MAX_HELPERS_PER_NOTIFICATION: "limit shared with the functions (default 64)",
+  CTH_MAX_HELPERS_PER_ROUTER: "largest snapshot the agent accepts (default 128)",
+  CTH_ALLOWED_HELPERS: "read only to log that the agent ignores it (narrowing is the API's job)",
+};
+
 export function usage(): string {
   const lines = ["Usage: npm run agent -- --node NAME --queue-url URL [options]", ""];
   for (const [name, spec] of Object.entries(FLAGS) as [FlagName, FlagSpec][]) {
@@ -144,6 +156,9 @@ export function usage(): string {
     const def = spec.default !== undefined ? ` (default: ${spec.default})` : "";
     lines.push(`  ${flag.padEnd(30)} ${spec.help}${def}${env}`);
   }
+  lines.push("", "Also read from the environment (AWS credentials come from the SDK's usual chain):");
+  for (const [name, help] of Object.entries(OTHER_VARIABLES)) lines.push(`  ${name.padEnd(30)} ${help}`);
+  lines.push("", "Booleans: 1, true, yes, on / 0, false, no, off; anything else is an error.");
   return lines.join("\n");
 }
 
@@ -165,14 +180,11 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
     return (FLAGS[name] as FlagSpec).default;
   };
+  const label = (name: FlagName) => (FLAGS[name].env ? `--${name} (${FLAGS[name].env})` : `--${name}`);
   const bool = (name: FlagName): boolean =>
-    values[name] === true || ["1", "true", "yes"].includes(env[FLAGS[name].env]?.toLowerCase() ?? "");
-  const num = (name: FlagName, min: number): number => {
-    const raw = str(name);
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < min) throw new Error(`--${name} must be an integer >= ${min}`);
-    return value;
-  };
+    values[name] === true || booleanSetting(env[FLAGS[name].env], label(name), false);
+  const num = (name: FlagName, min: number): number =>
+    integerSetting(str(name), label(name), Number.NaN, min);
   if (values.help === true) return { help: true as const };
 
   const node = str("node");
@@ -198,11 +210,8 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
       );
     }
   }
-  const backend = str("backend");
-  if (!BACKEND_NAMES.includes(backend as BackendName))
-    throw new Error(`--backend must be one of ${BACKEND_NAMES.join(", ")}`);
-  const spawner = str("spawner");
-  if (spawner !== "helper" && spawner !== "direct") throw new Error("--spawner must be helper or direct");
+  const backend = choiceSetting(str("backend"), label("backend"), BACKEND_NAMES, "iptables");
+  const spawner = choiceSetting(str("spawner"), label("spawner"), ["helper", "direct"] as const, "helper");
   const metricsRaw = str("metrics-port");
   const families = [
     ...new Set(
@@ -231,8 +240,8 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     namespacePattern,
     createNamespaces: bool("create-namespaces"),
     families: families as Family[],
-    backend: backend as BackendName,
-    spawner: spawner as "helper" | "direct",
+    backend,
+    spawner,
     probe: !bool("no-probe") && backend !== "dry-run",
     waitSeconds: num("wait-seconds", 0),
     visibilitySeconds: num("visibility-timeout", 2),

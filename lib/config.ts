@@ -3,6 +3,7 @@
  */
 import { basename, extname } from "node:path";
 import { HelperCatalog } from "./catalog.ts";
+import { booleanSetting, type Env, integerSetting, listSetting, raw } from "./settings.ts";
 import { assertKeyId } from "./signing.ts";
 
 export interface Limits {
@@ -80,27 +81,16 @@ export interface EventAccounts {
   readonly notification: AccountList;
 }
 
-type Env = Readonly<Record<string, string | undefined>>;
-
+/** A positive integer variable (see lib/settings.ts). */
 export function positiveInt(env: Env, name: string, fallback: number): number {
-  const raw = env[name];
-  if (raw === undefined || raw === "") return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value <= 0) {
-    throw new Error(`${name} must be a positive integer, got "${raw}"`);
-  }
-  return value;
+  return integerSetting(raw(env, name), name, fallback, 1);
 }
 
+/** A boolean variable: 1/true/yes/on or 0/false/no/off, else an error (see lib/settings.ts). */
 export function flag(env: Env, name: string, fallback: boolean): boolean {
-  const raw = env[name]?.trim().toLowerCase();
-  if (raw === undefined || raw === "") return fallback;
-  if (["1", "true", "on", "yes"].includes(raw)) return true;
-  if (["0", "false", "off", "no"].includes(raw)) return false;
-  throw new Error(`${name} must be true or false, got "${env[name]}"`);
+  return booleanSetting(raw(env, name), name, fallback);
 }
 
-/** A queue-name template with exactly one `{node}` (the host is read back out of it). */
 export function queueNameTemplate(raw: string, name: string): string {
   if (raw.split("{node}").length !== 2 || !/^[A-Za-z0-9_{}-]+$/.test(raw)) {
     throw new Error(`${name} must be a queue name with exactly one {node}, got "${raw}"`);
@@ -142,11 +132,7 @@ export function loadLimits(env: Env = process.env): Limits {
 }
 
 export function loadCatalog(env: Env = process.env): HelperCatalog {
-  const allowed = (env.CTH_ALLOWED_HELPERS ?? "")
-    .split(",")
-    .map((name) => name.trim())
-    .filter((name) => name.length > 0);
-  return new HelperCatalog(allowed);
+  return new HelperCatalog(listSetting(env.CTH_ALLOWED_HELPERS));
 }
 
 export function loadSigningKeySource(env: Env = process.env): SigningKeySource | undefined {
@@ -168,10 +154,7 @@ export function loadSigningKeySource(env: Env = process.env): SigningKeySource |
 
 /** CTH_NODES: comma-separated node names, each a valid host; unset or empty: any host (local stack). */
 export function loadNodes(env: Env = process.env): ReadonlySet<string> | undefined {
-  const names = (env.CTH_NODES ?? "")
-    .split(",")
-    .map((name) => name.trim())
-    .filter((name) => name.length > 0);
+  const names = listSetting(env.CTH_NODES);
   if (names.length === 0) return undefined;
   const bad = names.find((name) => name.length > FIELD_LIMITS.host || !HOST_ALPHABET.test(name));
   if (bad !== undefined) {

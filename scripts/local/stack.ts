@@ -5,6 +5,7 @@
  * per node status queue, the reconciler on a short period, and one agent for node `local` as a child process.
  * Snapshots are signed with a key pair made fresh at every start; the agent trusts only its public half.
  */
+
 import { randomBytes, randomUUID } from "node:crypto";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
@@ -24,6 +25,7 @@ import {
   type RoutersStore,
 } from "../../lib/ports.ts";
 import { lazyHandler } from "../../lib/production.ts";
+import { booleanSetting, choiceSetting, integerSetting, raw } from "../../lib/settings.ts";
 import {
   type Emulators,
   type NodeStatusQueue,
@@ -59,17 +61,14 @@ export interface StackOptions {
 }
 
 export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => void): StackOptions {
-  const int = (name: string, fallback: number, min: number) => {
-    const raw = env[name];
-    if (raw === undefined || raw === "") return fallback;
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < min) throw new Error(`${name} must be an integer >= ${min}`);
-    return value;
-  };
-  const backend = env.CTH_LOCAL_BACKEND || "auto";
-  if (backend !== "auto" && backend !== "iptables" && backend !== "nftables" && backend !== "dry-run") {
-    throw new Error("CTH_LOCAL_BACKEND must be auto, iptables, nftables or dry-run");
-  }
+  const int = (name: string, fallback: number, min: number) =>
+    integerSetting(raw(env, name), name, fallback, min);
+  const backend = choiceSetting(
+    raw(env, "CTH_LOCAL_BACKEND"),
+    "CTH_LOCAL_BACKEND",
+    ["auto", "iptables", "nftables", "dry-run"] as const,
+    "auto",
+  );
   const demoRouterId = env.CTH_LOCAL_DEMO_ROUTER || DEFAULT_DEMO_ROUTER;
   if (!NAMESPACE.test(`qrouter-${demoRouterId}`))
     throw new Error("CTH_LOCAL_DEMO_ROUTER must be a lowercase UUID");
@@ -78,7 +77,7 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => 
     dir: localDir(env),
     reconcileSeconds: int("CTH_LOCAL_RECONCILE_SECONDS", 10, 1),
     backend,
-    agent: env.CTH_LOCAL_AGENT !== "0",
+    agent: booleanSetting(raw(env, "CTH_LOCAL_AGENT"), "CTH_LOCAL_AGENT", true),
     metricsPort: env.CTH_LOCAL_METRICS_PORT || "9469",
     demoRouterId,
     dataDir: env.CTH_LOCAL_DATA_DIR ? resolve(env.CTH_LOCAL_DATA_DIR) : undefined,

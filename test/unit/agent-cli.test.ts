@@ -1,5 +1,7 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { resolveOptions, usage } from "../../agent/cli.ts";
+import { OTHER_VARIABLES, resolveOptions, usage } from "../../agent/cli.ts";
+import { loadLimits } from "../../lib/config.ts";
 
 const required = [
   "--node",
@@ -140,7 +142,7 @@ describe("agent CLI options", () => {
       /unsafe/,
     );
     expect(() => resolveOptions([...required, "--spawner", "sh"], {})).toThrow(
-      /--spawner must be helper or direct/,
+      /--spawner \(CTH_AGENT_SPAWNER\) must be one of helper, direct/,
     );
     expect(() => resolveOptions([...required, "--families", "ipv4,arp"], {})).toThrow(/families/);
     expect(() => resolveOptions([...required, "--drift-interval", "0"], {})).toThrow(/drift-interval/);
@@ -149,5 +151,41 @@ describe("agent CLI options", () => {
       resolveOptions(["--node", "bad name", "--queue-url", "u", "--verify-keys", "k"], {}),
     ).toThrow(/letters, digits/);
     expect(() => resolveOptions([...required, "--unknown"], {})).toThrow();
+  });
+
+  it("reads a boolean variable the one way every component does: a typo is an error, `on` is true", () => {
+    expect(resolveOptions(required, { CTH_AGENT_CREATE_NAMESPACES: "on" })).toMatchObject({
+      createNamespaces: true,
+    });
+    expect(resolveOptions(required, { CTH_AGENT_NO_PROBE: "off" })).toMatchObject({ probe: true });
+    expect(() => resolveOptions(required, { CTH_AGENT_CREATE_NAMESPACES: "maybe" })).toThrow(
+      /--create-namespaces \(CTH_AGENT_CREATE_NAMESPACES\) must be one of 1, true, yes, on, 0, false, no, off, got "maybe"/,
+    );
+  });
+
+  it("takes --backend nftables", () => {
+    expect(resolveOptions([...required, "--backend", "nftables"], {})).toMatchObject({
+      backend: "nftables",
+      probe: true,
+    });
+  });
+
+  it("--help names every environment variable the agent reads", () => {
+    const read = new Set<string>();
+    const recording = new Proxy({} as NodeJS.ProcessEnv, {
+      get: (_, name) => {
+        if (typeof name === "string") read.add(name);
+        return undefined;
+      },
+    });
+    resolveOptions(required, recording);
+    loadLimits(recording);
+    // What main() reads from process.env directly, found in the source so that a new read cannot hide.
+    const source = readFileSync(new URL("../../agent/cli.ts", import.meta.url), "utf8");
+    for (const match of source.matchAll(/process\.env\.([A-Z_]+)/g)) read.add(match[1]!);
+    const text = usage();
+    expect(read.size).toBeGreaterThan(20);
+    for (const name of read) expect(text, name).toContain(name);
+    for (const name of Object.keys(OTHER_VARIABLES)) expect(text).toContain(name);
   });
 });

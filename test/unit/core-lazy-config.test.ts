@@ -18,6 +18,6 @@ describe("function modules", () => {
       handler: (event: unknown, context: unknown) => Promise<unknown>;
     };
     expect(typeof module.handler).toBe("function");
-    await expect(module.handler({}, {})).rejects.toThrow("CTH_MAX_BODY_BYTES must be a positive integer");
+    await expect(module.handler({}, {})).rejects.toThrow("CTH_MAX_BODY_BYTES must be an integer >= 1");
   });
 });
