@@ -6,15 +6,22 @@
  * a spawn blocks the forking process's event loop for about 3 ms from the agent against under 1 ms from a
  * bare node, and an apply is four spawns. The helper forks instead, off the agent's event loop.
  *
- * The helper is plain JavaScript passed to `node -e` (no file to install beside the bundle). It reads one JSON
- * request per line ({id, file, args, input, timeoutMs}) and answers one JSON line per request; argv arrays
- * through execFile only, never a shell, exactly as the direct runner. It ignores SIGTERM and SIGINT, and runs
- * each command in a process group of its own (a stop signal to the agent's group must not cut the apply the
- * agent is finishing). It exits when its stdin closes: after close() once its commands are done and their
- * replies written, and at once, killing its commands, when the agent died.
+ * The helper is its own program, command-helper.ts, importing only node's built-ins: in development node
+ * runs that TypeScript source, and the bundle has it built beside itself as cth-agent-helper.mjs
+ * (commandHelperPath). It reads one JSON request per line ({id, file, args, input, timeoutMs}, or the
+ * farewell {bye: true}) and answers one JSON line per request; argv arrays through execFile only, never a
+ * shell, exactly as the direct runner. It ignores SIGTERM, SIGINT and SIGHUP (a stop signal to the agent's
+ * group must not cut the apply the agent is finishing); its commands stay in the agent's process group
+ * (execFile does not pass `detached` on), so under systemd, KillMode=mixed is what keeps the stop signal from
+ * them. It exits when its stdin closes: after close() once its commands are done and their replies written,
+ * and at once, killing its commands, when the agent died.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+// Type-only, so erased: a value import would run the helper's program inside the agent.
+import type { HelperFarewell, HelperReply, HelperRequest } from "./command-helper.ts";
 
 export interface ExecResult {
   readonly stdout: string;
@@ -26,7 +33,8 @@ export class ExecError extends Error {
   override readonly name = "ExecError";
   constructor(
     message: string,
-    readonly code: number | string | undefined,
+    /** The exit status, an error code (ENOENT, EHELPER...), or null for a command killed by a signal. */
+    readonly code: number | string | null | undefined,
     readonly stderr: string,
   ) {
     super(message);
@@ -39,7 +47,22 @@ export interface CommandRunner {
   close(): void;
 }
 
+/** The most output a command may write to stdout or stderr; command-helper.ts has the same limit. */
 const MAX_BUFFER = 64 * 1024 * 1024;
+
+/** The built helper's file name: scripts/build-agent.ts writes it beside the agent bundle. */
+export const HELPER_BUNDLE_FILE = "cth-agent-helper.mjs";
+
+/**
+ * The helper program for the agent module at `moduleUrl` (this one's by default). TypeScript source (tsx,
+ * vitest, `npm run agent`) runs the helper's source beside it, agent/command-helper.ts; a built module (the
+ * bundle, whatever its name) runs the built helper beside it, cth-agent-helper.mjs. Decided by the module's
+ * own kind, not by which file happens to exist, so a stale build can never stand in for the source.
+ */
+export function commandHelperPath(moduleUrl: string = import.meta.url): string {
+  const source = new URL(moduleUrl).pathname.endsWith(".ts");
+  return fileURLToPath(new URL(source ? "./command-helper.ts" : `./${HELPER_BUNDLE_FILE}`, moduleUrl));
+}
 
 /** Spawns each command from this process. */
 export class DirectRunner implements CommandRunner {
@@ -66,48 +89,6 @@ export class DirectRunner implements CommandRunner {
   close(): void {}
 }
 
-/** The helper's whole program. Kept to what a bare node has: child_process and readline. */
-const HELPER_SOURCE = `
-const { execFile } = require("node:child_process");
-const { createInterface } = require("node:readline");
-const running = new Set();
-let farewell = false;
-// Signals are the agent's to handle: a stop signal to the whole group must not cut the apply it finishes.
-for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"]) process.on(signal, () => undefined);
-// The agent died with replies still to come: nobody reads them any more.
-process.stdout.on("error", () => process.exit(0));
-createInterface({ input: process.stdin }).on("line", (line) => {
-  let request;
-  try { request = JSON.parse(line); } catch { return; }
-  if (request.bye === true) { farewell = true; return; }
-  // Its own process group, so a terminal's Ctrl-C to the agent's group does not reach the command either.
-  const child = execFile(request.file, request.args, { encoding: "utf8", maxBuffer: ${MAX_BUFFER},
-    timeout: request.timeoutMs, killSignal: "SIGKILL", detached: true }, (error, stdout, stderr) => {
-    running.delete(child);
-    process.stdout.write(JSON.stringify(error
-      ? { id: request.id, ok: false, code: error.code, message: error.message, stdout, stderr }
-      : { id: request.id, ok: true, stdout, stderr }) + "\\n");
-  });
-  running.add(child);
-  child.stdin.on("error", () => undefined);
-  if (typeof request.input === "string") child.stdin.end(request.input);
-}).on("close", () => {
-  // No farewell: the agent died. Its commands die with it, as they would have as its own children.
-  if (!farewell) for (const child of running) child.kill("SIGKILL");
-  // With stdin closed and the last reply written, nothing is left to keep this process: it exits by itself,
-  // after its stdout has drained (an explicit exit could cut a large reply short).
-});
-`;
-
-interface Reply {
-  readonly id: number;
-  readonly ok: boolean;
-  readonly code?: number | string;
-  readonly message?: string;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
 interface Waiter {
   readonly label: string;
   resolve(result: ExecResult): void;
@@ -124,7 +105,11 @@ export class HelperRunner implements CommandRunner {
   private readonly waiting = new Map<number, Waiter>();
   private closed = false;
 
-  constructor(private readonly nodeBinary: string = process.execPath) {}
+  constructor(
+    private readonly nodeBinary: string = process.execPath,
+    /** The helper's program (a file node runs as is): by default the one beside this module. */
+    private readonly program: string = commandHelperPath(),
+  ) {}
 
   /** The helper's PID, once started (tests). */
   get pid(): number | undefined {
@@ -133,13 +118,20 @@ export class HelperRunner implements CommandRunner {
 
   run(file: string, args: readonly string[], input?: string, timeoutMs = 60_000): Promise<ExecResult> {
     if (this.closed) return Promise.reject(new ExecError("command runner closed", "ECLOSED", ""));
+    const label = `${file} ${args.join(" ")}`;
+    if (!this.child && !existsSync(this.program)) {
+      // Said plainly, rather than as node's "Cannot find module" and an exit status.
+      return Promise.reject(
+        new ExecError(`${label}: command helper ${this.program} is missing`, "EHELPER", ""),
+      );
+    }
     const child = this.helper();
     const id = this.nextId++;
-    const label = `${file} ${args.join(" ")}`;
+    const request: HelperRequest = { id, file, args, input, timeoutMs };
     return new Promise((resolve, reject) => {
       this.waiting.set(id, { label, resolve, reject });
       if (this.waiting.size === 1) this.hold(child, true);
-      child.stdin?.write(`${JSON.stringify({ id, file, args, input, timeoutMs })}\n`);
+      child.stdin?.write(`${JSON.stringify(request)}\n`);
     });
   }
 
@@ -161,14 +153,16 @@ export class HelperRunner implements CommandRunner {
   close(): void {
     this.closed = true;
     // A farewell, then EOF: the helper finishes what it runs, then exits by itself.
-    this.child?.stdin?.end(`${JSON.stringify({ bye: true })}\n`);
+    const farewell: HelperFarewell = { bye: true };
+    this.child?.stdin?.end(`${JSON.stringify(farewell)}\n`);
     this.child = undefined;
   }
 
   private helper(): ChildProcess {
     if (this.child) return this.child;
-    // No inherited execArgv (tsx, inspector): a bare node, as small as it gets.
-    const child = spawn(this.nodeBinary, ["-e", HELPER_SOURCE], {
+    // No inherited execArgv (tsx, inspector): a bare node, as small as it gets. Node 22 runs the .ts source
+    // with no flag (type stripping is on by default and silent since 22.18).
+    const child = spawn(this.nodeBinary, [this.program], {
       stdio: ["pipe", "pipe", "inherit"],
       env: process.env,
     });
@@ -190,9 +184,9 @@ export class HelperRunner implements CommandRunner {
   }
 
   private settle(line: string): void {
-    let reply: Reply;
+    let reply: HelperReply;
     try {
-      reply = JSON.parse(line) as Reply;
+      reply = JSON.parse(line) as HelperReply;
     } catch {
       return;
     }
