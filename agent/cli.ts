@@ -11,7 +11,14 @@ import { SqsStatusSink } from "../lib/aws/sqs-status-sink.ts";
 import { type Family, HelperCatalog } from "../lib/catalog.ts";
 import { loadLimits } from "../lib/config.ts";
 import { namespaceKind, primitives } from "../lib/schemas/index.ts";
-import { booleanSetting, choiceSetting, integerSetting } from "../lib/settings.ts";
+import {
+  booleanSetting,
+  choiceSetting,
+  integerSetting,
+  portSetting,
+  raw,
+  settingLabel,
+} from "../lib/settings.ts";
 import type { VerifyKeys } from "../lib/signing.ts";
 import { assertNamespaceName, BACKEND_NAMES } from "./backend.ts";
 import { backendFactories } from "./backends.ts";
@@ -173,16 +180,16 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     strict: true,
     allowPositionals: false,
   });
-  const str = (name: FlagName): string | undefined => {
+  /** The flag's value, else its variable's (empty is unset), else its default. */
+  const given = (name: FlagName): string | undefined => {
     const value = values[name];
     if (typeof value === "string") return value;
-    const fromEnv = FLAGS[name].env ? env[FLAGS[name].env] : undefined;
-    if (fromEnv !== undefined && fromEnv !== "") return fromEnv;
-    return (FLAGS[name] as FlagSpec).default;
+    return FLAGS[name].env ? raw(env, FLAGS[name].env) : undefined;
   };
-  const label = (name: FlagName) => (FLAGS[name].env ? `--${name} (${FLAGS[name].env})` : `--${name}`);
+  const str = (name: FlagName): string | undefined => given(name) ?? (FLAGS[name] as FlagSpec).default;
+  const label = (name: FlagName) => settingLabel(name, FLAGS[name].env);
   const bool = (name: FlagName): boolean =>
-    values[name] === true || booleanSetting(env[FLAGS[name].env], label(name), false);
+    values[name] === true || booleanSetting(raw(env, FLAGS[name].env), label(name), false);
   const num = (name: FlagName, min: number): number =>
     integerSetting(str(name), label(name), Number.NaN, min);
   if (values.help === true) return { help: true as const };
@@ -212,7 +219,6 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
   }
   const backend = choiceSetting(str("backend"), label("backend"), BACKEND_NAMES, "iptables");
   const spawner = choiceSetting(str("spawner"), label("spawner"), ["helper", "direct"] as const, "helper");
-  const metricsRaw = str("metrics-port");
   const families = [
     ...new Set(
       str("families")!
@@ -230,12 +236,10 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     verifyKeysDir,
     statusQueueUrl: str("status-queue-url"),
     dlqUrl: str("dlq-url"),
-    endpoint: str("endpoint") ?? (env.CTH_AWS_ENDPOINT || undefined),
-    region:
-      (typeof values.region === "string" ? values.region : undefined) ??
-      (env.CTH_AGENT_REGION || env.AWS_REGION || env.AWS_DEFAULT_REGION || "us-east-1"),
+    endpoint: str("endpoint") ?? raw(env, "CTH_AWS_ENDPOINT"),
+    region: given("region") ?? raw(env, "AWS_REGION") ?? raw(env, "AWS_DEFAULT_REGION") ?? "us-east-1",
     stateDir: str("state-dir")!,
-    metricsPort: metricsRaw === "off" ? undefined : num("metrics-port", 0),
+    metricsPort: portSetting(str("metrics-port"), label("metrics-port"), undefined),
     driftIntervalSeconds: num("drift-interval", 1),
     namespacePattern,
     createNamespaces: bool("create-namespaces"),

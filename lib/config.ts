@@ -91,22 +91,23 @@ export function flag(env: Env, name: string, fallback: boolean): boolean {
   return booleanSetting(raw(env, name), name, fallback);
 }
 
-export function queueNameTemplate(raw: string, name: string): string {
-  if (raw.split("{node}").length !== 2 || !/^[A-Za-z0-9_{}-]+$/.test(raw)) {
-    throw new Error(`${name} must be a queue name with exactly one {node}, got "${raw}"`);
+/** A queue-name template with exactly one `{node}` (the host is read back out of it). */
+export function queueNameTemplate(value: string, name: string): string {
+  if (value.split("{node}").length !== 2 || !/^[A-Za-z0-9_{}-]+$/.test(value)) {
+    throw new Error(`${name} must be a queue name with exactly one {node}, got "${value}"`);
   }
-  return raw;
+  return value;
 }
 
 /** Comma-separated 12-digit accounts; `none` for nobody; unset or empty: "own". */
 export function accountList(env: Env, name: string): AccountList {
-  const raw = env[name]?.trim();
-  if (raw === undefined || raw === "") return "own";
-  if (raw === "none") return new Set();
-  const accounts = raw.split(",").map((item) => item.trim());
+  const value = raw(env, name)?.trim();
+  if (value === undefined || value === "") return "own";
+  if (value === "none") return new Set();
+  const accounts = value.split(",").map((item) => item.trim());
   for (const account of accounts) {
     if (!/^\d{12}$/.test(account)) {
-      throw new Error(`${name} must be comma-separated 12-digit accounts or "none", got "${raw}"`);
+      throw new Error(`${name} must be comma-separated 12-digit accounts or "none", got "${value}"`);
     }
   }
   return new Set(accounts);
@@ -132,18 +133,18 @@ export function loadLimits(env: Env = process.env): Limits {
 }
 
 export function loadCatalog(env: Env = process.env): HelperCatalog {
-  return new HelperCatalog(listSetting(env.CTH_ALLOWED_HELPERS));
+  return new HelperCatalog(listSetting(raw(env, "CTH_ALLOWED_HELPERS")));
 }
 
 export function loadSigningKeySource(env: Env = process.env): SigningKeySource | undefined {
-  const parameterName = env.CTH_SIGNING_KEY_PARAMETER || undefined;
-  const path = env.CTH_SIGNING_KEY_FILE || undefined;
+  const parameterName = raw(env, "CTH_SIGNING_KEY_PARAMETER");
+  const path = raw(env, "CTH_SIGNING_KEY_FILE");
   if (parameterName && path) {
     throw new Error("set only one of CTH_SIGNING_KEY_PARAMETER and CTH_SIGNING_KEY_FILE");
   }
   if (parameterName) return { kind: "ssm", parameterName };
   if (!path) return undefined;
-  const keyId = env.CTH_SIGNING_KEY_ID || basename(path, extname(path));
+  const keyId = raw(env, "CTH_SIGNING_KEY_ID") ?? basename(path, extname(path));
   try {
     assertKeyId(keyId);
   } catch (error) {
@@ -154,7 +155,7 @@ export function loadSigningKeySource(env: Env = process.env): SigningKeySource |
 
 /** CTH_NODES: comma-separated node names, each a valid host; unset or empty: any host (local stack). */
 export function loadNodes(env: Env = process.env): ReadonlySet<string> | undefined {
-  const names = listSetting(env.CTH_NODES);
+  const names = listSetting(raw(env, "CTH_NODES"));
   if (names.length === 0) return undefined;
   const bad = names.find((name) => name.length > FIELD_LIMITS.host || !HOST_ALPHABET.test(name));
   if (bad !== undefined) {
@@ -167,22 +168,23 @@ export function loadConfig(env: Env = process.env): Config {
   return {
     limits: loadLimits(env),
     catalog: loadCatalog(env),
-    region: env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? "us-east-1",
-    awsEndpoint: env.CTH_AWS_ENDPOINT || undefined,
-    routersTable: env.CTH_ROUTERS_TABLE ?? "cth-routers",
+    // Absent and empty are the same for every variable, as in the agent (lib/settings.ts).
+    region: raw(env, "AWS_REGION") ?? raw(env, "AWS_DEFAULT_REGION") ?? "us-east-1",
+    awsEndpoint: raw(env, "CTH_AWS_ENDPOINT"),
+    routersTable: raw(env, "CTH_ROUTERS_TABLE") ?? "cth-routers",
     routerTransactions: flag(env, "CTH_ROUTERS_TRANSACTIONS", true),
-    idempotencyTable: env.CTH_IDEMPOTENCY_TABLE ?? "cth-idempotency",
+    idempotencyTable: raw(env, "CTH_IDEMPOTENCY_TABLE") ?? "cth-idempotency",
     nodeQueueUrlTemplate:
-      env.CTH_NODE_QUEUE_URL_TEMPLATE ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
+      raw(env, "CTH_NODE_QUEUE_URL_TEMPLATE") ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",
     nodes: loadNodes(env),
     statusQueueNameTemplate: queueNameTemplate(
-      env.CTH_STATUS_QUEUE_NAME_TEMPLATE ?? "cth-node-{node}-status",
+      raw(env, "CTH_STATUS_QUEUE_NAME_TEMPLATE") ?? "cth-node-{node}-status",
       "CTH_STATUS_QUEUE_NAME_TEMPLATE",
     ),
-    eventsParkQueueUrl: env.CTH_EVENTS_PARK_QUEUE_URL || undefined,
+    eventsParkQueueUrl: raw(env, "CTH_EVENTS_PARK_QUEUE_URL"),
     eventAccounts: loadEventAccounts(env),
     reconcileStaleSeconds: positiveInt(env, "CTH_RECONCILE_STALE_SECONDS", 900),
-    logLevel: env.LOG_LEVEL ?? "info",
+    logLevel: raw(env, "LOG_LEVEL") ?? "info",
     signingKey: loadSigningKeySource(env),
   };
 }

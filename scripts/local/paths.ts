@@ -1,11 +1,12 @@
 /** Where the local stack keeps its files: `.local/` in the repository, or CTH_LOCAL_DIR (tests isolate runs). */
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { raw } from "../../lib/settings.ts";
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
 export function localDir(env: NodeJS.ProcessEnv = process.env): string {
-  return resolve(env.CTH_LOCAL_DIR || resolve(REPO_ROOT, ".local"));
+  return resolve(raw(env, "CTH_LOCAL_DIR") ?? resolve(REPO_ROOT, ".local"));
 }
 
 /** The running stack's coordinates (written when ready, removed on stop): read by `npm run emit`. */

@@ -25,7 +25,7 @@ import {
   type RoutersStore,
 } from "../../lib/ports.ts";
 import { lazyHandler } from "../../lib/production.ts";
-import { booleanSetting, choiceSetting, integerSetting, raw } from "../../lib/settings.ts";
+import { booleanSetting, choiceSetting, integerSetting, portSetting, raw } from "../../lib/settings.ts";
 import {
   type Emulators,
   type NodeStatusQueue,
@@ -61,26 +61,33 @@ export interface StackOptions {
 }
 
 export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => void): StackOptions {
-  const int = (name: string, fallback: number, min: number) =>
-    integerSetting(raw(env, name), name, fallback, min);
   const backend = choiceSetting(
     raw(env, "CTH_LOCAL_BACKEND"),
     "CTH_LOCAL_BACKEND",
     ["auto", "iptables", "nftables", "dry-run"] as const,
     "auto",
   );
-  const demoRouterId = env.CTH_LOCAL_DEMO_ROUTER || DEFAULT_DEMO_ROUTER;
+  const demoRouterId = raw(env, "CTH_LOCAL_DEMO_ROUTER") ?? DEFAULT_DEMO_ROUTER;
+  const dataDir = raw(env, "CTH_LOCAL_DATA_DIR");
   if (!NAMESPACE.test(`qrouter-${demoRouterId}`))
     throw new Error("CTH_LOCAL_DEMO_ROUTER must be a lowercase UUID");
   return {
-    port: int("PORT", 3000, 0),
+    port: integerSetting(raw(env, "PORT"), "PORT", 3000, 0, 65_535),
     dir: localDir(env),
-    reconcileSeconds: int("CTH_LOCAL_RECONCILE_SECONDS", 10, 1),
+    reconcileSeconds: integerSetting(
+      raw(env, "CTH_LOCAL_RECONCILE_SECONDS"),
+      "CTH_LOCAL_RECONCILE_SECONDS",
+      10,
+      1,
+    ),
     backend,
     agent: booleanSetting(raw(env, "CTH_LOCAL_AGENT"), "CTH_LOCAL_AGENT", true),
-    metricsPort: env.CTH_LOCAL_METRICS_PORT || "9469",
+    // Read as the agent reads --metrics-port, so a typo fails here, naming the stack's variable.
+    metricsPort: String(
+      portSetting(raw(env, "CTH_LOCAL_METRICS_PORT"), "CTH_LOCAL_METRICS_PORT", 9469) ?? "off",
+    ),
     demoRouterId,
-    dataDir: env.CTH_LOCAL_DATA_DIR ? resolve(env.CTH_LOCAL_DATA_DIR) : undefined,
+    dataDir: dataDir === undefined ? undefined : resolve(dataDir),
     print,
   };
 }

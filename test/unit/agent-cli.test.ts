@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { OTHER_VARIABLES, resolveOptions, usage } from "../../agent/cli.ts";
-import { loadLimits } from "../../lib/config.ts";
+import { flag, loadConfig, loadLimits } from "../../lib/config.ts";
 
 const required = [
   "--node",
@@ -161,6 +161,45 @@ describe("agent CLI options", () => {
     expect(() => resolveOptions(required, { CTH_AGENT_CREATE_NAMESPACES: "maybe" })).toThrow(
       /--create-namespaces \(CTH_AGENT_CREATE_NAMESPACES\) must be one of 1, true, yes, on, 0, false, no, off, got "maybe"/,
     );
+  });
+
+  it("reads a boolean word as the functions read it", () => {
+    for (const word of ["1", "true", "YES", "on", "0", "False", "no", "OFF"]) {
+      expect(resolveOptions(required, { CTH_AGENT_CREATE_NAMESPACES: word }).createNamespaces, word).toBe(
+        flag({ X: word }, "X", false),
+      );
+    }
+  });
+
+  it("reads ports, integers and choices with the flag and variable in every error", () => {
+    expect(() => resolveOptions([...required, "--metrics-port", "70000"], {})).toThrow(
+      /^--metrics-port \(CTH_AGENT_METRICS_PORT\) must be a port from 0 to 65535 or "off", got "70000"$/,
+    );
+    expect(resolveOptions(required, { CTH_AGENT_METRICS_PORT: "OFF" })).toMatchObject({
+      metricsPort: undefined,
+    });
+    expect(() => resolveOptions(required, { CTH_AGENT_WAIT_SECONDS: "-1" })).toThrow(
+      /^--wait-seconds \(CTH_AGENT_WAIT_SECONDS\) must be an integer >= 0, got "-1"$/,
+    );
+    expect(() => resolveOptions(required, { CTH_AGENT_BACKEND: "nft" })).toThrow(
+      /^--backend \(CTH_AGENT_BACKEND\) must be one of iptables, nftables, dry-run, got "nft"$/,
+    );
+  });
+
+  it("an empty variable is an unset one, as in the functions", () => {
+    const env = {
+      CTH_AGENT_REGION: "",
+      AWS_REGION: "",
+      AWS_DEFAULT_REGION: "eu-north-1",
+      CTH_AWS_ENDPOINT: "",
+    };
+    expect(resolveOptions(required, env)).toMatchObject({ region: "eu-north-1", endpoint: undefined });
+    expect(loadConfig(env)).toMatchObject({ region: "eu-north-1", awsEndpoint: undefined });
+    expect(resolveOptions(required, { CTH_AGENT_METRICS_PORT: "", LOG_LEVEL: "" })).toMatchObject({
+      metricsPort: 9469,
+      logLevel: "info",
+    });
+    expect(loadConfig({ LOG_LEVEL: "" }).logLevel).toBe("info");
   });
 
   it("takes --backend nftables", () => {
