@@ -164,7 +164,8 @@ export function usage(): string {
     lines.push(`  ${flag.padEnd(30)} ${spec.help}${def}${env}`);
   }
   lines.push("", "Also read from the environment (AWS credentials come from the SDK's usual chain):");
-  for (const [name, help] of Object.entries(OTHER_VARIABLES)) lines.push(`  ${name.padEnd(30)} ${help}`);
+  const width = Math.max(30, ...Object.keys(OTHER_VARIABLES).map((name) => name.length));
+  for (const [name, help] of Object.entries(OTHER_VARIABLES)) lines.push(`  ${name.padEnd(width)} ${help}`);
   lines.push("", "Booleans: 1, true, yes, on / 0, false, no, off; anything else is an error.");
   return lines.join("\n");
 }
