@@ -598,8 +598,8 @@ describe("agent core (in-memory iptables model)", () => {
       expect(await holds(ns)).toEqual({ ipv4: [], ipv6: [] });
       expect(iptables.restores.get(ns)).toBe(restoresBefore);
       // Without the save's timestamp lines, which tick with the clock.
-      const untimed = (save: string) => save.split("\n").filter((line) => !line.startsWith("#"));
-      expect(untimed(await iptables.save(ns, "ipv4"))).toEqual(untimed(neutron));
+      const withoutTimes = (save: string) => save.split("\n").filter((line) => !line.startsWith("#"));
+      expect(withoutTimes(await iptables.save(ns, "ipv4"))).toEqual(withoutTimes(neutron));
       expect(state.get(routerId)).toMatchObject({ revision: 1, namespace: snat, kind: "snat" });
     });
 
