@@ -124,7 +124,10 @@ export class NftablesBackend extends OnPort<NftPort> implements FirewallBackend 
       } catch (error) {
         if (!(error instanceof NftError)) throw error;
         this.views.delete(ns);
-        const helper = helperAtLine(text, error.stderr);
+        // Only a transaction that built the table proves a missing module: an edit against a table that went
+        // away behind our back fails on its first `add ct helper` line too. That is a surprise: rewrite first.
+        const built = edit.kind !== "write" || !edit.base.exists;
+        const helper = built ? helperAtLine(text, error.stderr) : undefined;
         if (helper && !this.lacks(helper)) {
           this.markUnavailable(helper);
           this.options.logger.warn({ helper, stderr: error.stderr.trim() }, "kernel lacks helper");

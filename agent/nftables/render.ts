@@ -300,6 +300,10 @@ export function readView(
     if (!ours(body)) continue;
     if (kind === "table") {
       exists = true;
+      // Flags (dormant unhooks every chain) or anything else we never write: the table is not ours as-is.
+      if (Object.keys(body).some((key) => !["family", "name", "handle"].includes(key))) {
+        foreign.push(JSON.stringify(entry));
+      }
       continue;
     }
     if (kind === "chain") {

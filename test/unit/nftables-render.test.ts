@@ -119,6 +119,14 @@ describe("reading back", () => {
     expect(viewDigest(view, ["ipv4", "ipv6"], catalog)).not.toBe(helperSetDigest([]));
   });
 
+  it("a dormant table (every chain unhooked) is not ours as-is: its digest is no helper set's", () => {
+    const dormant = { table: { ...table.table, flags: "dormant" } };
+    const view = readView(listing(dormant, ftpObject, chain, ftpRule()), catalog);
+    expect(view.wellFormed).toBe(false);
+    expect(viewMatches(view, spec([ftp]))).toBe(false);
+    expect(viewDigest(view, ["ipv4", "ipv6"], catalog)).not.toBe(helperSetDigest([ftp]));
+  });
+
   it("a foreign chain in our table is not ours: the next write replaces the table whole", () => {
     const extra = { chain: { ...chain.chain, name: "output", handle: 9, hook: "output" } };
     const view = readView(listing(table, ftpObject, chain, extra, ftpRule()), catalog);
