@@ -44,7 +44,11 @@ export class ExecNft extends ExecNamespaces implements NftPort {
   private files = 0;
 
   private async withFile<T>(text: string, use: (path: string) => Promise<T>): Promise<T> {
-    this.dir ??= mkdtemp(join(tmpdir(), "cth-nft-"));
+    // A failed mkdtemp (a full /tmp) is not kept: the next apply tries again.
+    this.dir ??= mkdtemp(join(tmpdir(), "cth-nft-")).catch((error: unknown) => {
+      this.dir = undefined;
+      throw error;
+    });
     const path = join(await this.dir, `${process.pid}-${++this.files}.nft`);
     await writeFile(path, text, { mode: 0o600 });
     try {
@@ -54,42 +58,28 @@ export class ExecNft extends ExecNamespaces implements NftPort {
     }
   }
 
-  private enter(ns: string): string[] {
+  /** `nft ARGS` inside `ns`; a failure is NamespaceMissingError when `ns` is gone, else NftError. */
+  private async nft(ns: string, args: readonly string[]): Promise<string> {
     assertNamespaceName(ns);
-    return [`--net=${this.netnsDir}/${ns}`, "nft"];
+    try {
+      const nsenter = [`--net=${this.netnsDir}/${ns}`, "nft", ...args];
+      return (await this.runner.run("nsenter", nsenter, undefined, this.timeoutMs)).stdout;
+    } catch (error) {
+      if (!(await this.namespaceExists(ns))) throw new NamespaceMissingError(ns);
+      throw new NftError(stderrOf(error));
+    }
   }
 
-  async apply(ns: string, text: string): Promise<string> {
-    return this.withFile(text, async (path) => {
-      try {
-        const { stdout } = await this.runner.run(
-          "nsenter",
-          [...this.enter(ns), "--echo", "--handle", "-j", "-f", path],
-          undefined,
-          this.timeoutMs,
-        );
-        return stdout;
-      } catch (error) {
-        if (!(await this.namespaceExists(ns))) throw new NamespaceMissingError(ns);
-        throw new NftError(stderrOf(error));
-      }
-    });
+  apply(ns: string, text: string): Promise<string> {
+    return this.withFile(text, (path) => this.nft(ns, ["--echo", "--handle", "-j", "-f", path]));
   }
 
   async list(ns: string): Promise<string | undefined> {
     try {
-      const { stdout } = await this.runner.run(
-        "nsenter",
-        [...this.enter(ns), "-j", "list", "table", "inet", TABLE],
-        undefined,
-        this.timeoutMs,
-      );
-      return stdout;
+      return await this.nft(ns, ["-j", "list", "table", "inet", TABLE]);
     } catch (error) {
-      if (!(await this.namespaceExists(ns))) throw new NamespaceMissingError(ns);
-      const stderr = stderrOf(error);
-      if (/No such file or directory/.test(stderr)) return undefined;
-      throw new NftError(stderr);
+      if (error instanceof NftError && /No such file or directory/.test(error.stderr)) return undefined;
+      throw error;
     }
   }
 
