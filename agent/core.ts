@@ -107,7 +107,7 @@ export class AgentCore {
   /** Tail of each router's queue of transactions (see exclusive). */
   private readonly locks = new Map<string, Promise<unknown>>();
   private drifting = false;
-  /** Namespaces the former backends have been cleared from in this process (see checkDrift). */
+  /** Namespaces every former backend has been cleared from in this process (see checkDrift). */
   private readonly released = new Set<string>();
 
   constructor(private readonly options: AgentCoreOptions) {
@@ -164,7 +164,10 @@ export class AgentCore {
       if (!this.kinds.includes(kind)) return this.refuse(snapshot, kind);
       // What a host holds is named by revision and namespace kind together: the same revision for the other
       // kind (a router deleted and registered again on this host as snat, both empty at one revision) moves.
-      if (last && snapshot.revision === last.revision && kindOrDefault(last.kind) === kind) {
+      // And by the backend that wrote it: after a switch of --backend the same revision is written anew (the
+      // former backend's rules are released once the new ones are verified), not re-reported from nothing.
+      const same = last && kindOrDefault(last.kind) === kind && writerOf(last) === this.options.backend.name;
+      if (last && same && snapshot.revision === last.revision) {
         this.options.metrics.messages.inc({ outcome: "duplicate" });
         await this.report(snapshot.router_id, last);
         return { kind: "duplicate", appliedRevision: last.revision };
@@ -318,8 +321,12 @@ export class AgentCore {
     }
   }
 
-  /** Removes from `ns` what the former backend `writer` owns there (a switch of `--backend`). */
-  private async releaseFormer(routerId: string, ns: string, writer: BackendName): Promise<void> {
+  /**
+   * Removes from `ns` what the former backend `writer` owns there (a switch of `--backend`). False when that
+   * failed: the drift check tries again on its next pass.
+   */
+  private async releaseFormer(routerId: string, ns: string, writer: BackendName): Promise<boolean> {
+    let released = true;
     for (const former of this.options.formerBackends ?? []) {
       if (former.name !== writer) continue;
       const about = { router_id: routerId, namespace: ns, former_backend: writer };
@@ -328,8 +335,10 @@ export class AgentCore {
       } catch (error) {
         // Not this backend's failure (the former one's tool may not even be installed): the apply stands.
         this.options.logger.warn({ ...about, err: error }, "could not remove the former backend's rules");
+        released = false;
       }
     }
+    return released;
   }
 
   private missing(routerId: string, revision: number, ns: string): ApplyOutcome {
@@ -418,10 +427,12 @@ export class AgentCore {
           try {
             if (!(await backend.namespaceExists(last.namespace))) return;
             if (!this.released.has(last.namespace) && writerOf(last) === backend.name) {
-              this.released.add(last.namespace);
+              let all = true;
               for (const former of this.options.formerBackends ?? []) {
-                await this.releaseFormer(routerId, last.namespace, former.name);
+                all = (await this.releaseFormer(routerId, last.namespace, former.name)) && all;
               }
+              // Marked only once every former backend let go: a failed release is retried next pass.
+              if (all) this.released.add(last.namespace);
             }
             if (writerOf(last) === backend.name && (await backend.holds(last.namespace, last.helpers)))
               return;
