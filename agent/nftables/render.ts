@@ -256,9 +256,10 @@ function parseExpr(
 }
 
 /**
- * Builds the view of our table from nft JSON. `base` is what was known before the transaction whose echo
- * this is (ABSENT for a listing or for a transaction that created the table); `deleted` the rule handles and
- * object names it deleted. A `delete table` in the echo starts from nothing again.
+ * Builds the view of our table from nft JSON: a listing, or the `--echo` of a transaction. nft echoes what a
+ * transaction added and nothing it deleted, so an echo is read on top of `base`, what was known before it
+ * (ABSENT for a listing and for a transaction that built the table), less the rule handles and object
+ * names the transaction deleted.
  */
 export function readView(
   text: string,
@@ -269,44 +270,23 @@ export function readView(
   let exists = base.exists;
   let chainOk = base.exists && base.wellFormed;
   const objects = new Map(base.objects);
-  let raw: { handle: number; comment: unknown; expr: unknown }[] = base.rules.map((rule) => ({
-    handle: rule.handle,
-    comment: `${COMMENT_PREFIX}${rule.id}`,
-    expr: undefined,
-  }));
-  const kept = new Map(base.rules.map((rule) => [rule.handle, rule]));
-  for (const handle of deleted.rules ?? []) kept.delete(handle);
-  raw = raw.filter((rule) => kept.has(rule.handle));
   for (const name of deleted.objects ?? []) objects.delete(name);
   const foreign = [...base.foreign];
+  const added: { handle: number; comment: unknown; expr: unknown }[] = [];
   for (const entry of entries(text)) {
     const verb = Object.keys(entry)[0] ?? "";
     const inner = entry[verb];
-    const wrapped = ["add", "create", "insert", "delete"].includes(verb) && isObject(inner);
+    const wrapped = ["add", "create", "insert"].includes(verb) && isObject(inner);
     const kind = wrapped ? (Object.keys(inner as Json)[0] ?? "") : verb;
     const body = wrapped ? (inner as Json)[kind] : inner;
-    if (!isObject(body) || kind === "metainfo") continue;
-    if (verb === "delete") {
-      if (kind === "table" && ours(body)) {
-        exists = false;
-        chainOk = false;
-        objects.clear();
-        raw = [];
-        kept.clear();
-        foreign.length = 0;
-      }
-      continue;
-    }
-    if (!ours(body)) continue;
+    if (!isObject(body) || kind === "metainfo" || !ours(body)) continue;
     if (kind === "table") {
       exists = true;
       // Flags (dormant unhooks every chain) or anything else we never write: the table is not ours as-is.
       if (Object.keys(body).some((key) => !["family", "name", "handle"].includes(key))) {
         foreign.push(JSON.stringify(entry));
       }
-      continue;
-    }
-    if (kind === "chain") {
+    } else if (kind === "chain") {
       const ok =
         body.name === CHAIN &&
         body.type === "filter" &&
@@ -316,9 +296,7 @@ export function readView(
         !chainOk;
       if (ok) chainOk = true;
       else foreign.push(JSON.stringify(entry));
-      continue;
-    }
-    if (kind === "ct helper") {
+    } else if (kind === "ct helper") {
       const { name, type, protocol, l3proto, handle } = body;
       if (typeof name === "string" && typeof type === "string" && typeof handle === "number") {
         objects.set(name, {
@@ -329,35 +307,23 @@ export function readView(
           handle,
         });
       } else foreign.push(JSON.stringify(entry));
-      continue;
-    }
-    if (kind === "rule" && body.chain === CHAIN && typeof body.handle === "number") {
-      raw.push({ handle: body.handle, comment: body.comment, expr: body.expr });
-      continue;
-    }
-    foreign.push(JSON.stringify(entry));
+    } else if (kind === "rule" && body.chain === CHAIN && typeof body.handle === "number") {
+      added.push({ handle: body.handle, comment: body.comment, expr: body.expr });
+    } else foreign.push(JSON.stringify(entry));
   }
-  const rules: ViewRule[] = [];
+  if (!exists) return ABSENT;
   let wellFormed = chainOk && foreign.length === 0;
-  const ids = new Set<string>();
-  const ports = new Set<string>();
-  for (const entry of raw) {
-    const known = entry.expr === undefined ? kept.get(entry.handle) : undefined;
-    if (known) {
-      rules.push(known);
-      ids.add(known.id);
-      for (const family of known.only ? [known.only] : FAMILIES)
-        ports.add(`${family} ${known.protocol}/${known.port}`);
-      continue;
-    }
+  // What was known stays as it was read (and judged) then; only the added rules are parsed.
+  const rules: ViewRule[] = base.rules.filter((rule) => !deleted.rules?.has(rule.handle));
+  const ids = new Set(rules.map((rule) => rule.id));
+  const ports = new Set(rules.flatMap(familyPorts));
+  for (const entry of added) {
     const id = typeof entry.comment === "string" ? ID_RE.exec(entry.comment)?.[1] : undefined;
     const parsed = parseExpr(entry.expr);
     const object = parsed ? objects.get(parsed.object) : undefined;
     if (!id || !parsed || !object) {
       wellFormed = false;
-      foreign.push(
-        JSON.stringify({ rule: { handle: entry.handle, comment: entry.comment, expr: entry.expr } }),
-      );
+      foreign.push(JSON.stringify({ rule: entry }));
       continue;
     }
     const rule: ViewRule = {
@@ -371,26 +337,23 @@ export function readView(
     const expected = catalog.spec(object.type)
       ? helperObject(object.type, parsed.protocol, catalog)
       : undefined;
-    if (
-      !expected ||
-      expected.name !== object.name ||
-      object.protocol !== parsed.protocol ||
-      object.l3proto !== expected.l3proto ||
-      ids.has(id)
-    ) {
-      wellFormed = false;
-    }
-    for (const family of parsed.only ? [parsed.only] : FAMILIES) {
-      const key = `${family} ${parsed.protocol}/${parsed.port}`;
-      if (ports.has(key)) wellFormed = false;
-      ports.add(key);
-    }
+    const objectOk =
+      expected?.name === object.name &&
+      object.protocol === parsed.protocol &&
+      object.l3proto === expected.l3proto;
+    // A second rule for an id, or on a family's (protocol, port), is not what the renderer writes.
+    const clash = ids.has(id) || familyPorts(rule).some((key) => ports.has(key));
+    if (!objectOk || clash) wellFormed = false;
     ids.add(id);
+    for (const key of familyPorts(rule)) ports.add(key);
     rules.push(rule);
   }
-  if (!exists) return ABSENT;
   return { exists, wellFormed, objects, rules, foreign };
 }
+
+/** The (family, protocol, port) slots a rule takes. */
+const familyPorts = (rule: NftRule): string[] =>
+  (rule.only ? [rule.only] : FAMILIES).map((family) => `${family} ${rule.protocol}/${rule.port}`);
 
 /** Whether the view is exactly what `spec` renders (nothing to write). */
 export function viewMatches(view: TableView, spec: TableSpec): boolean {
