@@ -1,0 +1,71 @@
+/**
+ * Response bodies of the HTTP API, as zod schemas: the OpenAPI document, the typed client (CLI) and the
+ * tests read these; the handlers' outputs are checked against them in the tests.
+ */
+import * as z from "zod/mini";
+import { binding } from "./index.ts";
+import { host, port, projectId, protocol, revision, uuid } from "./primitives.ts";
+
+export const errorBody = z.strictObject({
+  error: z.strictObject({
+    code: z.string(),
+    message: z.string(),
+    details: z.optional(z.array(z.strictObject({ path: z.string(), message: z.string() }))),
+  }),
+});
+
+export const submitResult = z.strictObject({
+  routers: z.array(z.strictObject({ router_id: uuid, revision })),
+});
+
+export const appliedError = z.strictObject({
+  helper_id: z.optional(uuid),
+  code: z.string(),
+  message: z.string(),
+});
+
+export const helperView = z.strictObject({ id: uuid, protocol, port, helper: z.string() });
+
+/** GET /v1/routers/{router_id}/conntrack-helpers */
+export const routerState = z.strictObject({
+  router_id: uuid,
+  host: z.optional(host),
+  revision,
+  applied_revision: revision,
+  in_sync: z.boolean(),
+  helpers: z.array(helperView),
+  applied_errors: z.array(appliedError),
+  applied_at: z.optional(z.string()),
+  replicas: z.array(
+    z.strictObject({
+      host: z.optional(host),
+      namespace: binding.shape.namespace,
+      applied_revision: revision,
+      in_sync: z.boolean(),
+      applied_at: z.optional(z.string()),
+      applied_errors: z.array(appliedError),
+    }),
+  ),
+  draining: z.array(z.strictObject({ host: z.optional(host), revision })),
+});
+
+/** A router as PUT answers it and GET /v1/routers{,/{router_id}} list it. */
+export const routerView = z.strictObject({
+  router_id: uuid,
+  project_id: projectId,
+  host,
+  bindings: z.array(binding),
+  revision,
+  in_sync: z.optional(z.boolean()),
+});
+
+export const routerList = z.strictObject({
+  routers: z.array(routerView),
+  next_cursor: z.nullable(z.string()),
+});
+
+export type ErrorBody = z.infer<typeof errorBody>;
+export type SubmitResultBody = z.infer<typeof submitResult>;
+export type RouterStateBody = z.infer<typeof routerState>;
+export type RouterViewBody = z.infer<typeof routerView>;
+export type RouterListBody = z.infer<typeof routerList>;
