@@ -58,6 +58,9 @@ class LeanStore implements RoutersStore {
   async listByHost() {
     return [];
   }
+  async listPage() {
+    return { records: [] };
+  }
   async *listAll() {}
 }
 

@@ -103,6 +103,30 @@ export interface ReplicaReport {
   readonly status: ReplicaStatus;
 }
 
+/**
+ * One page of GET /v1/routers. Filters combine (AND). Pages hold live routers only, ordered by router id
+ * within what the store reads (stable across pages).
+ */
+export interface RouterListQuery {
+  /** Only this project's routers. */
+  readonly projectId?: string | undefined;
+  /** Only routers bound to this host. */
+  readonly host?: string | undefined;
+  /** Only routers in the sparse out-of-sync index: what it costs follows how many are out of sync. */
+  readonly outOfSyncOnly: boolean;
+  /** 1..100: at most this many records in the page. */
+  readonly limit: number;
+  /** Opaque store position from a previous page's `next`; a malformed one is a BadRequestError. */
+  readonly after?: string | undefined;
+}
+
+export interface RouterPage {
+  /** May hold fewer than `limit` records (even none) while `next` is set. */
+  readonly records: RouterRecord[];
+  /** undefined: the end. */
+  readonly next?: string | undefined;
+}
+
 export interface RoutersStore {
   /** Strongly consistent read. */
   get(routerId: string): Promise<RouterRecord | undefined>;
@@ -141,6 +165,8 @@ export interface RoutersStore {
    * that (live router or tombstone). Returns false when there was no such entry.
    */
   confirmDrained(routerId: string, host: string, revision: number): Promise<boolean>;
+  /** One page of live routers (read consistently, so each matches the filters as returned). */
+  listPage(query: RouterListQuery): Promise<RouterPage>;
   /** Every live router bound to a host (read consistently, so each is bound to it as returned). */
   listByHost(host: string): Promise<RouterRecord[]>;
   /** Every live router and every tombstone still draining (reconciler); adapters page through the table. */

@@ -17,7 +17,7 @@ import {
   UpdateCommand,
   type UpdateCommandInput,
 } from "@aws-sdk/lib-dynamodb";
-import { RevisionConflictError, ServiceUnavailableError } from "../errors.ts";
+import { BadRequestError, RevisionConflictError, ServiceUnavailableError } from "../errors.ts";
 import type {
   Binding,
   Draining,
@@ -25,6 +25,8 @@ import type {
   ReplicaContent,
   ReplicaReport,
   ReplicaStatus,
+  RouterListQuery,
+  RouterPage,
   RouterRecord,
   RoutersStore,
   RouterWrite,
@@ -32,7 +34,14 @@ import type {
 } from "../ports.ts";
 import { bindingOf } from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
-import { BINDING_SLOTS, bindingSlotAttribute, bindingSlotIndex } from "./tables.ts";
+import {
+  BINDING_SLOTS,
+  bindingSlotAttribute,
+  bindingSlotIndex,
+  OUT_OF_SYNC_ATTRIBUTE,
+  ROUTERS_BY_PROJECT_INDEX,
+  ROUTERS_OUT_OF_SYNC_INDEX,
+} from "./tables.ts";
 
 interface ReplicaItem {
   revision: number;
@@ -182,6 +191,50 @@ function guard<T>(pending: Promise<T>): Promise<T> {
     throw transient(error);
   });
 }
+
+/**
+ * A page position: which read (`s`: the binding slot of a host listing) and DynamoDB's LastEvaluatedKey there
+ * (`k`, absent: that read's start). Encoded as base64url JSON; the HTTP layer seals it against tampering.
+ */
+interface Position {
+  readonly s: number;
+  readonly k?: Record<string, string> | undefined;
+}
+
+const encodePosition = (position: Position): string =>
+  Buffer.from(JSON.stringify(position)).toString("base64url");
+
+/** The key attributes of a LastEvaluatedKey in each read (table, or an index: its keys and the table's). */
+function positionKeys(query: RouterListQuery): string[] {
+  if (query.outOfSyncOnly) return ["router_id", OUT_OF_SYNC_ATTRIBUTE];
+  if (query.projectId !== undefined) return ["project_id", "router_id"];
+  return ["router_id"];
+}
+
+function decodePosition(query: RouterListQuery, after: string): Position {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(Buffer.from(after, "base64url").toString("utf8"));
+  } catch {
+    throw new BadRequestError("invalid cursor");
+  }
+  const { s, k } = (typeof parsed === "object" && parsed !== null ? parsed : {}) as Record<string, unknown>;
+  const slots = query.host !== undefined && !query.outOfSyncOnly && query.projectId === undefined;
+  const validSlot = Number.isInteger(s) && (s as number) >= 0 && (s as number) < (slots ? BINDING_SLOTS : 1);
+  // A slot index's key is its host attribute and the table's key.
+  const expected = slots ? [bindingSlotAttribute(Number(s)), "router_id"] : positionKeys(query);
+  const validKey =
+    k === undefined ||
+    (typeof k === "object" &&
+      k !== null &&
+      Object.keys(k).length === expected.length &&
+      expected.every((name) => typeof (k as Record<string, unknown>)[name] === "string"));
+  if (!validSlot || !validKey) throw new BadRequestError("invalid cursor");
+  return { s: s as number, k: k as Record<string, string> | undefined };
+}
+
+/** Reads one listPage call may make before it answers with what it has (and a `next`). */
+const READS_PER_PAGE = BINDING_SLOTS + 2;
 
 /** DynamoDB's BatchGetItem limit. */
 const BATCH_GET_LIMIT = 100;
@@ -507,6 +560,101 @@ export class DynamoRoutersStore implements RoutersStore {
     );
     const fresh = await this.getMany([...ids]);
     return [...fresh.values()].filter((record) => bindingOf(record, host));
+  }
+
+  /**
+   * The most selective read the filters allow (out-of-sync index, project index, a host's binding-slot
+   * indexes one after the other, or the table), each page re-read consistently and held to every filter.
+   */
+  async listPage(query: RouterListQuery): Promise<RouterPage> {
+    let position: Position | undefined =
+      query.after === undefined ? { s: 0 } : decodePosition(query, query.after);
+    const records: RouterRecord[] = [];
+    for (let reads = 0; position && records.length < query.limit && reads < READS_PER_PAGE; reads++) {
+      const { ids, next } = await this.readIds(query, position, query.limit - records.length);
+      const fresh = await this.getMany(ids);
+      for (const id of ids) {
+        const record = fresh.get(id);
+        if (record && this.matches(record, query, position.s)) records.push(record);
+      }
+      position = next;
+    }
+    return position ? { records, next: encodePosition(position) } : { records };
+  }
+
+  private matches(record: RouterRecord, query: RouterListQuery, slot: number): boolean {
+    if (query.projectId !== undefined && record.projectId !== query.projectId) return false;
+    if (query.host !== undefined) {
+      const at = record.bindings.findIndex((binding) => binding.host === query.host);
+      if (at < 0) return false;
+      // Paging a host's slot indexes one by one: list a router under the slot that holds the host now.
+      if (!query.outOfSyncOnly && query.projectId === undefined && at !== slot) return false;
+    }
+    return true;
+  }
+
+  /** One read of ids from where `position` points, and the position after it (undefined: the end). */
+  private async readIds(
+    query: RouterListQuery,
+    position: Position,
+    limit: number,
+  ): Promise<{ ids: string[]; next: Position | undefined }> {
+    const common = { TableName: this.tableName, ExclusiveStartKey: position.k, Limit: limit };
+    let page: { Items?: Record<string, unknown>[] | undefined; LastEvaluatedKey?: Record<string, unknown> };
+    let lastSlot = true;
+    if (query.outOfSyncOnly) {
+      page = await guard(
+        this.client.send(
+          query.projectId === undefined
+            ? new ScanCommand({ ...common, IndexName: ROUTERS_OUT_OF_SYNC_INDEX })
+            : new QueryCommand({
+                ...common,
+                IndexName: ROUTERS_OUT_OF_SYNC_INDEX,
+                KeyConditionExpression: "#flag = :project",
+                ExpressionAttributeNames: { "#flag": OUT_OF_SYNC_ATTRIBUTE },
+                ExpressionAttributeValues: { ":project": query.projectId },
+              }),
+        ),
+      );
+    } else if (query.projectId !== undefined) {
+      page = await guard(
+        this.client.send(
+          new QueryCommand({
+            ...common,
+            IndexName: ROUTERS_BY_PROJECT_INDEX,
+            KeyConditionExpression: "project_id = :project",
+            ExpressionAttributeValues: { ":project": query.projectId },
+          }),
+        ),
+      );
+    } else if (query.host !== undefined) {
+      lastSlot = position.s === BINDING_SLOTS - 1;
+      try {
+        page = await guard(
+          this.client.send(
+            new QueryCommand({
+              ...common,
+              IndexName: bindingSlotIndex(position.s),
+              KeyConditionExpression: "#host = :host",
+              ExpressionAttributeNames: { "#host": bindingSlotAttribute(position.s) },
+              ExpressionAttributeValues: { ":host": query.host },
+              ProjectionExpression: "router_id",
+            }),
+          ),
+        );
+      } catch (error) {
+        // As in listByHost: a slot index not created yet holds nothing to list.
+        if (position.s === 0 || !isMissingIndex(error)) throw error;
+        page = {};
+      }
+    } else {
+      // Keys only: tombstones are dropped by the consistent re-read.
+      page = await guard(this.client.send(new ScanCommand({ ...common, ProjectionExpression: "router_id" })));
+    }
+    const ids = (page.Items ?? []).map((item) => String(item.router_id));
+    const key = page.LastEvaluatedKey as Record<string, string> | undefined;
+    if (key) return { ids, next: { s: position.s, k: key } };
+    return { ids, next: lastSlot ? undefined : { s: position.s + 1 } };
   }
 
   async *listAll(): AsyncIterable<RouterRecord | Tombstone> {

@@ -3,12 +3,14 @@
  * runs one shared spec against these and against the DynamoDB/SQS adapters on the emulators, so the fakes
  * cannot drift from the real adapters.
  */
-import { RevisionConflictError, ServiceUnavailableError } from "../../lib/errors.ts";
+import { BadRequestError, RevisionConflictError, ServiceUnavailableError } from "../../lib/errors.ts";
 import type {
   CommandQueue,
   Draining,
   DrainingChange,
   ReplicaReport,
+  RouterListQuery,
+  RouterPage,
   RouterRecord,
   RoutersStore,
   SendOptions,
@@ -19,10 +21,23 @@ import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
 
 const clone = <T>(value: T): T => structuredClone(value);
 
+/** The fake's page position: the last router id of the previous page, as base64url JSON. */
+function memoryPosition(after: string): string {
+  try {
+    const { r } = JSON.parse(Buffer.from(after, "base64url").toString("utf8")) as { r?: unknown };
+    if (typeof r === "string" && r.length > 0) return r;
+  } catch {
+    // Not JSON: the same error as any other malformed position.
+  }
+  throw new BadRequestError("invalid cursor");
+}
+
 export class MemoryRoutersStore implements RoutersStore {
   private readonly rows = new Map<string, RouterRecord>();
   /** Deleted routers: what their tombstone keeps. */
   private readonly tombstones = new Map<string, Tombstone>();
+  /** The sparse out-of-sync index: ids of routers (and tombstones) flagged as not in sync. */
+  private readonly outOfSync = new Set<string>();
   /** Counts successful writes (puts, deletes, status updates): "nothing was written" assertions use it. */
   writes = 0;
   readonly putAll: RoutersStore["putAll"];
@@ -90,6 +105,8 @@ export class MemoryRoutersStore implements RoutersStore {
       : next.replicas;
     this.rows.set(next.routerId, clone({ ...next, replicas, draining }));
     this.tombstones.delete(next.routerId);
+    // A new revision is never confirmed yet.
+    this.outOfSync.add(next.routerId);
     this.writes++;
   }
 
@@ -139,6 +156,24 @@ export class MemoryRoutersStore implements RoutersStore {
 
   async listByHost(host: string): Promise<RouterRecord[]> {
     return [...this.rows.values()].filter((row) => bindingOf(row, host)).map(clone);
+  }
+
+  async listPage(query: RouterListQuery): Promise<RouterPage> {
+    const after = query.after === undefined ? undefined : memoryPosition(query.after);
+    const matching = [...this.rows.values()]
+      .filter(
+        (row) =>
+          (after === undefined || row.routerId > after) &&
+          (query.projectId === undefined || row.projectId === query.projectId) &&
+          (query.host === undefined || bindingOf(row, query.host)) &&
+          (!query.outOfSyncOnly || this.outOfSync.has(row.routerId)),
+      )
+      .sort((a, b) => (a.routerId < b.routerId ? -1 : 1));
+    const records = matching.slice(0, query.limit).map(clone);
+    const last = records.at(-1);
+    return matching.length > query.limit && last
+      ? { records, next: Buffer.from(JSON.stringify({ r: last.routerId })).toString("base64url") }
+      : { records };
   }
 
   async *listAll(): AsyncIterable<RouterRecord | Tombstone> {
