@@ -7,6 +7,7 @@
  * nothing; a valid event that fails for a transient reason throws, so EventBridge retries and then DLQs it.
  */
 
+import { EventBridgeSchema } from "@aws-lambda-powertools/parser/schemas/eventbridge";
 import middy, { type MiddlewareObj } from "@middy/core";
 import type { Context } from "aws-lambda";
 import * as z from "zod/mini";
@@ -14,17 +15,17 @@ import { type ParkSink, sqsParkSink } from "../lib/aws/park-sink.ts";
 import { type AccountList, type Config, type EventAccounts, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import { type DomainDeps, deleteRouter, submitNotification, upsertRouter } from "../lib/domain/services.ts";
-import { ForbiddenError, isAppError, NotFoundError } from "../lib/errors.ts";
+import { ForbiddenError, isAppError, NotFoundError, ValidationError } from "../lib/errors.ts";
 import { correlationIdFrom } from "../lib/http/api-event.ts";
 import type { AppLogger } from "../lib/http/middlewares.ts";
-import { emfCounter } from "../lib/metrics.ts";
-import { domainWiring, lazyHandler } from "../lib/production.ts";
-import { parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
+import { METRIC, type MetricCounter } from "../lib/metrics.ts";
+import { correlate, domainWiring, lazyHandler, type Observability, observed } from "../lib/production.ts";
+import { parseOrThrow, type Schemas, toFieldIssues } from "../lib/schemas/index.ts";
 
 export const EVENT_SOURCE = "conntrack.helpers";
 export const DETAIL_TYPES = ["Conntrack Helper Notification", "Router Upserted", "Router Deleted"] as const;
 
-/** Counts parked events; the default writes CloudWatch Embedded Metric Format lines. */
+/** Counts parked events; in production the ParkedEvents metric (eventMetrics). */
 export interface EventMetrics {
   parked(detailType: string, code: string): void;
 }
@@ -38,6 +39,8 @@ export interface EventsDeps {
   readonly park?: ParkSink;
   /** Who may put each kind of event; absent: only the account the function runs in. */
   readonly accounts?: EventAccounts;
+  /** Lambda context and correlation id in the logs, one metrics flush per event; absent in tests. */
+  readonly observability?: Observability;
 }
 
 export type EventOutcome =
@@ -49,13 +52,15 @@ export type EventOutcome =
     }
   | { readonly outcome: "parked"; readonly id: string; readonly code: string };
 
-/** The envelope is AWS's (not strict); everything the dispatcher acts on is in `detail`, checked strictly. */
-const envelope = z.object({
+/**
+ * The envelope is AWS's, as Powertools' parser knows it (version, time, region, resources; not strict),
+ * narrowed to what this function accepts; everything the dispatcher acts on is in `detail`, checked strictly.
+ */
+const envelope = EventBridgeSchema.extend({
   id: z.string().check(z.minLength(1), z.maxLength(128)),
   account: z.string().check(z.regex(/^\d{12}$/)),
   source: z.literal(EVENT_SOURCE),
   "detail-type": z.enum(DETAIL_TYPES),
-  detail: z.unknown(),
 });
 
 /** Lifecycle events come only from lifecycle publishers (the bus policy and the account check below). */
@@ -122,9 +127,13 @@ export function makeHandler(deps: EventsDeps) {
   const { domain, schemas } = deps;
   const accounts = deps.accounts ?? OWN_ACCOUNTS;
   const route = async (event: unknown, context: Context): Promise<EventOutcome> => {
-    const valid = parseOrThrow(envelope, event, "EventBridge event");
+    // Before the envelope is checked: a parked event's log lines carry its (sanitized) id too.
+    const correlationId = correlationIdFrom(idOf(event), () => "eventbridge");
+    correlate(deps.observability, correlationId);
+    const parsed = envelope.safeParse(event);
+    if (!parsed.success) throw new ValidationError("invalid EventBridge event", toFieldIssues(parsed.error));
+    const valid = parsed.data;
     const id = valid.id;
-    const correlationId = correlationIdFrom(id, () => "eventbridge");
     const detailType = valid["detail-type"];
     const kind = detailType === "Conntrack Helper Notification" ? "notification" : "lifecycle";
     checkAccount(accounts[kind], valid.account, detailType, context);
@@ -156,24 +165,26 @@ export function makeHandler(deps: EventsDeps) {
       }
     }
   };
-  return middy<unknown, EventOutcome, Error, EventContext>().use(parkRefused(deps)).handler(route);
+  return middy<unknown, EventOutcome, Error, EventContext>()
+    .use(observed(deps.observability))
+    .use(parkRefused(deps))
+    .handler(route);
 }
 
-/** CloudWatch Embedded Metric Format: one JSON line per parked event becomes the ParkedEvents metric. */
-export function emfMetrics(write?: (line: string) => void): EventMetrics {
-  const counter = emfCounter("events", write);
+/** ParkedEvents by DetailType (what the alarms select on); the error code rides along as `Code`. */
+export function eventMetrics(counter: MetricCounter): EventMetrics {
   return {
     parked: (detailType, code) =>
-      counter.count("ParkedEvents", 1, { DetailType: detailType }, { Code: code }),
+      counter.count(METRIC.parkedEvents, { DetailType: detailType }, { Code: code }),
   };
 }
 
 /** Production wiring from the environment (lib/config.ts); built on first invocation, never at import. */
 export function defaultDeps(config: Config = loadConfig()): EventsDeps {
-  const { clients, ...wiring } = domainWiring("cth-events", config);
+  const { clients, ...wiring } = domainWiring("cth-events", "events", config);
   return {
     ...wiring,
-    metrics: emfMetrics(),
+    metrics: eventMetrics(wiring.observability.metrics),
     accounts: config.eventAccounts,
     ...(config.eventsParkQueueUrl ? { park: sqsParkSink(clients.sqs, config.eventsParkQueueUrl) } : {}),
   };

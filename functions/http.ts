@@ -43,7 +43,7 @@ import {
   securityHeaders,
   stateOf,
 } from "../lib/http/middlewares.ts";
-import { domainWiring, lazyHandler } from "../lib/production.ts";
+import { domainWiring, lazyHandler, type Observability, observed } from "../lib/production.ts";
 import { parseNotificationBody, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
 import { uuid } from "../lib/schemas/primitives.ts";
 
@@ -55,6 +55,8 @@ export interface HttpDeps {
   readonly idempotency: BasePersistenceLayer | undefined;
   /** How long a completed Idempotency-Key is remembered. */
   readonly idempotencyTtlSeconds?: number;
+  /** Lambda context and correlation id in the logs, RejectedRequests metrics; absent in tests and benchmarks. */
+  readonly observability?: Observability;
 }
 
 const IDEMPOTENCY_KEY = /^[A-Za-z0-9_.:-]+$/;
@@ -189,9 +191,10 @@ export function makeHandler(deps: HttpDeps) {
   };
 
   return middy<ApiGatewayEvent, ApiGatewayResult, Error, HttpContext>()
+    .use(observed(deps.observability))
     .use(securityHeaders())
-    .use(errorResponses(logger))
-    .use(requestContext())
+    .use(errorResponses(logger, deps.observability?.metrics))
+    .use(requestContext(deps.observability?.logger))
     .use(bodyLimit(domain.limits.maxBodyBytes))
     .use(jsonBody())
     .use(identity())
@@ -200,7 +203,7 @@ export function makeHandler(deps: HttpDeps) {
 
 /** Production wiring from the environment (lib/config.ts); called on first invocation, never at import. */
 export function defaultDeps(config: Config = loadConfig()): HttpDeps {
-  const { clients, ...wiring } = domainWiring("cth-http", config);
+  const { clients, ...wiring } = domainWiring("cth-http", "http", config);
   return {
     ...wiring,
     idempotency: new DynamoDBPersistenceLayer({

@@ -11,37 +11,50 @@ import { loadConfig } from "../lib/config.ts";
 import { type ReconcileSummary, type ReportDeps, reconcile } from "../lib/domain/reports.ts";
 import { ServiceUnavailableError } from "../lib/errors.ts";
 import { correlationIdFrom } from "../lib/http/api-event.ts";
-import { functionLogger, lazyHandler, productionPorts } from "../lib/production.ts";
+import {
+  correlate,
+  lazyHandler,
+  type Observability,
+  observability,
+  observed,
+  productionPorts,
+} from "../lib/production.ts";
 
 export interface ReconcileDeps extends ReportDeps {
   readonly staleAfterSeconds: number;
   readonly logger: Logger;
+  /** Lambda context and correlation id in the logs; absent in tests. */
+  readonly observability?: Observability;
 }
 
 export function makeHandler(deps: ReconcileDeps) {
   return middy(async (event: ScheduledEvent, context: Context): Promise<ReconcileSummary> => {
-    const summary = await reconcile(deps, {
-      staleAfterSeconds: deps.staleAfterSeconds,
-      // A manual invoke may carry any id: the agents accept only schema-valid correlation ids.
-      correlationId: correlationIdFrom(`reconcile-${event?.id ?? context.awsRequestId}`, () => "reconcile"),
-    });
+    // A manual invoke may carry any id: the agents accept only schema-valid correlation ids.
+    const correlationId = correlationIdFrom(
+      `reconcile-${event?.id ?? context.awsRequestId}`,
+      () => "reconcile",
+    );
+    correlate(deps.observability, correlationId);
+    const summary = await reconcile(deps, { staleAfterSeconds: deps.staleAfterSeconds, correlationId });
     deps.logger.info("reconcile sweep", { ...summary });
     // Failing the invocation makes the failure visible to the function-errors alarm.
     if (summary.failedHosts.length > 0) {
       throw new ServiceUnavailableError(`could not re-send to ${summary.failedHosts.length} host(s)`);
     }
     return summary;
-  });
+  }).use(observed(deps.observability));
 }
 
 export const handler = lazyHandler(() => {
   const config = loadConfig();
   const { store, queue, clock } = productionPorts(config);
+  const observe = observability("cth-reconcile", "reconcile", config);
   return makeHandler({
     store,
     queue,
     clock,
     staleAfterSeconds: config.reconcileStaleSeconds,
-    logger: functionLogger("cth-reconcile", config),
+    logger: observe.logger,
+    observability: observe,
   });
 });

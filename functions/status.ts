@@ -19,8 +19,15 @@ import {
   resyncHost,
 } from "../lib/domain/reports.ts";
 import { correlationIdFrom } from "../lib/http/api-event.ts";
-import { emfCounter, type MetricCounter } from "../lib/metrics.ts";
-import { functionLogger, lazyHandler, productionPorts } from "../lib/production.ts";
+import { METRIC, type MetricCounter } from "../lib/metrics.ts";
+import {
+  correlate,
+  lazyHandler,
+  type Observability,
+  observability,
+  observed,
+  productionPorts,
+} from "../lib/production.ts";
 import { buildSchemas, type Schemas, toFieldIssues } from "../lib/schemas/index.ts";
 
 export interface StatusDeps extends ReportDeps {
@@ -30,22 +37,30 @@ export interface StatusDeps extends ReportDeps {
   readonly statusQueueNameTemplate: string;
   /** ContentMismatches, UnboundReports, InvalidStatusMessages (CloudWatch EMF in production). */
   readonly metrics: MetricCounter;
+  /** Lambda context in the logs, one metrics flush per batch; absent in tests. */
+  readonly observability?: Observability;
 }
 
 /** Outcomes that mean someone reported what they could not vouch for, or a kernel holds something else. */
 const ALARMING: Partial<Record<ReportOutcome, string>> = {
-  "content-mismatch": "ContentMismatches",
-  "unbound-host": "UnboundReports",
-  "future-revision": "UnboundReports",
+  "content-mismatch": METRIC.contentMismatches,
+  "unbound-host": METRIC.unboundReports,
+  "future-revision": METRIC.unboundReports,
 };
 
 export function makeHandler(deps: StatusDeps) {
   const processor = new BatchProcessor(EventType.SQS);
 
   const handleRecord = async (record: SQSRecord): Promise<void> => {
+    // Reports carry no correlation id: each record's lines are tied by its message id (a resync's by the id
+    // its snapshots carry).
+    correlate(
+      deps.observability,
+      correlationIdFrom(`status-${record.messageId}`, () => "status"),
+    );
     const host = hostFromQueueArn(deps.statusQueueNameTemplate, record.eventSourceARN);
     if (host === undefined) {
-      deps.metrics.count("UnboundReports");
+      deps.metrics.count(METRIC.unboundReports);
       deps.logger.warn("status record from a queue that names no node dropped", {
         messageId: record.messageId,
         eventSourceARN: record.eventSourceARN,
@@ -60,7 +75,7 @@ export function makeHandler(deps: StatusDeps) {
     }
     const parsed = deps.schemas.statusMessage.safeParse(body);
     if (!parsed.success) {
-      deps.metrics.count("InvalidStatusMessages");
+      deps.metrics.count(METRIC.invalidStatusMessages);
       deps.logger.warn("invalid status message dropped", {
         messageId: record.messageId,
         host,
@@ -86,7 +101,7 @@ export function makeHandler(deps: StatusDeps) {
       return;
     }
     if (message.host !== undefined && message.host !== host) {
-      deps.metrics.count("UnboundReports");
+      deps.metrics.count(METRIC.unboundReports);
       deps.logger.warn("resync request naming another host dropped", {
         messageId: record.messageId,
         host,
@@ -95,6 +110,7 @@ export function makeHandler(deps: StatusDeps) {
       return;
     }
     const correlationId = correlationIdFrom(`resync-${record.messageId}`, () => "resync");
+    correlate(deps.observability, correlationId);
     const sent = await resyncHost(deps, host, correlationId);
     deps.logger.info("resync request served", { messageId: record.messageId, host, sent });
   };
@@ -102,20 +118,22 @@ export function makeHandler(deps: StatusDeps) {
   return middy(
     async (event: SQSEvent, context: Context): Promise<SQSBatchResponse> =>
       processPartialResponse(event, handleRecord, processor, { context }),
-  );
+  ).use(observed(deps.observability));
 }
 
 /** Production wiring, built on first invocation (nothing reads the environment at import time). */
 export const handler = lazyHandler(() => {
   const config = loadConfig();
   const { store, queue, clock } = productionPorts(config);
+  const observe = observability("cth-status", "status", config);
   return makeHandler({
     store,
     queue,
     clock,
     schemas: buildSchemas(config.limits, config.catalog),
-    logger: functionLogger("cth-status", config),
+    logger: observe.logger,
     statusQueueNameTemplate: config.statusQueueNameTemplate,
-    metrics: emfCounter("status"),
+    metrics: observe.metrics,
+    observability: observe,
   });
 });

@@ -3,6 +3,8 @@
  * from Config in one place. Functions call these on their first invocation, never at import time.
  */
 import { Logger } from "@aws-lambda-powertools/logger";
+import { injectLambdaContext } from "@aws-lambda-powertools/logger/middleware";
+import type { MiddlewareObj } from "@middy/core";
 import { type AwsClients, makeAwsClients } from "./aws/clients.ts";
 import { queueUrlFromTemplate, SqsCommandQueue } from "./aws/command-queue.ts";
 import { DynamoRoutersStore } from "./aws/routers-store.ts";
@@ -10,6 +12,7 @@ import { signerFor } from "./aws/signing-key.ts";
 import type { Config } from "./config.ts";
 import type { DomainDeps } from "./domain/services.ts";
 import { type AppLogger, appLogger } from "./http/middlewares.ts";
+import { type FunctionMetrics, flushMetrics, functionMetrics } from "./metrics.ts";
 import { type Clock, systemClock } from "./ports.ts";
 import { buildSchemas, type Schemas } from "./schemas/index.ts";
 
@@ -43,22 +46,54 @@ export function functionLogger(serviceName: string, config: Config): Logger {
   return new Logger({ serviceName, logLevel: level });
 }
 
+/** A function's Powertools logger and metrics, which the `observed` middlewares tie to each invocation. */
+export interface Observability {
+  readonly logger: Logger;
+  readonly metrics: FunctionMetrics;
+}
+
+/** `fn` is the metrics' Function dimension (what the alarms select on), `serviceName` the logs' service. */
+export function observability(serviceName: string, fn: string, config: Config): Observability {
+  return { logger: functionLogger(serviceName, config), metrics: functionMetrics(fn) };
+}
+
+/**
+ * Use first in a chain: every log line of the invocation carries the Lambda context (function_request_id,
+ * cold_start, ...), the correlation id (`correlate`) is dropped when it ends, and its metrics are written in
+ * one flush, after every other middleware has counted. Nothing without `observability` (tests, benchmarks).
+ */
+export function observed(observability: Observability | undefined): MiddlewareObj[] {
+  if (!observability) return [];
+  return [
+    flushMetrics(observability.metrics),
+    injectLambdaContext(observability.logger, { resetKeys: true }),
+  ];
+}
+
+/** The one field naming the correlation id in every function's log lines (the agent's is the same). */
+export function correlate(observability: Observability | undefined, correlationId: string): void {
+  observability?.logger.setCorrelationId(correlationId);
+}
+
 export interface DomainWiring {
   readonly clients: AwsClients;
   readonly domain: DomainDeps;
   readonly schemas: Schemas;
   readonly logger: AppLogger;
+  readonly observability: Observability;
 }
 
 /** What the notification-handling functions (HTTP, EventBridge) share. */
-export function domainWiring(serviceName: string, config: Config): DomainWiring {
+export function domainWiring(serviceName: string, fn: string, config: Config): DomainWiring {
   const { clients, store, queue, clock } = productionPorts(config);
-  const logger = appLogger(functionLogger(serviceName, config));
+  const observe = observability(serviceName, fn, config);
+  const logger = appLogger(observe.logger);
   return {
     clients,
     domain: { store, queue, clock, limits: config.limits, log: logger, nodes: config.nodes },
     schemas: buildSchemas(config.limits, config.catalog),
     logger,
+    observability: observe,
   };
 }
 

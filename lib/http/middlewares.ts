@@ -7,6 +7,7 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "@aws-lambda-powertools/logger";
 import type { MiddlewareObj, Request } from "@middy/core";
+import httpSecurityHeaders from "@middy/http-security-headers";
 import type { Context } from "aws-lambda";
 import { FIELD_LIMITS } from "../config.ts";
 import { type Identity, identityFromClaims } from "../domain/identity.ts";
@@ -19,6 +20,7 @@ import {
   PayloadTooLargeError,
   UnsupportedMediaTypeError,
 } from "../errors.ts";
+import { METRIC, type MetricCounter } from "../metrics.ts";
 import {
   type ApiGatewayEvent,
   type ApiGatewayResult,
@@ -50,14 +52,48 @@ export function stateOf(context: HttpContext): HttpState {
   return context.cth;
 }
 
-const SECURITY_HEADERS: Readonly<Record<string, string>> = {
-  "cache-control": "no-store",
-  "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
-  "referrer-policy": "no-referrer",
-  "strict-transport-security": "max-age=63072000; includeSubDomains",
-  "x-content-type-options": "nosniff",
-  "x-frame-options": "DENY",
-};
+/**
+ * The headers @middy/http-security-headers computes (helmet's rules), narrowed to what a JSON API needs and
+ * taken once, in lowercase: every other header of ours is lowercase (json(), the tests, the local gateway),
+ * and middy writes Title-Case names. Applied per response by one Object.assign; middy has no `cache-control`.
+ */
+const SECURITY_HEADERS: Readonly<Record<string, string>> = (() => {
+  const middleware = httpSecurityHeaders({
+    // `false` drops one of middy's default directives (its type admits strings only; "" would keep sandbox).
+    contentSecurityPolicy: {
+      "default-src": "'none'",
+      "frame-ancestors": "'none'",
+      "base-uri": false,
+      sandbox: false,
+      "form-action": false,
+      "report-to": false,
+      "require-trusted-types-for": false,
+      "upgrade-insecure-requests": false,
+    } as Record<string, string | false> as Record<string, string>,
+    contentTypeOptions: { action: "nosniff" },
+    frameOptions: { action: "deny" },
+    referrerPolicy: { policy: "no-referrer" },
+    // No `preload`: that is a commitment of the operator's whole domain, not this API's to make.
+    strictTransportSecurity: { maxAge: 63072000, includeSubDomains: true, preload: false },
+    crossOriginEmbedderPolicy: false,
+    crossOriginOpenerPolicy: false,
+    crossOriginResourcePolicy: false,
+    dnsPrefetchControl: false,
+    downloadOptions: false,
+    originAgentCluster: false,
+    permissionsPolicy: false,
+    permittedCrossDomainPolicies: false,
+    reportTo: false,
+    reportingEndpoints: false,
+    xssProtection: false,
+  });
+  const probe = { response: { statusCode: 200, headers: {} as Record<string, string> } };
+  (middleware.after as (request: unknown) => void)(probe);
+  return Object.fromEntries([
+    ["cache-control", "no-store"],
+    ...Object.entries(probe.response.headers).map(([name, value]) => [name.toLowerCase(), value]),
+  ]);
+})();
 
 export function securityHeaders(): HttpMiddleware {
   const apply = (request: HttpRequestObj) => {
@@ -97,8 +133,9 @@ function errorBody(error: AppError): { code: string; message: string; details?: 
     : { code: error.code, message, details: error.details };
 }
 
-/** The one error-to-response mapping. Unknown errors are 500 with a generic body. */
-export function errorResponses(logger: AppLogger): HttpMiddleware {
+/** The one error-to-response mapping. Unknown errors are 500 with a generic body. Every error response is
+ * counted as RejectedRequests by its code (the HTTP API's 5xx alarm sees the 5xx ones too). */
+export function errorResponses(logger: AppLogger, metrics?: MetricCounter): HttpMiddleware {
   return {
     name: "errorResponses",
     onError: (request) => {
@@ -116,16 +153,18 @@ export function errorResponses(logger: AppLogger): HttpMiddleware {
       } else {
         logger.info("request rejected", { correlationId, status: error.status, code: error.code });
       }
+      metrics?.count(METRIC.rejectedRequests, { ErrorCode: error.code });
       request.response = json(
         error.status,
         { error: errorBody(error) },
-        error.status === 503 ? { "retry-after": "1" } : {},
+        { ...(error.status === 503 ? { "retry-after": "1" } : {}), ...error.headers },
       );
     },
   };
 }
 
-export function requestContext(): HttpMiddleware {
+/** `logger`: the correlation id goes into every later log line of the invocation (`correlation_id`). */
+export function requestContext(logger?: Pick<Logger, "setCorrelationId">): HttpMiddleware {
   return {
     name: "requestContext",
     before: (request) => {
@@ -133,6 +172,7 @@ export function requestContext(): HttpMiddleware {
         request.event.requestContext?.requestId ?? request.context.awsRequestId,
         randomUUID,
       );
+      logger?.setCorrelationId(correlationId);
       request.context.cth = { request: normalizeEvent(request.event, correlationId) };
     },
   };

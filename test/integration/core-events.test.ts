@@ -3,11 +3,12 @@
  * refused ones are logged with their id, counted and parked without changing anything; transient failures
  * throw so that EventBridge retries.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { type EventsDeps, emfMetrics, makeHandler } from "../../functions/events.ts";
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { type EventsDeps, eventMetrics, makeHandler } from "../../functions/events.ts";
 import { type ParkSink, sqsParkSink } from "../../lib/aws/park-sink.ts";
 import { type EventAccounts, loadConfig, loadEventAccounts } from "../../lib/config.ts";
 import { ServiceUnavailableError } from "../../lib/errors.ts";
+import { functionMetrics } from "../../lib/metrics.ts";
 import { eventBridgeEvent, lambdaContext } from "../support/events.ts";
 import { newId, PROJECT_A, PROJECT_B, qrouters, storedHelper, wireHelper } from "../support/factories.ts";
 import { type Core, startCore } from "./core-harness.ts";
@@ -379,10 +380,20 @@ describe("transient failures", () => {
 });
 
 describe("metrics", () => {
-  it("writes one CloudWatch embedded-metric line per parked event", () => {
+  it("writes one CloudWatch embedded-metric line per parked event (Powertools Metrics on stdout)", () => {
     const lines: string[] = [];
-    emfMetrics((line) => lines.push(line)).parked("Router Upserted", "validation_failed");
+    const write = vi.spyOn(process.stdout, "write").mockImplementation((chunk) => {
+      lines.push(String(chunk));
+      return true;
+    });
+    try {
+      eventMetrics(functionMetrics("events")).parked("Router Upserted", "validation_failed");
+    } finally {
+      write.mockRestore();
+    }
+    expect(lines).toHaveLength(1);
     const entry = JSON.parse(lines[0]!);
+    expect(entry._aws.CloudWatchMetrics[0].Namespace).toBe("ConntrackHelpers");
     expect(entry).toMatchObject({ ParkedEvents: 1, DetailType: "Router Upserted", Function: "events" });
     expect(entry._aws.CloudWatchMetrics[0].Metrics).toEqual([{ Name: "ParkedEvents", Unit: "Count" }]);
     expect(entry._aws.CloudWatchMetrics[0].Dimensions).toEqual([["Function", "DetailType"]]);
