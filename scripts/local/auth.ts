@@ -1,18 +1,26 @@
 /**
- * The local stand-in for API Gateway's JWT authorizer: an ES256 dev key under `.local/`, tokens signed with
- * it, and verification with the same checks the authorizer makes (signature, algorithm, exp/nbf, issuer,
- * audience). Verified claims are handed to the function as API Gateway does: every claim a string.
+ * The local stand-in for API Gateway's JWT authorizer: an RS256 dev key under `.local/`, tokens signed with
+ * it, and verification with the same checks the authorizer makes (signature against the published JWKS,
+ * algorithm, exp/nbf, issuer, audience). Verified claims are handed to the function as API Gateway does:
+ * every claim a string.
+ *
+ * RS256 because an HTTP API JWT authorizer verifies it: the HTTP API guide has long said the authorizer
+ * supports RSA-based algorithms only (the newer JwtConfiguration API lists ES256 too; we could not confirm
+ * that HTTP APIs accept it), and RS256 is what every identity provider issues. The verifier accepts RS256
+ * only, so a token signed any other way (ES256, HS256 keyed with the public key, alg none) is refused.
  */
 import { randomUUID } from "node:crypto";
-import { chmod, link, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { chmod, link, mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import {
   type CryptoKey,
   calculateJwkThumbprint,
+  createLocalJWKSet,
   errors,
   exportJWK,
   generateKeyPair,
   importJWK,
+  type JSONWebKeySet,
   type JWK,
   type JWTPayload,
   jwtVerify,
@@ -23,7 +31,8 @@ import { UnauthorizedError } from "../../lib/errors.ts";
 
 export const LOCAL_ISSUER = "https://cth.local/dev";
 export const LOCAL_AUDIENCE = "cth-local";
-const ALGORITHM = "ES256";
+export const ALGORITHM = "RS256";
+const MODULUS_BITS = 2048;
 /** API Gateway tolerates no skew beyond a few seconds either. */
 const CLOCK_TOLERANCE_SECONDS = 5;
 const MAX_TOKEN_CHARS = 8192;
@@ -32,11 +41,13 @@ export interface SigningKey {
   readonly kid: string;
   readonly privateKey: CryptoKey;
   readonly publicKey: CryptoKey;
+  /** The public half as the issuer publishes it: `kty: RSA`, `alg: RS256`, `use: sig`, `kid`. */
+  readonly publicJwk: JWK;
 }
 
 interface KeyFile {
   readonly kid: string;
-  readonly alg: typeof ALGORITHM;
+  readonly alg: string;
   readonly privateJwk: JWK;
   readonly publicJwk: JWK;
 }
@@ -46,7 +57,26 @@ async function fromFile(data: KeyFile): Promise<SigningKey> {
     kid: data.kid,
     privateKey: (await importJWK(data.privateJwk, ALGORITHM)) as CryptoKey,
     publicKey: (await importJWK(data.publicJwk, ALGORITHM)) as CryptoKey,
+    publicJwk: { ...data.publicJwk, alg: ALGORITHM, use: "sig", kid: data.kid },
   };
+}
+
+/** The key file, or undefined when there is none or it holds a key of another algorithm (an ES256 one). */
+async function readKeyFile(file: string): Promise<KeyFile | undefined> {
+  let data: KeyFile;
+  try {
+    data = JSON.parse(await readFile(file, "utf8")) as KeyFile;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+    throw error;
+  }
+  if (data.alg === ALGORITHM) return data;
+  // A key from before the switch to RS256: set it aside (not deleted, in case someone wants it back). A
+  // racing loader may have moved it already; tokens it signed no longer verify either way.
+  await rename(file, `${file}.${data.alg}.old`).catch((error: NodeJS.ErrnoException) => {
+    if (error.code !== "ENOENT") throw error;
+  });
+  return readKeyFile(file);
 }
 
 /**
@@ -54,13 +84,13 @@ async function fromFile(data: KeyFile): Promise<SigningKey> {
  * it into place), so a token script and a starting stack racing each other end up with the same key.
  */
 export async function loadOrCreateSigningKey(file: string): Promise<SigningKey> {
-  try {
-    return await fromFile(JSON.parse(await readFile(file, "utf8")) as KeyFile);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
-  }
+  const existing = await readKeyFile(file);
+  if (existing) return fromFile(existing);
   await mkdir(dirname(file), { recursive: true, mode: 0o700 });
-  const { privateKey, publicKey } = await generateKeyPair(ALGORITHM, { extractable: true });
+  const { privateKey, publicKey } = await generateKeyPair(ALGORITHM, {
+    modulusLength: MODULUS_BITS,
+    extractable: true,
+  });
   const publicJwk = await exportJWK(publicKey);
   const kid = await calculateJwkThumbprint(publicJwk);
   const data: KeyFile = { kid, alg: ALGORITHM, privateJwk: await exportJWK(privateKey), publicJwk };
@@ -76,6 +106,9 @@ export async function loadOrCreateSigningKey(file: string): Promise<SigningKey> 
   }
   return fromFile(JSON.parse(await readFile(file, "utf8")) as KeyFile);
 }
+
+/** The JSON Web Key Set the local issuer publishes (`jwks.json` in the stack's directory). */
+export const publicJwks = (key: SigningKey): JSONWebKeySet => ({ keys: [key.publicJwk] });
 
 export interface TokenRequest {
   readonly projectId: string;
@@ -114,7 +147,11 @@ export interface VerifyOptions {
   readonly audience?: string;
 }
 
-/** The reason goes into WWW-Authenticate's error_description, as API Gateway's authorizer does. */
+/**
+ * The reason goes into WWW-Authenticate's error_description, as API Gateway's authorizer does. Only "the
+ * token does not have a valid audience" is quoted in AWS's documentation (HTTP API JWT troubleshooting);
+ * the other descriptions are ours, in the same style.
+ */
 export class TokenRejectedError extends UnauthorizedError {
   constructor(readonly reason: string) {
     super(`invalid bearer token: ${reason}`);
@@ -124,27 +161,30 @@ export class TokenRejectedError extends UnauthorizedError {
 function reasonOf(error: unknown): string {
   if (error instanceof errors.JWTExpired) return "the token has expired";
   if (error instanceof errors.JWTClaimValidationFailed) {
-    if (error.claim === "iss") return "issuer mismatch";
-    if (error.claim === "aud") return "audience mismatch";
+    if (error.claim === "iss") return "the token does not have a valid issuer";
+    if (error.claim === "aud") return "the token does not have a valid audience";
     if (error.claim === "nbf") return "the token is not valid yet";
-    return `claim ${error.claim} is invalid`;
+    return `the token's ${error.claim} claim is invalid`;
   }
   if (error instanceof errors.JWSSignatureVerificationFailed) return "signature verification failed";
-  if (error instanceof errors.JOSEAlgNotAllowed) return "algorithm not allowed";
+  if (error instanceof errors.JOSEAlgNotAllowed) return `the token's signing algorithm is not ${ALGORITHM}`;
+  if (error instanceof errors.JWKSNoMatchingKey) return "no key in the issuer's JWKS matches the token";
   return "malformed token";
 }
 
-/** Verifies `Authorization: Bearer <jwt>`; returns the verified payload or throws TokenRejectedError. */
+/** Verifies `Authorization: [Bearer ]<jwt>`; returns the verified payload or throws TokenRejectedError. */
 export async function verifyBearer(
   authorization: string | undefined,
   key: SigningKey,
   options: VerifyOptions = {},
 ): Promise<JWTPayload> {
   if (!authorization) throw new TokenRejectedError("missing Authorization header");
-  const match = /^Bearer ([A-Za-z0-9_.-]+)$/i.exec(authorization.trim());
+  // The identity source may hold the token alone or prefixed with `Bearer `, as API Gateway accepts it.
+  const match = /^(?:Bearer )?([A-Za-z0-9_.-]+)$/i.exec(authorization.trim());
   if (!match || match[1]!.length > MAX_TOKEN_CHARS) throw new TokenRejectedError("not a bearer token");
   try {
-    const { payload } = await jwtVerify(match[1]!, key.publicKey, {
+    // Through the published key set, as the authorizer looks the token's kid up in the issuer's JWKS.
+    const { payload } = await jwtVerify(match[1]!, createLocalJWKSet(publicJwks(key)), {
       algorithms: [ALGORITHM],
       issuer: options.issuer ?? LOCAL_ISSUER,
       audience: options.audience ?? LOCAL_AUDIENCE,

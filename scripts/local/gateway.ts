@@ -1,21 +1,22 @@
 /**
- * A small API Gateway (HTTP API, payload 2.0) for the local stack: route match, JWT authorizer, event
- * construction, invocation of the real handler, response mapping. serverless-offline would do the routing,
- * but it does not verify JWT signatures, and the authorizer is the one trust boundary that must be real here.
+ * A small API Gateway (HTTP API, payload 2.0) for the local stack: throttling, route match, JWT authorizer,
+ * event construction, invocation of the real handler, response mapping. The routes and their scopes come
+ * from lib/http/routes.ts, the table serverless.yml, the handler's router and the OpenAPI document share.
+ *
+ * What the gateway answers itself it shapes as API Gateway does, `{"message":"..."}` with an
+ * `apigw-requestid` header; what the function answers passes through untouched. Confirmed in AWS's
+ * documentation: 401 `{"message":"Unauthorized"}` with `www-authenticate: Bearer scope="" error="invalid_token"
+ * error_description="..."` and `apigw-requestid` (HTTP API JWT troubleshooting), 500
+ * `{"message":"Internal Server Error"}` (HTTP API Lambda troubleshooting), the 10 MB payload quota and the
+ * token-bucket throttling. Not confirmed there, taken from observed responses: the bodies of 403
+ * ("Forbidden"), 404 ("Not Found"), 413 ("Request Entity Too Large") and 429 ("Too Many Requests"), the
+ * insufficient_scope challenge on 403, and no challenge at all on a request without the Authorization header.
  */
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { APIGatewayProxyEventV2WithJWTAuthorizer, Context } from "aws-lambda";
-import { ADMIN_SCOPE } from "../../lib/domain/identity.ts";
-import {
-  type AppError,
-  ForbiddenError,
-  InternalError,
-  NotFoundError,
-  PayloadTooLargeError,
-  ServiceUnavailableError,
-} from "../../lib/errors.ts";
+import { matchRoute, routeKey } from "../../lib/http/routes.ts";
 import {
   apiGatewayClaims,
   type SigningKey,
@@ -25,23 +26,13 @@ import {
   verifyBearer,
 } from "./auth.ts";
 
-interface Route {
-  readonly method: string;
-  readonly path: string;
-  /** The route's authorizationScopes: a token needs at least one of them, or the gateway answers 403. */
-  readonly scopes: readonly string[];
-}
-
-/** The routes serverless.yml declares, with their scopes (test/deploy/template.test.ts keeps the two in step). */
-export const ROUTES: readonly Route[] = [
-  { method: "POST", path: "/v1/notifications", scopes: [] },
-  { method: "GET", path: "/v1/routers/{router_id}/conntrack-helpers", scopes: [] },
-  { method: "PUT", path: "/v1/routers/{router_id}", scopes: [ADMIN_SCOPE] },
-  { method: "DELETE", path: "/v1/routers/{router_id}", scopes: [ADMIN_SCOPE] },
-];
-
-/** API Gateway's own payload limit; the function enforces the much smaller CTH_MAX_BODY_BYTES itself. */
+/** API Gateway's own payload limit (HTTP API quota); the function enforces the much smaller CTH_MAX_BODY_BYTES. */
 export const GATEWAY_MAX_BODY_BYTES = 10 * 1024 * 1024;
+/** The stage's default route throttling, as serverless.yml's httpThrottleRate and httpThrottleBurst. */
+export const DEFAULT_THROTTLE = { rate: 50, burst: 100 } as const;
+/** The HTTP function's timeout in serverless.yml; Lambda ends it there and API Gateway answers 500. */
+const FUNCTION_TIMEOUT_MS = 10_000;
+export const OPENAPI_PATH = "/v1/openapi.json";
 
 export type HttpResult =
   | string
@@ -59,48 +50,57 @@ export type HttpHandler = (
   context: Context,
 ) => Promise<HttpResult>;
 
-export interface RouteMatch {
+export interface ResolvedRoute {
   readonly routeKey: string;
   readonly pathParameters: Record<string, string> | undefined;
   readonly scopes: readonly string[];
 }
 
-/** Matches like API Gateway: exact method and path, `{name}` binds one non-empty segment. */
-export function matchRoute(method: string, path: string): RouteMatch | undefined {
-  const segments = path.split("/");
-  for (const route of ROUTES) {
-    if (route.method !== method) continue;
-    const pattern = route.path.split("/");
-    if (pattern.length !== segments.length) continue;
-    const params: Record<string, string> = {};
-    let ok = true;
-    for (const [i, part] of pattern.entries()) {
-      const actual = segments[i]!;
-      if (part.startsWith("{") && part.endsWith("}")) {
-        if (actual === "") {
-          ok = false;
-          break;
-        }
-        try {
-          params[part.slice(1, -1)] = decodeURIComponent(actual);
-        } catch {
-          ok = false;
-          break;
-        }
-      } else if (part !== actual) {
-        ok = false;
-        break;
-      }
-    }
-    if (ok) {
-      return {
-        routeKey: `${route.method} ${route.path}`,
-        pathParameters: Object.keys(params).length > 0 ? params : undefined,
-        scopes: route.scopes,
-      };
-    }
+/**
+ * The table's route for a request, path parameters decoded as API Gateway hands them over; undefined (404)
+ * when no route matches or a parameter is not valid percent-encoding.
+ */
+export function resolveRoute(method: string, path: string): ResolvedRoute | undefined {
+  const match = matchRoute(method, path);
+  if (!match) return undefined;
+  const pathParameters: Record<string, string> = {};
+  try {
+    for (const [name, value] of Object.entries(match.params))
+      pathParameters[name] = decodeURIComponent(value);
+  } catch {
+    return undefined;
   }
-  return undefined;
+  return {
+    routeKey: routeKey(match.route),
+    pathParameters: Object.keys(pathParameters).length > 0 ? pathParameters : undefined,
+    scopes: match.route.scopes,
+  };
+}
+
+/**
+ * API Gateway's throttle: a token bucket per stage, `burst` tokens deep, refilled at `rate` per second; a
+ * request that finds it empty is answered 429 and goes no further.
+ */
+export class TokenBucket {
+  private tokens: number;
+  private last: number;
+  constructor(
+    private readonly rate: number,
+    private readonly burst: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.tokens = burst;
+    this.last = now();
+  }
+
+  take(): boolean {
+    const now = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
 }
 
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -124,10 +124,11 @@ export interface IncomingRequest {
 /** Builds the event exactly in the shape of test/fixtures/aws-events/apigw-http-jwt.json. */
 export function buildHttpApiEvent(
   request: IncomingRequest,
-  match: RouteMatch,
+  match: ResolvedRoute,
   claims: Record<string, string>,
   now: Date = new Date(),
   scopes: readonly string[] | undefined = undefined,
+  requestId: string = newRequestId(),
 ): APIGatewayProxyEventV2WithJWTAuthorizer {
   const url = new URL(request.url, "http://127.0.0.1");
   const headers: Record<string, string> = {};
@@ -167,7 +168,7 @@ export function buildHttpApiEvent(
         sourceIp: request.sourceIp,
         userAgent: headers["user-agent"] ?? "",
       },
-      requestId: randomUUID(),
+      requestId,
       routeKey: match.routeKey,
       stage: "$default",
       time: apiGatewayTime(now),
@@ -214,14 +215,20 @@ export function mapResult(result: HttpResult | undefined): GatewayResponse {
   };
 }
 
-/** The project's one error shape, for the failures that happen before the function runs. */
-export function errorResponse(error: AppError, extraHeaders: Record<string, string> = {}): GatewayResponse {
-  const message = error.expose ? error.message : "internal error";
+/** 11 random bytes in base64, the form of API Gateway request ids (apigw-requestid, requestContext.requestId). */
+export const newRequestId = (): string => randomBytes(11).toString("base64");
+
+/** An answer API Gateway makes itself: `{"message": ...}`, never the function's error shape. */
+export function gatewayResponse(
+  statusCode: number,
+  message: string,
+  extraHeaders: Record<string, string> = {},
+): GatewayResponse {
   return {
-    statusCode: error.status,
+    statusCode,
     headers: { "content-type": "application/json", ...extraHeaders },
     cookies: [],
-    body: Buffer.from(JSON.stringify({ error: { code: error.code, message } })),
+    body: Buffer.from(JSON.stringify({ message })),
   };
 }
 
@@ -250,8 +257,12 @@ export interface GatewayOptions {
   readonly verify?: VerifyOptions;
   readonly host?: string;
   readonly port: number;
-  /** The function's timeout: a slower handler gets 503, as API Gateway answers a timed-out integration. */
+  /** The function's timeout (default serverless.yml's 10 s): a slower handler gets API Gateway's 500. */
   readonly timeoutMs?: number;
+  /** Requests per second and bucket depth (default serverless.yml's 50 and 100). */
+  readonly throttle?: { readonly rate: number; readonly burst: number };
+  /** The OpenAPI document, served at GET /v1/openapi.json unless the route table routes that path itself. */
+  readonly openapi?: () => Promise<unknown>;
   readonly functionName?: string;
   readonly log?: (line: Record<string, unknown>) => void;
 }
@@ -261,15 +272,15 @@ export interface Gateway {
   close(): Promise<void>;
 }
 
+/** The body, or undefined past `limit`; the rest is still read (and dropped) so the client gets the answer. */
 async function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer | undefined> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > limit) return undefined;
-    chunks.push(chunk as Buffer);
+    if (size <= limit) chunks.push(chunk as Buffer);
   }
-  return Buffer.concat(chunks);
+  return size > limit ? undefined : Buffer.concat(chunks);
 }
 
 async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | typeof TIMED_OUT> {
@@ -285,82 +296,118 @@ async function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T | type
 }
 const TIMED_OUT = Symbol("timed out");
 
-/** Handles one request end to end; exported so tests can drive it without sockets too. */
+const quoted = (value: string) => value.replaceAll("\\", "\\\\").replaceAll('"', '\\"');
+
+/**
+ * Handles one request past the throttle and the payload limit, in API Gateway's order: route, then the
+ * authorizer (token, then the route's scopes), then the function. Exported so tests drive it without sockets.
+ */
 export async function handleRequest(
   options: GatewayOptions,
   request: IncomingRequest,
+  requestId: string = newRequestId(),
+): Promise<GatewayResponse> {
+  const response = await answer(options, request, requestId);
+  // API Gateway stamps every response, its own and the function's.
+  return { ...response, headers: { ...response.headers, "apigw-requestid": requestId } };
+}
+
+async function answer(
+  options: GatewayOptions,
+  request: IncomingRequest,
+  requestId: string,
 ): Promise<GatewayResponse> {
   const path = new URL(request.url, "http://127.0.0.1").pathname;
-  const match = matchRoute(request.method, path);
-  // API Gateway matches the route before it runs the authorizer: an unknown route is 404 with or without a token.
-  if (!match) return errorResponse(new NotFoundError(`no route for ${request.method} ${path}`));
+  const match = resolveRoute(request.method, path);
+  if (!match && options.openapi && request.method === "GET" && path === OPENAPI_PATH) {
+    return {
+      statusCode: 200,
+      headers: { "content-type": "application/json" },
+      cookies: [],
+      body: Buffer.from(JSON.stringify(await options.openapi())),
+    };
+  }
+  // The route is matched before the authorizer runs: an unknown route is 404 with or without a token.
+  if (!match) return gatewayResponse(404, "Not Found");
+  const header = request.headers.authorization;
+  const authorization = Array.isArray(header) ? header[0] : header;
+  // No identity source: API Gateway refuses before the authorizer runs, so there is no JWT challenge.
+  if (!authorization) return gatewayResponse(401, "Unauthorized");
+  const routeScopes = quoted(match.scopes.join(" "));
   let claims: Record<string, string>;
   let scopes: string[] | undefined;
   try {
-    const header = request.headers.authorization;
-    const payload = await verifyBearer(
-      Array.isArray(header) ? header[0] : header,
-      options.key,
-      options.verify,
-    );
+    const payload = await verifyBearer(authorization, options.key, options.verify);
     claims = apiGatewayClaims(payload);
     scopes = tokenScopes(payload);
   } catch (error) {
-    if (error instanceof TokenRejectedError) {
-      return errorResponse(error, {
-        "www-authenticate": `Bearer error="invalid_token" error_description="${error.reason}"`,
-      });
-    }
-    throw error;
-  }
-  // As API Gateway checks a route's authorizationScopes: at least one of them, whole tokens, else 403 and
-  // the function never runs.
-  if (match.scopes.length > 0 && !match.scopes.some((scope) => scopes?.includes(scope))) {
-    const required = match.scopes.join(" ");
-    return errorResponse(new ForbiddenError(`this route requires the scope ${required}`), {
-      "www-authenticate": `Bearer scope="${required}" error="insufficient_scope" error_description="the token has none of the route's scopes"`,
+    if (!(error instanceof TokenRejectedError)) throw error;
+    return gatewayResponse(401, "Unauthorized", {
+      "www-authenticate": `Bearer scope="${routeScopes}" error="invalid_token" error_description="${quoted(error.reason)}"`,
     });
   }
-  const event = buildHttpApiEvent(request, match, claims, new Date(), scopes);
-  const timeoutMs = options.timeoutMs ?? 10_000;
+  // authorizationScopes: at least one of the route's, compared as whole tokens, else 403 before the function.
+  if (match.scopes.length > 0 && !match.scopes.some((scope) => scopes?.includes(scope))) {
+    return gatewayResponse(403, "Forbidden", {
+      "www-authenticate": `Bearer scope="${routeScopes}" error="insufficient_scope" error_description="the token has none of the route's scopes"`,
+    });
+  }
+  const event = buildHttpApiEvent(request, match, claims, new Date(), scopes, requestId);
+  const timeoutMs = options.timeoutMs ?? FUNCTION_TIMEOUT_MS;
   try {
     const result = await withTimeout(
       options.handler(event, lambdaContext(options.functionName ?? "cth-local-http", timeoutMs)),
       timeoutMs,
     );
+    // A timed-out or failed invocation is an integration error: API Gateway answers 500, never the details.
     if (result === TIMED_OUT) {
-      return errorResponse(new ServiceUnavailableError("the function timed out"));
+      options.log?.({ level: "error", msg: "http handler timed out", timeoutMs });
+      return gatewayResponse(500, "Internal Server Error");
     }
     return mapResult(result);
   } catch (error) {
     options.log?.({ level: "error", msg: "http handler threw", error: String(error) });
-    return errorResponse(new InternalError("handler failed"));
+    return gatewayResponse(500, "Internal Server Error");
   }
 }
 
 export async function startGateway(options: GatewayOptions): Promise<Gateway> {
   const host = options.host ?? "127.0.0.1";
+  const { rate, burst } = options.throttle ?? DEFAULT_THROTTLE;
+  const bucket = new TokenBucket(rate, burst);
   const server = http.createServer(async (req, res) => {
     const started = Date.now();
+    const requestId = newRequestId();
     let response: GatewayResponse;
+    const throttled = !bucket.take();
     const body = await readBody(req, GATEWAY_MAX_BODY_BYTES);
-    if (body === undefined) {
-      response = errorResponse(new PayloadTooLargeError("request body exceeds the gateway limit"));
+    if (throttled) {
+      response = gatewayResponse(429, "Too Many Requests");
+    } else if (body === undefined) {
+      response = gatewayResponse(413, "Request Entity Too Large");
     } else {
       try {
-        response = await handleRequest(options, {
-          method: req.method ?? "GET",
-          url: req.url ?? "/",
-          headers: req.headers,
-          body,
-          sourceIp: req.socket.remoteAddress ?? "127.0.0.1",
-        });
+        response = await handleRequest(
+          options,
+          {
+            method: req.method ?? "GET",
+            url: req.url ?? "/",
+            headers: req.headers,
+            body,
+            sourceIp: req.socket.remoteAddress ?? "127.0.0.1",
+          },
+          requestId,
+        );
       } catch (error) {
         options.log?.({ level: "error", msg: "gateway failure", error: String(error) });
-        response = errorResponse(new InternalError("gateway failure"));
+        response = gatewayResponse(500, "Internal Server Error");
       }
     }
-    const headers: http.OutgoingHttpHeaders = { ...response.headers, "content-length": response.body.length };
+    const headers: http.OutgoingHttpHeaders = {
+      ...response.headers,
+      "apigw-requestid": requestId,
+      "content-length": response.body.length,
+    };
     if (response.cookies.length > 0) headers["set-cookie"] = response.cookies;
     res.writeHead(response.statusCode, headers);
     res.end(response.body);
@@ -370,6 +417,7 @@ export async function startGateway(options: GatewayOptions): Promise<Gateway> {
       method: req.method,
       path: req.url,
       status: response.statusCode,
+      requestId,
       ms: Date.now() - started,
     });
   });

@@ -34,10 +34,17 @@ import {
 } from "../../test/support/emulators.ts";
 import { generateSigningKeyPair, writeLocalKeyPair } from "../signing-key.ts";
 import { type AgentProcess, spawnAgent } from "./agent-process.ts";
-import { loadOrCreateSigningKey, type SigningKey, signToken } from "./auth.ts";
-import { type Gateway, type HttpHandler, lambdaContext, startGateway } from "./gateway.ts";
+import { loadOrCreateSigningKey, publicJwks, type SigningKey, signToken } from "./auth.ts";
+import { DEFAULT_THROTTLE, type Gateway, type HttpHandler, lambdaContext, startGateway } from "./gateway.ts";
 import { deleteNamespace, listNamespaces, realBackendMissing } from "./kernel.ts";
-import { localDir, signingKeyFile, snapshotSigningDir, stackFile, verifyKeysDir } from "./paths.ts";
+import {
+  localDir,
+  REPO_ROOT,
+  signingKeyFile,
+  snapshotSigningDir,
+  stackFile,
+  verifyKeysDir,
+} from "./paths.ts";
 import { type Poller, type SqsHandler, startStatusPoller } from "./status-poller.ts";
 
 export const LOCAL_NODE = "local";
@@ -57,6 +64,8 @@ export interface StackOptions {
   readonly demoRouterId: string;
   /** Keeps the routers table (dynalite on LevelDB) here across restarts; unset: in memory. */
   readonly dataDir?: string | undefined;
+  /** The gateway's throttle (requests per second, bucket depth); default serverless.yml's 50 and 100. */
+  readonly throttle?: { readonly rate: number; readonly burst: number };
   readonly print: (line: string) => void;
 }
 
@@ -88,6 +97,20 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => 
     ),
     demoRouterId,
     dataDir: dataDir === undefined ? undefined : resolve(dataDir),
+    throttle: {
+      rate: integerSetting(
+        raw(env, "CTH_LOCAL_THROTTLE_RATE"),
+        "CTH_LOCAL_THROTTLE_RATE",
+        DEFAULT_THROTTLE.rate,
+        1,
+      ),
+      burst: integerSetting(
+        raw(env, "CTH_LOCAL_THROTTLE_BURST"),
+        "CTH_LOCAL_THROTTLE_BURST",
+        DEFAULT_THROTTLE.burst,
+        1,
+      ),
+    },
     print,
   };
 }
@@ -218,6 +241,11 @@ async function readJson(req: http.IncomingMessage, limit: number): Promise<unkno
   return JSON.parse(Buffer.concat(chunks).toString("utf8"));
 }
 
+/** The committed OpenAPI document, read on every request so a regenerated one is served at once. */
+async function readOpenApi(): Promise<unknown> {
+  return JSON.parse(await readFile(join(REPO_ROOT, "openapi.json"), "utf8"));
+}
+
 export async function startStack(options: StackOptions): Promise<RunningStack> {
   const t0 = performance.now();
   const phases: Record<string, number> = {};
@@ -245,6 +273,8 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
 
   try {
     const key: SigningKey = await loadOrCreateSigningKey(signingKeyFile(options.dir));
+    // The local issuer's key set, as an identity provider publishes it at its jwks_uri.
+    await writeFile(join(options.dir, "jwks.json"), `${JSON.stringify(publicJwks(key), null, 2)}\n`);
 
     const emu: Emulators = await startEmulators(
       options.dataDir ? { dynamoPath: join(options.dataDir, "dynamodb") } : {},
@@ -447,6 +477,8 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
       },
       key,
       port: options.port,
+      ...(options.throttle ? { throttle: options.throttle } : {}),
+      openapi: readOpenApi,
       functionName: `${PREFIX}-http`,
       log: (line) => {
         if (line.level !== "info") log(line);

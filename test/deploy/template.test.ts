@@ -13,7 +13,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DETAIL_TYPES, EVENT_SOURCE } from "../../functions/events.ts";
 import { BINDING_SLOTS, bindingSlotIndex, routersTableDefinition } from "../../lib/aws/tables.ts";
-import { ROUTES } from "../../scripts/local/gateway.ts";
+import { ROUTES } from "../../lib/http/routes.ts";
 
 const run = promisify(execFile);
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");

@@ -1,30 +1,50 @@
 /**
- * The local stack's API Gateway stand-in: the JWT checks API Gateway's authorizer makes (every rejection is a
- * 401 in the project's error shape and the function is never invoked), event shape as recorded from a real
- * HTTP API, and response mapping. Real ES256 keys, real HTTP over loopback.
+ * The local stack's API Gateway stand-in: the JWT checks API Gateway's authorizer makes (every rejection is
+ * API Gateway's own 401 or 403 and the function is never invoked), the gateway's other answers (404, 413,
+ * 429, 500) in API Gateway's shape, routes from the one route table, event shape as recorded from a real HTTP
+ * API, and response mapping. Real RS256 keys, real HTTP over loopback.
  */
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import type { APIGatewayProxyEventV2WithJWTAuthorizer } from "aws-lambda";
-import { SignJWT } from "jose";
+import {
+  createLocalJWKSet,
+  decodeProtectedHeader,
+  exportJWK,
+  generateKeyPair,
+  jwtVerify,
+  SignJWT,
+} from "jose";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { makeHandler } from "../../functions/http.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadLimits } from "../../lib/config.ts";
 import { identityFromClaims } from "../../lib/domain/identity.ts";
+import { ROUTES, routeKey } from "../../lib/http/routes.ts";
 import { buildSchemas } from "../../lib/schemas/index.ts";
-import { loadOrCreateSigningKey, type SigningKey, signToken } from "../../scripts/local/auth.ts";
 import {
+  LOCAL_AUDIENCE,
+  LOCAL_ISSUER,
+  loadOrCreateSigningKey,
+  publicJwks,
+  type SigningKey,
+  signToken,
+} from "../../scripts/local/auth.ts";
+import {
+  DEFAULT_THROTTLE,
+  GATEWAY_MAX_BODY_BYTES,
   type Gateway,
   type GatewayOptions,
+  type GatewayResponse,
   type HttpResult,
   handleRequest,
-  matchRoute,
-  ROUTES,
+  OPENAPI_PATH,
+  resolveRoute,
   startGateway,
+  TokenBucket,
 } from "../../scripts/local/gateway.ts";
 import { REPO_ROOT, signingKeyFile } from "../../scripts/local/paths.ts";
 import { parseTokenArgs } from "../../scripts/token.ts";
@@ -75,6 +95,25 @@ const request = (token: string | undefined, init: { method?: string; url?: strin
   });
 
 const json = (body: Buffer) => JSON.parse(body.toString("utf8"));
+/** API Gateway's request id: 11 random bytes in base64, as in the recorded event. */
+const REQUEST_ID = /^[A-Za-z0-9+/]{15}=$/;
+
+/** An answer API Gateway makes itself: exactly `{"message"}`, JSON, stamped with apigw-requestid. */
+const expectGatewayAnswer = (response: GatewayResponse, status: number, message: string) => {
+  expect(response.statusCode).toBe(status);
+  expect(json(response.body)).toEqual({ message });
+  expect(response.headers["content-type"]).toBe("application/json");
+  expect(response.headers["apigw-requestid"]).toMatch(REQUEST_ID);
+};
+
+/** A token signed some other way than the local issuer's RS256 key, with the issuer's kid and claims. */
+const foreignToken = (alg: string, kid: string) =>
+  new SignJWT({ project_id: "demo", scope: "cth:admin" })
+    .setProtectedHeader({ alg, kid })
+    .setIssuer(LOCAL_ISSUER)
+    .setAudience(LOCAL_AUDIENCE)
+    .setIssuedAt()
+    .setExpirationTime("1h");
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "cth-gateway-"));
@@ -114,6 +153,45 @@ describe("dev signing key", () => {
     );
     expect(response.statusCode).toBe(200);
   });
+
+  it("is an RSA 2048 key whose JWKS carries kty RSA, alg RS256 and no private part", async () => {
+    const data = JSON.parse(readFileSync(join(dir, "key.json"), "utf8"));
+    expect(data.alg).toBe("RS256");
+    const { keys } = publicJwks(key);
+    expect(keys).toHaveLength(1);
+    expect(keys[0]).toMatchObject({ kty: "RSA", alg: "RS256", use: "sig", kid: key.kid });
+    expect(Buffer.from(keys[0]!.n!, "base64url")).toHaveLength(256);
+    for (const name of ["d", "p", "q", "dp", "dq", "qi"]) expect(keys[0]).not.toHaveProperty(name);
+  });
+
+  it("round trip: tokens are RS256 with the key's kid and verify against the published JWKS", async () => {
+    const token = await signToken(key, { projectId: "demo", roles: ["admin"] });
+    expect(decodeProtectedHeader(token)).toEqual({ alg: "RS256", kid: key.kid, typ: "JWT" });
+    const { payload } = await jwtVerify(token, createLocalJWKSet(publicJwks(key)), {
+      algorithms: ["RS256"],
+      issuer: LOCAL_ISSUER,
+      audience: LOCAL_AUDIENCE,
+    });
+    expect(payload).toMatchObject({ project_id: "demo", scope: "cth:admin", sub: "dev:demo" });
+    expect((await request(token)).statusCode).toBe(200);
+  });
+
+  it("replaces a key file of another algorithm (a pre-RS256 ES256 key), keeping the old one aside", async () => {
+    const file = join(dir, "legacy", "dev-signing-key.json");
+    const { privateKey, publicKey } = await generateKeyPair("ES256", { extractable: true });
+    const legacy = {
+      kid: "legacy",
+      alg: "ES256",
+      privateJwk: await exportJWK(privateKey),
+      publicJwk: await exportJWK(publicKey),
+    };
+    await loadOrCreateSigningKey(join(dir, "legacy", "warm-up.json"));
+    writeFileSync(file, JSON.stringify(legacy), { mode: 0o600 });
+    const replaced = await loadOrCreateSigningKey(file);
+    expect(replaced.kid).not.toBe("legacy");
+    expect(JSON.parse(readFileSync(file, "utf8")).alg).toBe("RS256");
+    expect(existsSync(`${file}.ES256.old`)).toBe(true);
+  });
 });
 
 describe("JWT authorizer", () => {
@@ -127,11 +205,10 @@ describe("JWT authorizer", () => {
           sourceIp: "127.0.0.1",
         })
       : await request(token);
-    expect(response.statusCode).toBe(401);
-    expect(json(response.body)).toEqual({
-      error: { code: "unauthorized", message: expect.stringMatching(reason) },
-    });
-    expect(response.headers["www-authenticate"]).toMatch(/^Bearer error="invalid_token"/);
+    expectGatewayAnswer(response, 401, "Unauthorized");
+    const challenge = response.headers["www-authenticate"] ?? "";
+    expect(challenge).toMatch(/^Bearer scope="" error="invalid_token" error_description="([^"]*)"$/);
+    expect(/error_description="([^"]*)"/.exec(challenge)?.[1]).toMatch(reason);
     // Nothing reached the function.
     expect(invocations).toEqual([]);
   };
@@ -157,18 +234,41 @@ describe("JWT authorizer", () => {
 
   it("rejects an expired token", async () => {
     const now = Math.floor(Date.now() / 1000);
-    await rejected(await signToken(key, { projectId: "demo", now: now - 7200, ttlSeconds: 60 }), /expired/);
+    await rejected(
+      await signToken(key, { projectId: "demo", now: now - 7200, ttlSeconds: 60 }),
+      /^the token has expired$/,
+    );
   });
 
-  it("rejects a token signed by another key (same kid header)", async () => {
-    const forged = await new SignJWT({ project_id: "demo", roles: ["admin"] })
-      .setProtectedHeader({ alg: "ES256", kid: key.kid })
-      .setIssuer("https://cth.local/dev")
-      .setAudience("cth-local")
-      .setIssuedAt()
-      .setExpirationTime("1h")
-      .sign(otherKey.privateKey);
-    await rejected(forged, /signature/);
+  it("accepts the bare token too: the identity source may hold it with or without `Bearer `", async () => {
+    const token = await signToken(key, { projectId: "demo" });
+    const response = await handleRequest(options(), {
+      method: "GET",
+      url: `/v1/routers/${ROUTER}/conntrack-helpers`,
+      headers: { authorization: token },
+      body: Buffer.alloc(0),
+      sourceIp: "127.0.0.1",
+    });
+    expect(response.statusCode).toBe(200);
+    expect(invocations).toHaveLength(1);
+  });
+
+  it("rejects an ES256 token and an HS256 one keyed with the public key: RS256 only", async () => {
+    const { privateKey } = await generateKeyPair("ES256");
+    await rejected(
+      await foreignToken("ES256", key.kid).sign(privateKey),
+      /^the token's signing algorithm is not RS256$/,
+    );
+    const hmacKey = new TextEncoder().encode(JSON.stringify(publicJwks(key).keys[0]));
+    await rejected(
+      await foreignToken("HS256", key.kid).sign(hmacKey),
+      /^the token's signing algorithm is not RS256$/,
+    );
+  });
+
+  it("rejects a token signed by another RS256 key (same kid header): a bad signature", async () => {
+    const forged = await foreignToken("RS256", key.kid).sign(otherKey.privateKey);
+    await rejected(forged, /^signature verification failed$/);
   });
 
   it("rejects a token whose payload was altered after signing", async () => {
@@ -181,22 +281,35 @@ describe("JWT authorizer", () => {
         aud: "cth-local",
       }),
     ).toString("base64url");
-    await rejected(`${header}.${payload}.${signature}`, /signature|malformed/);
+    await rejected(`${header}.${payload}.${signature}`, /^signature verification failed$/);
   });
 
   it("rejects a wrong issuer and a wrong audience", async () => {
-    await rejected(await signToken(key, { projectId: "demo", issuer: "https://evil.example/" }), /issuer/);
+    await rejected(
+      await signToken(key, { projectId: "demo", issuer: "https://evil.example/" }),
+      /^the token does not have a valid issuer$/,
+    );
     invocations = [];
-    await rejected(await signToken(key, { projectId: "demo", audience: "other-api" }), /audience/);
+    // The one description AWS's documentation quotes.
+    await rejected(
+      await signToken(key, { projectId: "demo", audience: "other-api" }),
+      /^the token does not have a valid audience$/,
+    );
   });
 
-  it("rejects an unsigned (alg none) token, a missing header and a non-bearer scheme", async () => {
+  it("rejects an unsigned (alg none) token and a non-bearer scheme", async () => {
     const none = `${Buffer.from('{"alg":"none"}').toString("base64url")}.${Buffer.from(
-      JSON.stringify({ project_id: "demo", roles: ["admin"], exp: 9_999_999_999 }),
+      JSON.stringify({ project_id: "demo", scope: "cth:admin", exp: 9_999_999_999 }),
     ).toString("base64url")}.`;
-    await rejected(none, /malformed|not a bearer|algorithm/);
-    await rejected(undefined, /missing/);
-    await rejected(undefined, /not a bearer/, `Basic ${Buffer.from("demo:demo").toString("base64")}`);
+    await rejected(none, /^the token's signing algorithm is not RS256$|^malformed token$/);
+    await rejected(undefined, /^not a bearer token$/, `Basic ${Buffer.from("demo:demo").toString("base64")}`);
+  });
+
+  it("answers a request without the Authorization header 401 with no JWT challenge", async () => {
+    const response = await request(undefined);
+    expectGatewayAnswer(response, 401, "Unauthorized");
+    expect(response.headers["www-authenticate"]).toBeUndefined();
+    expect(invocations).toEqual([]);
   });
 
   it("matches the route before authorizing: unknown routes are 404 with or without a token", async () => {
@@ -204,13 +317,13 @@ describe("JWT authorizer", () => {
     for (const [method, url] of [
       ["GET", "/v1/notifications"],
       ["POST", "/v1/routers"],
+      ["GET", "/v1/routers/%E0%A4%A/conntrack-helpers"],
       ["GET", "/v1/routers//conntrack-helpers"],
       ["PATCH", `/v1/routers/${ROUTER}`],
     ] as const) {
       for (const auth of [token, undefined]) {
         const response = await request(auth, { method, url });
-        expect(response.statusCode, `${method} ${url}`).toBe(404);
-        expect(json(response.body).error.code).toBe("not_found");
+        expectGatewayAnswer(response, 404, "Not Found");
       }
     }
     expect(invocations).toEqual([]);
@@ -234,11 +347,9 @@ describe("route scopes (authorizationScopes)", () => {
       for (const method of ["PUT", "DELETE"]) {
         const response = await request(token, { method, url: `/v1/routers/${ROUTER}`, body: "{}" });
         expect(response.statusCode, `${what} ${method}`).toBe(403);
-        expect(json(response.body)).toEqual({
-          error: { code: "forbidden", message: "this route requires the scope cth:admin" },
-        });
-        expect(response.headers["www-authenticate"]).toMatch(
-          /^Bearer scope="cth:admin" error="insufficient_scope"/,
+        expectGatewayAnswer(response, 403, "Forbidden");
+        expect(response.headers["www-authenticate"]).toBe(
+          'Bearer scope="cth:admin" error="insufficient_scope" error_description="the token has none of the route\'s scopes"',
         );
       }
     }
@@ -349,6 +460,7 @@ describe("event and response mapping", () => {
     });
     expect(event.headers.authorization).toBe(`Bearer ${token}`);
     expect(event.requestContext.time).toMatch(/^\d{2}\/[A-Z][a-z]{2}\/\d{4}:\d{2}:\d{2}:\d{2} \+0000$/);
+    expect(event.requestContext.requestId).toMatch(REQUEST_ID);
   });
 
   it("base64-encodes non-text bodies, as API Gateway does", async () => {
@@ -378,37 +490,44 @@ describe("event and response mapping", () => {
     expect(response.statusCode).toBe(200);
     expect(json(response.body)).toEqual({ routers: [] });
 
+    // A function's own answer, error or not, passes through in the function's shape.
+    reply = async () => ({ statusCode: 409, body: '{"error":{"code":"conflict","message":"x"}}' });
+    response = await request(token);
+    expect(response.statusCode).toBe(409);
+    expect(json(response.body)).toEqual({ error: { code: "conflict", message: "x" } });
+    expect(response.headers["apigw-requestid"]).toMatch(REQUEST_ID);
+
+    // A failed invocation (the function threw, or Lambda ended it at its timeout) is API Gateway's 500.
     reply = async () => {
       throw new Error("secret table name cth-prod-routers");
     };
     response = await request(token);
-    expect(response.statusCode).toBe(500);
-    expect(response.body.toString()).not.toContain("secret");
-    expect(json(response.body).error.code).toBe("internal_error");
+    expectGatewayAnswer(response, 500, "Internal Server Error");
 
     reply = () => new Promise(() => undefined);
     response = await request(token);
-    expect(response.statusCode).toBe(503);
-    expect(json(response.body).error.code).toBe("service_unavailable");
+    expectGatewayAnswer(response, 500, "Internal Server Error");
   });
 
-  it("declares exactly the routes the contract names", () => {
-    expect(ROUTES.map((r) => `${r.method} ${r.path}`)).toEqual([
-      "POST /v1/notifications",
-      "GET /v1/routers/{router_id}/conntrack-helpers",
-      "PUT /v1/routers/{router_id}",
-      "DELETE /v1/routers/{router_id}",
-    ]);
-    expect(matchRoute("GET", `/v1/routers/${ROUTER}/conntrack-helpers`)?.pathParameters).toEqual({
-      router_id: ROUTER,
-    });
+  it("routes every entry of the route table, with its route key, scopes and decoded parameters", () => {
+    for (const route of ROUTES) {
+      const path = route.path.replace("{router_id}", "r%2Fx");
+      const resolved = resolveRoute(route.method, path);
+      expect(resolved, routeKey(route)).toEqual({
+        routeKey: routeKey(route),
+        pathParameters: route.path.includes("{router_id}") ? { router_id: "r/x" } : undefined,
+        scopes: route.scopes,
+      });
+    }
+    expect(resolveRoute("PATCH", `/v1/routers/${ROUTER}`)).toBeUndefined();
   });
 });
 
 describe("over a real loopback socket", () => {
+  const document = { openapi: "3.1.0", info: { title: "t", version: "1" }, paths: {} };
   let gateway: Gateway;
   beforeAll(async () => {
-    gateway = await startGateway(options());
+    gateway = await startGateway({ ...options(), openapi: async () => document });
   });
   afterAll(async () => gateway.close());
 
@@ -416,7 +535,9 @@ describe("over a real loopback socket", () => {
     expect(gateway.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const anonymous = await fetch(`${gateway.url}/v1/routers/${ROUTER}/conntrack-helpers`);
     expect(anonymous.status).toBe(401);
-    expect(await anonymous.json()).toMatchObject({ error: { code: "unauthorized" } });
+    expect(anonymous.headers.get("content-type")).toBe("application/json");
+    expect(anonymous.headers.get("apigw-requestid")).toMatch(REQUEST_ID);
+    expect(await anonymous.json()).toEqual({ message: "Unauthorized" });
     expect(invocations).toEqual([]);
     const token = await signToken(key, { projectId: "demo" });
     const ok = await fetch(`${gateway.url}/v1/routers/${ROUTER}/conntrack-helpers`, {
@@ -425,6 +546,77 @@ describe("over a real loopback socket", () => {
     expect(ok.status).toBe(200);
     expect(await ok.json()).toEqual({ ok: true });
     expect(invocations).toHaveLength(1);
+    // The event's request id is the one the client sees.
+    expect(ok.headers.get("apigw-requestid")).toBe(invocations[0]!.requestContext.requestId);
+  });
+
+  it(`serves the OpenAPI document at GET ${OPENAPI_PATH}, no token needed`, async () => {
+    const response = await fetch(`${gateway.url}${OPENAPI_PATH}`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe("application/json");
+    expect(await response.json()).toEqual(document);
+    expect(invocations).toEqual([]);
+  });
+
+  it("answers a body over the gateway's 10 MB limit 413 without invoking the function; at the limit it passes", async () => {
+    const token = await signToken(key, { projectId: "demo" });
+    const post = (size: number) =>
+      fetch(`${gateway.url}/v1/notifications`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: Buffer.alloc(size, 0x20),
+      });
+    const over = await post(GATEWAY_MAX_BODY_BYTES + 1);
+    expect(over.status).toBe(413);
+    expect(over.headers.get("apigw-requestid")).toMatch(REQUEST_ID);
+    expect(await over.json()).toEqual({ message: "Request Entity Too Large" });
+    expect(invocations).toEqual([]);
+    expect((await post(GATEWAY_MAX_BODY_BYTES)).status).toBe(200);
+    expect(invocations[0]!.body).toHaveLength(GATEWAY_MAX_BODY_BYTES);
+  }, 30_000);
+});
+
+describe("throttling", () => {
+  it("is a token bucket: burst deep, refilled at rate per second, never above burst", () => {
+    let now = 0;
+    const bucket = new TokenBucket(2, 3, () => now);
+    expect([bucket.take(), bucket.take(), bucket.take(), bucket.take()]).toEqual([true, true, true, false]);
+    now = 499;
+    expect(bucket.take()).toBe(false);
+    now = 500;
+    expect(bucket.take()).toBe(true);
+    expect(bucket.take()).toBe(false);
+    now = 60_000;
+    expect([bucket.take(), bucket.take(), bucket.take(), bucket.take()]).toEqual([true, true, true, false]);
+  });
+
+  it("defaults to serverless.yml's httpThrottleRate and httpThrottleBurst", () => {
+    const template = readFileSync(join(REPO_ROOT, "serverless.yml"), "utf8");
+    expect(template).toMatch(new RegExp(`httpThrottleRate: ${DEFAULT_THROTTLE.rate}\\n`));
+    expect(template).toMatch(new RegExp(`httpThrottleBurst: ${DEFAULT_THROTTLE.burst}\\n`));
+  });
+
+  it("answers 429 Too Many Requests past the burst, before route or token are looked at", async () => {
+    const gateway = await startGateway({ ...options(), throttle: { rate: 1, burst: 2 } });
+    try {
+      const token = await signToken(key, { projectId: "demo" });
+      const get = () =>
+        fetch(`${gateway.url}/v1/routers/${ROUTER}/conntrack-helpers`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+      expect((await get()).status).toBe(200);
+      expect((await get()).status).toBe(200);
+      const throttled = await get();
+      expect(throttled.status).toBe(429);
+      expect(throttled.headers.get("content-type")).toBe("application/json");
+      expect(throttled.headers.get("apigw-requestid")).toMatch(REQUEST_ID);
+      expect(await throttled.json()).toEqual({ message: "Too Many Requests" });
+      // Even an unknown route or a request without a token is throttled first.
+      expect((await fetch(`${gateway.url}/nowhere`)).status).toBe(429);
+      expect(invocations).toHaveLength(2);
+    } finally {
+      await gateway.close();
+    }
   });
 });
 
