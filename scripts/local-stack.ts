@@ -26,7 +26,7 @@ function banner(stack: RunningStack): string {
     `cth local stack ready in ${stack.readyMs} ms (${Object.entries(stack.phases)
       .map(([name, ms]) => `${name} ${ms}`)
       .join(", ")})`,
-    `  API          ${apiUrl}`,
+    `  API          ${apiUrl} (OpenAPI: ${apiUrl}/v1/openapi.json)`,
     `  agent        node "local", backend ${backend}${agentPid ? `, pid ${agentPid}` : ""}`,
     `  demo router  ${demoRouterId} (project "${DEMO_PROJECT}", host "local")`,
     "",
