@@ -1,7 +1,9 @@
 /**
- * HTTP API (v2) and REST API (v1) handler: POST /v1/notifications, GET /v1/routers/{id}/conntrack-helpers,
- * PUT and DELETE /v1/routers/{id}. A thin middy chain around one domain call per route.
+ * HTTP API (v2) and REST API (v1) handler for every route of lib/http/routes.ts (matched there, never here):
+ * POST /v1/notifications, GET /v1/routers, GET /v1/routers/{id}{,/conntrack-helpers}, PUT and DELETE
+ * /v1/routers/{id}. A thin middy chain around one domain call per route.
  */
+import { randomBytes } from "node:crypto";
 
 import {
   IdempotencyAlreadyInProgressError,
@@ -12,15 +14,19 @@ import {
 import { DynamoDBPersistenceLayer } from "@aws-lambda-powertools/idempotency/dynamodb";
 import type { BasePersistenceLayer } from "@aws-lambda-powertools/idempotency/persistence";
 import middy from "@middy/core";
+import * as z from "zod/mini";
 import { type Config, FIELD_LIMITS, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import {
   type DomainDeps,
   deleteRouter,
-  readRouterState,
+  listRouters,
+  readRouter,
+  readTaggedRouterState,
   type SubmitResult,
   submitNotification,
   upsertRouter,
+  type WriteConditions,
 } from "../lib/domain/services.ts";
 import {
   BadRequestError,
@@ -31,6 +37,13 @@ import {
   ValidationError,
 } from "../lib/errors.ts";
 import type { ApiGatewayEvent, ApiGatewayResult } from "../lib/http/api-event.ts";
+import {
+  type CursorCodec,
+  type CursorFilters,
+  cursorCodec,
+  cursorKeyLoader,
+  MAX_CURSOR_CHARS,
+} from "../lib/http/cursor.ts";
 import {
   type AppLogger,
   bodyLimit,
@@ -43,9 +56,10 @@ import {
   securityHeaders,
   stateOf,
 } from "../lib/http/middlewares.ts";
+import { matchRoute, type RouteSpec } from "../lib/http/routes.ts";
 import { domainWiring, lazyHandler, type Observability, observed } from "../lib/production.ts";
 import { parseNotificationBody, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
-import { uuid } from "../lib/schemas/primitives.ts";
+import { host, projectId, uuid } from "../lib/schemas/primitives.ts";
 
 export interface HttpDeps {
   readonly domain: DomainDeps;
@@ -55,6 +69,8 @@ export interface HttpDeps {
   readonly idempotency: BasePersistenceLayer | undefined;
   /** How long a completed Idempotency-Key is remembered. */
   readonly idempotencyTtlSeconds?: number;
+  /** The listing cursors' key (lib/http/cursor.ts); undefined: random to this process (tests, benchmarks). */
+  readonly cursorKey?: () => Promise<Buffer>;
   /** Lambda context and correlation id in the logs, RejectedRequests metrics; absent in tests and benchmarks. */
   readonly observability?: Observability;
 }
@@ -89,6 +105,54 @@ function routerIdFrom(raw: string): string {
   return parsed.data;
 }
 
+/** The longest If-Match this API reads: a handful of its own tags. */
+const MAX_IF_MATCH_CHARS = 1024;
+
+function conditionsOf(headers: Readonly<Record<string, string>>): WriteConditions {
+  const ifMatch = headers["if-match"];
+  if (ifMatch === undefined) return {};
+  if (ifMatch.trim() === "" || ifMatch.length > MAX_IF_MATCH_CHARS) {
+    throw new BadRequestError(`If-Match must be "*" or 1 to ${MAX_IF_MATCH_CHARS} characters of entity tags`);
+  }
+  return { ifMatch };
+}
+
+/** A parameter the route does not declare is refused, not ignored: a misspelt filter would list everything. */
+function requireDeclaredQuery(route: RouteSpec, query: Readonly<Record<string, string>>): void {
+  const declared = new Set((route.query ?? []).map((parameter) => parameter.name));
+  const unknown = Object.keys(query).filter((name) => !declared.has(name));
+  if (unknown.length > 0) {
+    throw new ValidationError(
+      "invalid query",
+      unknown.slice(0, 10).map((name) => ({
+        path: name.slice(0, 64),
+        message: "is not a query parameter of this route",
+      })),
+    );
+  }
+}
+
+/** GET /v1/routers's query; v2 joins a repeated parameter with commas, which none of these accept. */
+const listQuery = z.object({
+  project_id: z.optional(projectId),
+  host: z.optional(host),
+  in_sync: z.optional(
+    z.enum(["false"], { error: 'only "false" (routers some host has not confirmed) is a filter' }),
+  ),
+  limit: z.optional(
+    z.pipe(
+      z.string().check(z.regex(/^\d{1,3}$/, "must be an integer from 1 to 100")),
+      z.pipe(
+        z.transform(Number),
+        z.int().check(z.gte(1, "must be at least 1"), z.lte(100, "must be at most 100")),
+      ),
+    ),
+  ),
+  cursor: z.optional(z.string().check(z.maxLength(MAX_CURSOR_CHARS))),
+});
+
+const DEFAULT_PAGE_SIZE = 50;
+
 interface IdempotentInput {
   /** Hashed: the caller (project, powers, subject), route and key. */
   readonly key: string;
@@ -110,6 +174,17 @@ function idempotencyScope(caller: Identity, route: string, key: string): string 
 
 export function makeHandler(deps: HttpDeps) {
   const { domain, schemas, logger } = deps;
+  const loadCursorKey = deps.cursorKey ?? (async () => randomBytes(32));
+  let codec: Promise<CursorCodec> | undefined;
+  const cursors = () => {
+    codec ??= loadCursorKey()
+      .then(cursorCodec)
+      .catch((error: unknown) => {
+        codec = undefined; // a failed key load is retried by the next listing
+        throw new ServiceUnavailableError("listing is unavailable; retry later", undefined, { cause: error });
+      });
+    return codec;
+  };
   const idempotencyConfig = new IdempotencyConfig({
     eventKeyJmesPath: "key",
     payloadValidationJmesPath: "payload",
@@ -131,8 +206,9 @@ export function makeHandler(deps: HttpDeps) {
     context: HttpContext,
   ) {
     const key = idempotencyKeyOf(headers);
+    const conditions = conditionsOf(headers);
     const notification = parseNotificationBody(schemas, body);
-    const run = () => submitNotification(domain, caller, notification, cid);
+    const run = () => submitNotification(domain, caller, notification, cid, conditions);
     if (!idempotent || key === undefined) return run();
     // An invocation that dies mid-request must not lock its key for the whole TTL: the in-progress
     // record then expires with the invocation's own deadline.
@@ -141,7 +217,8 @@ export function makeHandler(deps: HttpDeps) {
     try {
       return await idempotent({
         key: idempotencyScope(caller, "POST /v1/notifications", key),
-        payload: body,
+        // The same key with another If-Match is another request (409), not a replay.
+        payload: [body, conditions.ifMatch ?? null],
         run,
       });
     } catch (error) {
@@ -164,30 +241,57 @@ export function makeHandler(deps: HttpDeps) {
     }
   }
 
+  async function list(caller: Identity, query: Readonly<Record<string, string>>) {
+    const parsed = parseOrThrow(listQuery, query, "query");
+    const filters: CursorFilters = {
+      projectId: parsed.project_id,
+      host: parsed.host,
+      outOfSyncOnly: parsed.in_sync === "false",
+    };
+    const codec = await cursors();
+    const after = parsed.cursor === undefined ? undefined : codec.open(parsed.cursor, caller, filters);
+    const page = await listRouters(domain, caller, {
+      ...filters,
+      limit: parsed.limit ?? DEFAULT_PAGE_SIZE,
+      after,
+    });
+    return {
+      routers: page.routers,
+      next_cursor: page.next === undefined ? null : codec.seal(page.next, caller, filters),
+    };
+  }
+
   const route = async (_event: ApiGatewayEvent, context: HttpContext): Promise<ApiGatewayResult> => {
     const state = stateOf(context);
-    const { method, path, headers, correlationId } = state.request;
+    const { method, path, headers, correlationId, query } = state.request;
     const caller = state.identity!;
-    if (path === "/v1/notifications") {
-      if (method !== "POST") throw new NotFoundError(`no route for ${method} ${path}`);
-      return json(202, await submit(caller, state.body, headers, correlationId, context));
+    const match = matchRoute(method, path);
+    if (!match) throw new NotFoundError(`no route for ${method} ${path.slice(0, 200)}`);
+    requireDeclaredQuery(match.route, query);
+    const routerId = () => routerIdFrom(match.params.router_id ?? "");
+    switch (match.route.id) {
+      case "submitNotification":
+        return json(202, await submit(caller, state.body, headers, correlationId, context));
+      case "getRouterHelpers": {
+        const { body, etag } = await readTaggedRouterState(domain, caller, routerId());
+        return json(200, body, { etag });
+      }
+      case "getRouter": {
+        const { body, etag } = await readRouter(domain, caller, routerId());
+        return json(200, body, { etag });
+      }
+      case "listRouters":
+        return json(200, await list(caller, query));
+      case "putRouter": {
+        const id = routerId();
+        const body = parseOrThrow(schemas.routerUpsert, state.body, "router");
+        const result = await upsertRouter(domain, caller, id, body, correlationId, conditionsOf(headers));
+        return json(result.created ? 201 : 200, result.router, { etag: result.etag });
+      }
+      case "deleteRouter":
+        await deleteRouter(domain, caller, routerId(), correlationId, conditionsOf(headers));
+        return { statusCode: 204, headers: {}, body: "" };
     }
-    const helpers = /^\/v1\/routers\/([^/]+)\/conntrack-helpers$/.exec(path);
-    if (helpers && method === "GET") {
-      return json(200, await readRouterState(domain, caller, routerIdFrom(helpers[1]!)));
-    }
-    const router = /^\/v1\/routers\/([^/]+)$/.exec(path);
-    if (router && method === "PUT") {
-      const routerId = routerIdFrom(router[1]!);
-      const body = parseOrThrow(schemas.routerUpsert, state.body, "router");
-      const result = await upsertRouter(domain, caller, routerId, body, correlationId);
-      return json(result.created ? 201 : 200, result.router);
-    }
-    if (router && method === "DELETE") {
-      await deleteRouter(domain, caller, routerIdFrom(router[1]!), correlationId);
-      return { statusCode: 204, headers: {}, body: "" };
-    }
-    throw new NotFoundError(`no route for ${method} ${path.slice(0, 200)}`);
   };
 
   return middy<ApiGatewayEvent, ApiGatewayResult, Error, HttpContext>()
@@ -206,6 +310,7 @@ export function defaultDeps(config: Config = loadConfig()): HttpDeps {
   const { clients, ...wiring } = domainWiring("cth-http", "http", config);
   return {
     ...wiring,
+    cursorKey: cursorKeyLoader(config.signingKey, clients.ssm),
     idempotency: new DynamoDBPersistenceLayer({
       tableName: config.idempotencyTable,
       awsSdkV3Client: clients.dynamoRaw,

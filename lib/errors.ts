@@ -14,6 +14,8 @@ export abstract class AppError extends Error {
   /** Whether `message` and `details` are safe to return to the caller. */
   readonly expose: boolean = true;
   readonly details: unknown;
+  /** Response headers the error carries (a 412's current ETag); the error middleware adds them. */
+  readonly headers: Readonly<Record<string, string>> = {};
 
   constructor(message: string, details?: unknown, options?: ErrorOptions) {
     super(message, options);
@@ -58,6 +60,17 @@ export const routerNotFound = (routerId: string): NotFoundError =>
 export class ConflictError extends AppError {
   readonly status = 409;
   readonly code = "conflict";
+}
+
+/** If-Match did not admit the router's current state; `etag` is that state's tag (absent: no router). */
+export class PreconditionFailedError extends AppError {
+  readonly status = 412;
+  readonly code = "precondition_failed";
+  override readonly headers: Readonly<Record<string, string>>;
+  constructor(message: string, etag: string | undefined) {
+    super(message);
+    this.headers = etag === undefined ? {} : { etag };
+  }
 }
 
 export class PayloadTooLargeError extends AppError {

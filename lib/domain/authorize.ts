@@ -15,7 +15,7 @@ export function authorizeRouter(
   record: RouterRecord | undefined,
 ): RouterRecord {
   if (!record) throw routerNotFound(routerId);
-  if (isAdmin(identity) || isService(identity)) return record;
+  if (isOperator(identity)) return record;
   if (record.projectId !== identity.projectId) throw routerNotFound(routerId);
   return record;
 }
@@ -39,6 +39,31 @@ export function authorizeHelperProject(
       },
     ]);
   }
+}
+
+/** Operators (admin, service) act across projects and see node names; plain members see neither. */
+export const isOperator = (identity: Identity): boolean => isAdmin(identity) || isService(identity);
+
+export interface ListingFilters {
+  readonly projectId?: string | undefined;
+  readonly host?: string | undefined;
+}
+
+/**
+ * The filters a listing may run with, or undefined for a listing that is empty whatever the table holds. A
+ * member is held to its own project: another project's filter answers the empty page a project without
+ * routers would, never an error that would say whether it exists. The host filter is refused to members,
+ * who are never shown node names (it depends only on the caller's powers, so it reveals nothing).
+ */
+export function authorizeListing(identity: Identity, filters: ListingFilters): ListingFilters | undefined {
+  if (isOperator(identity)) return filters;
+  if (filters.host !== undefined) {
+    throw new ForbiddenError("the host filter requires the cth:admin or cth:service scope", [
+      { path: "host", message: "node names are shown to operators only" },
+    ]);
+  }
+  if (filters.projectId !== undefined && filters.projectId !== identity.projectId) return undefined;
+  return { projectId: identity.projectId };
 }
 
 export function requireAdmin(identity: Identity): void {

@@ -6,6 +6,7 @@
  */
 import type { Limits } from "../config.ts";
 import {
+  BadRequestError,
   RevisionConflictError,
   routerNotFound,
   ServiceUnavailableError,
@@ -16,6 +17,7 @@ import type {
   Clock,
   CommandQueue,
   DrainingChange,
+  RouterListQuery,
   RouterRecord,
   RoutersStore,
   RouterWrite,
@@ -23,9 +25,16 @@ import type {
 } from "../ports.ts";
 import { applyDrainingChange, bindingOf } from "../ports.ts";
 import type { Notification, RouterSyncMessage, RouterUpsert } from "../schemas/index.ts";
-import { authorizeHelperProject, authorizeRouter, requireAdmin } from "./authorize.ts";
+import {
+  authorizeHelperProject,
+  authorizeListing,
+  authorizeRouter,
+  isOperator,
+  requireAdmin,
+} from "./authorize.ts";
 import { applyChanges, type HelperOp, type IndexedChange, revertOps } from "./changes.ts";
-import { type Identity, isAdmin, isService } from "./identity.ts";
+import { requireIfMatch, routerEtag } from "./etag.ts";
+import type { Identity } from "./identity.ts";
 import { drainSnapshots, inSync, replicaInSync } from "./reports.ts";
 import { done, type RetryPolicy, retry, retrying } from "./retry.ts";
 import { buildSnapshot, sortHelpers } from "./snapshot.ts";
@@ -85,8 +94,11 @@ function plan(
   routerId: string,
   changes: readonly IndexedChange[],
   record: RouterRecord | undefined,
+  ifMatch?: string,
 ) {
   const owned = authorizeRouter(identity, routerId, record);
+  // After authorization: a foreign router is a 404, never a 412 that would carry its ETag.
+  requireIfMatch(ifMatch, owned);
   for (const { index, change } of changes) authorizeHelperProject(identity, owned, change, index);
   const result = applyChanges(
     routerId,
@@ -119,12 +131,15 @@ async function commitRouter(
   routerId: string,
   changes: readonly IndexedChange[],
   first: RouterRecord | undefined,
+  ifMatch: string | undefined,
 ): Promise<Committed> {
   return retrying(
     deps.retry ?? DEFAULT_RETRY,
     async (attempt) => {
       const current = attempt === 0 ? first : await deps.store.get(routerId);
-      const planned = plan(deps, identity, notification, routerId, changes, current);
+      // If-Match is checked against the very record the write is conditional on: a write that lands between
+      // the check and the put fails the put, and the re-plan then answers 412.
+      const planned = plan(deps, identity, notification, routerId, changes, current, ifMatch);
       if (planned.ops.length === 0) return done({ record: planned.record, ops: [] });
       const next = nextRevision(deps, planned.record, { helpers: planned.helpers });
       try {
@@ -263,6 +278,7 @@ async function commitInTurn(
   groups: Map<string, IndexedChange[]>,
   records: Map<string, RouterRecord>,
   correlationId: string,
+  ifMatch: string | undefined,
 ): Promise<Committed[]> {
   // Every router is validated against the state read before the first write. (A single router's commit
   // plans before its only write anyway; a transaction plans every router before its one write.)
@@ -275,7 +291,7 @@ async function commitInTurn(
   for (const [routerId, changes] of groups) {
     try {
       committed.push(
-        await commitRouter(deps, identity, notification, routerId, changes, records.get(routerId)),
+        await commitRouter(deps, identity, notification, routerId, changes, records.get(routerId), ifMatch),
       );
     } catch (error) {
       await compensate(deps, committed, correlationId);
@@ -285,22 +301,31 @@ async function commitInTurn(
   return committed;
 }
 
+/** Conditions of a write: If-Match's value (lib/domain/etag.ts), when the request had one. */
+export interface WriteConditions {
+  readonly ifMatch?: string | undefined;
+}
+
 /**
  * Applies a notification whole or not at all across every router it names, then queues one snapshot per
- * touched router (grouped per node).
+ * touched router (grouped per node). If-Match names one router's state, so it needs a notification of one.
  */
 export async function submitNotification(
   deps: DomainDeps,
   identity: Identity,
   notification: Notification,
   correlationId: string,
+  conditions: WriteConditions = {},
 ): Promise<SubmitResult> {
   const groups = groupByRouter(notification);
+  if (conditions.ifMatch !== undefined && groups.size > 1) {
+    throw new BadRequestError("If-Match applies only to a notification that names exactly one router");
+  }
   const records = await deps.store.getMany([...groups.keys()]);
   const committed =
     groups.size > 1 && deps.store.putAll
       ? await commitAtomically(deps, deps.store.putAll, identity, notification, groups, records)
-      : await commitInTurn(deps, identity, notification, groups, records, correlationId);
+      : await commitInTurn(deps, identity, notification, groups, records, correlationId, conditions.ifMatch);
   const byHost = new Map<string, RouterSyncMessage[]>();
   for (const { record } of committed) mergeByHost(byHost, routerSnapshots(record, correlationId, deps));
   await enqueueByHost(deps, byHost);
@@ -312,19 +337,83 @@ export async function submitNotification(
 export interface RouterView {
   readonly router_id: string;
   readonly project_id: string;
-  /** The first binding's host, for clients of the single-host form. */
-  readonly host: string;
-  readonly bindings: { host: string; namespace: Binding["namespace"] }[];
+  /** The first binding's host, for clients of the single-host form (operators only). */
+  readonly host?: string;
+  /** Hosts for operators only: node names are infrastructure detail. */
+  readonly bindings: { host?: string; namespace: Binding["namespace"] }[];
   readonly revision: number;
+  /** On reads (GET, listing): every bound host confirmed the desired state, none is draining. */
+  readonly in_sync?: boolean;
 }
 
-const view = (record: RouterRecord): RouterView => ({
-  router_id: record.routerId,
-  project_id: record.projectId,
-  host: record.bindings[0]!.host,
-  bindings: record.bindings.map(({ host, namespace }) => ({ host, namespace })),
-  revision: record.revision,
-});
+/** A router as `operator`s (admin, service) or members see it; reads add in_sync. */
+function view(record: RouterRecord, operator = true, withSync = false): RouterView {
+  return {
+    router_id: record.routerId,
+    project_id: record.projectId,
+    ...(operator ? { host: record.bindings[0]!.host } : {}),
+    bindings: record.bindings.map(({ host, namespace }) => (operator ? { host, namespace } : { namespace })),
+    revision: record.revision,
+    ...(withSync ? { in_sync: inSync(record) } : {}),
+  };
+}
+
+/** A read's answer and the ETag of the router's state it was read from. */
+export interface Tagged<T> {
+  readonly body: T;
+  readonly etag: string;
+}
+
+/** GET /v1/routers/{id}: unknown and foreign routers are the same 404. */
+export async function readRouter(
+  deps: Pick<DomainDeps, "store">,
+  identity: Identity,
+  routerId: string,
+): Promise<Tagged<RouterView>> {
+  const record = authorizeRouter(identity, routerId, await deps.store.get(routerId));
+  return { body: view(record, isOperator(identity), true), etag: routerEtag(record) };
+}
+
+export interface RouterListing {
+  readonly projectId?: string | undefined;
+  readonly host?: string | undefined;
+  readonly outOfSyncOnly: boolean;
+  readonly limit: number;
+  /** The store's position after the previous page (RouterPage.next), as the cursor carried it. */
+  readonly after?: string | undefined;
+}
+
+export interface RouterListPage {
+  readonly routers: RouterView[];
+  /** undefined: this was the last page. */
+  readonly next?: string | undefined;
+}
+
+/** GET /v1/routers: one page, filtered as authorizeListing allows. */
+export async function listRouters(
+  deps: Pick<DomainDeps, "store">,
+  identity: Identity,
+  listing: RouterListing,
+): Promise<RouterListPage> {
+  const allowed = authorizeListing(identity, listing);
+  if (!allowed) return { routers: [] };
+  const operator = isOperator(identity);
+  const query: RouterListQuery = {
+    outOfSyncOnly: listing.outOfSyncOnly,
+    limit: listing.limit,
+    ...(allowed.projectId !== undefined ? { projectId: allowed.projectId } : {}),
+    ...(allowed.host !== undefined ? { host: allowed.host } : {}),
+    ...(listing.after !== undefined ? { after: listing.after } : {}),
+  };
+  const page = await deps.store.listPage(query);
+  return {
+    // Held to the caller's project again here, whatever the store answered.
+    routers: page.records
+      .filter((record) => operator || record.projectId === identity.projectId)
+      .map((record) => view(record, operator, true)),
+    ...(page.next !== undefined ? { next: page.next } : {}),
+  };
+}
 
 const sameBindings = (a: readonly Binding[], b: readonly Binding[]): boolean =>
   a.length === b.length &&
@@ -361,7 +450,7 @@ function requireKnownNodes(nodes: ReadonlySet<string> | undefined, bindings: rea
   if (unknown.length > 0) throw new ValidationError("invalid router", unknown);
 }
 
-type Upserted = { created: boolean; router: RouterView };
+type Upserted = { created: boolean; router: RouterView; etag: string };
 
 /**
  * PUT: creates a router or changes its bindings (admin). Every bound host gets the full set (a host added,
@@ -374,6 +463,7 @@ export async function upsertRouter(
   routerId: string,
   body: RouterUpsert,
   correlationId: string,
+  conditions: WriteConditions = {},
 ): Promise<Upserted> {
   requireAdmin(identity);
   requireKnownNodes(deps.nodes, body.bindings);
@@ -381,6 +471,9 @@ export async function upsertRouter(
     deps.retry ?? DEFAULT_RETRY,
     async () => {
       const current = await deps.store.get(routerId);
+      // Every write below is conditional on `current`'s revision (or its absence): a change between this
+      // check and that write fails it, and the next attempt answers 412.
+      requireIfMatch(conditions.ifMatch, current);
       const now = deps.clock.now().toISOString();
       try {
         if (!current) {
@@ -409,7 +502,7 @@ export async function upsertRouter(
           // revision.
           if (created.revision > 0)
             await enqueueByHost(deps, placementSnapshots(created, correlationId, deps), correlationId);
-          return done({ created: true, router: view(created) });
+          return done({ created: true, router: view(created), etag: routerEtag(created) });
         }
         const unchanged =
           current.projectId === body.project_id && sameBindings(current.bindings, body.bindings);
@@ -442,7 +535,7 @@ export async function upsertRouter(
             placementSnapshots(next, correlationId, deps),
             unchanged ? correlationId : undefined,
           );
-        return done({ created: false, router: view(next) });
+        return done({ created: false, router: view(next), etag: routerEtag(next) });
       } catch (error) {
         if (error instanceof RevisionConflictError) return retry;
         throw error;
@@ -463,12 +556,15 @@ export async function deleteRouter(
   identity: Identity,
   routerId: string,
   correlationId: string,
+  conditions: WriteConditions = {},
 ): Promise<void> {
   requireAdmin(identity);
   await retrying(
     deps.retry ?? DEFAULT_RETRY,
     async () => {
       const current = await deps.store.get(routerId);
+      // As in upsertRouter: checked against the revision the delete is conditional on.
+      requireIfMatch(conditions.ifMatch, current);
       if (!current) {
         const tombstone = await deps.store.tombstone(routerId);
         if (!tombstone || Object.keys(tombstone.draining).length === 0) throw routerNotFound(routerId);
@@ -534,9 +630,22 @@ export async function readRouterState(
   identity: Identity,
   routerId: string,
 ): Promise<RouterState> {
+  return (await readTaggedRouterState(deps, identity, routerId)).body;
+}
+
+/** readRouterState with the ETag of the router's desired state (lib/domain/etag.ts), for If-Match. */
+export async function readTaggedRouterState(
+  deps: Pick<DomainDeps, "store">,
+  identity: Identity,
+  routerId: string,
+): Promise<Tagged<RouterState>> {
   const record = authorizeRouter(identity, routerId, await deps.store.get(routerId));
+  return { body: routerStateOf(identity, record), etag: routerEtag(record) };
+}
+
+function routerStateOf(identity: Identity, record: RouterRecord): RouterState {
   // Node names are infrastructure detail: only operators and control planes see them.
-  const operator = isAdmin(identity) || isService(identity);
+  const operator = isOperator(identity);
   const replicas = record.bindings.map((binding): ReplicaView => {
     const replica = record.replicas[binding.host];
     return {

@@ -13,6 +13,8 @@ export interface ApiGatewayEvent {
   readonly httpMethod?: string;
   readonly headers?: Readonly<Record<string, string | undefined>> | null;
   readonly body?: string | null;
+  /** Both payload versions; v2 joins a repeated name's values with commas. */
+  readonly queryStringParameters?: Readonly<Record<string, string | undefined>> | null;
   readonly isBase64Encoded?: boolean;
   readonly requestContext?: {
     readonly requestId?: string;
@@ -41,6 +43,8 @@ export interface HttpRequest {
   readonly headers: Readonly<Record<string, string>>;
   readonly claims: unknown;
   readonly correlationId: string;
+  /** Query parameters as the gateway decoded them. */
+  readonly query: Readonly<Record<string, string>>;
 }
 
 export function normalizeEvent(event: ApiGatewayEvent, correlationId: string): HttpRequest {
@@ -57,7 +61,13 @@ export function normalizeEvent(event: ApiGatewayEvent, correlationId: string): H
   }
   const authorizer = event.requestContext?.authorizer;
   const claims = authorizer?.jwt?.claims ?? authorizer?.claims;
-  return { method, path, headers, claims, correlationId };
+  // fromEntries defines own properties: a parameter named __proto__ stays a parameter (and is refused).
+  const query = Object.fromEntries(
+    Object.entries(event.queryStringParameters ?? {}).filter(
+      (entry): entry is [string, string] => typeof entry[1] === "string",
+    ),
+  );
+  return { method, path, headers, claims, correlationId, query };
 }
 
 /** Request ids become snapshot correlation ids, whose alphabet is narrow (HTTP API ids end in "="). */

@@ -49,12 +49,15 @@ export const routerState = z.strictObject({
   draining: z.array(z.strictObject({ host: z.optional(host), revision })),
 });
 
-/** A router as PUT answers it and GET /v1/routers{,/{router_id}} list it. */
+/**
+ * A router as PUT answers it and GET /v1/routers{,/{router_id}} list it. Node names (`host`, each binding's
+ * `host`) are shown to operators (cth:admin, cth:service) only; `in_sync` is on reads only.
+ */
 export const routerView = z.strictObject({
   router_id: uuid,
   project_id: projectId,
-  host,
-  bindings: z.array(binding),
+  host: z.optional(host),
+  bindings: z.array(z.strictObject({ host: z.optional(host), namespace: binding.shape.namespace })),
   revision,
   in_sync: z.optional(z.boolean()),
 });
