@@ -172,6 +172,34 @@ describeKernel("npm start (local stack) end to end", () => {
     expect(forged.headers.get("www-authenticate")).toMatch(/^Bearer scope="" error="invalid_token" /);
   });
 
+  it("publishes the dev issuer's key set: RS256, RSA, the key tokens are signed with", () => {
+    const jwks = JSON.parse(readFileSync(join(dir, "jwks.json"), "utf8")) as {
+      keys: Record<string, unknown>[];
+    };
+    expect(jwks.keys).toEqual([
+      expect.objectContaining({ kty: "RSA", alg: "RS256", use: "sig", kid: key.kid }),
+    ]);
+    expect(jwks.keys[0]).not.toHaveProperty("d");
+  });
+
+  it("serves the committed OpenAPI document at GET /v1/openapi.json", async () => {
+    const response = await fetch(`${info.apiUrl}/v1/openapi.json`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get("content-type")).toBe("application/json");
+    expect(await response.json()).toEqual(JSON.parse(readFileSync(join(root, "openapi.json"), "utf8")));
+  });
+
+  it("answers like API Gateway where the gateway answers: unknown route, admin route without the scope", async () => {
+    const member = await signToken(key, { projectId: PROJECT });
+    const unknown = await api("/v1/nowhere", member);
+    expect(unknown.status).toBe(404);
+    expect(unknown.headers.get("apigw-requestid")).toMatch(/^[A-Za-z0-9+/]{15}=$/);
+    expect(await unknown.json()).toEqual({ message: "Not Found" });
+    const put = await api(`/v1/routers/${randomUUID()}`, member, { method: "PUT", body: "{}" });
+    expect(put.status).toBe(403);
+    expect(await put.json()).toEqual({ message: "Forbidden" });
+  });
+
   it("admin registers a router, its owner adds an ftp helper, the kernel holds it and the API says in sync", async () => {
     const admin = await signToken(key, { projectId: "operator", roles: ["admin"] });
     const owner = await signToken(key, { projectId: PROJECT });
