@@ -1,5 +1,5 @@
 /**
- * Prints a dev token the local stack accepts:
+ * Prints a dev token (RS256, as the deployed JWT authorizer verifies) the local stack accepts:
  *   npm run token -- --project P [--role admin|service]... [--ttl SECONDS]
  * A role becomes the token's `scope` string (`cth:admin`, `cth:service`), as a real identity provider emits it.
  * The signing key lives in .local/ (CTH_LOCAL_DIR) and is created on first use, shared with `npm start`.
