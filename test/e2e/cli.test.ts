@@ -86,7 +86,8 @@ const json = <T>(run: Run): T => {
   return JSON.parse(run.stdout) as T;
 };
 
-describe("cth, the operator CLI, against npm start", () => {
+// Every step is a process of its own (tsx starts each): a loaded machine needs more than the default minute.
+describe("cth, the operator CLI, against npm start", { timeout: 180_000 }, () => {
   const project = `cli-${randomUUID().slice(0, 8)}`;
   let dir: string;
   let stack: ChildProcess;
