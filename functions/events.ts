@@ -112,7 +112,8 @@ function parkRefused(deps: EventsDeps): MiddlewareObj<unknown, EventOutcome, Err
         eventId: id,
         detailType,
         code: error.code,
-        message: error.message,
+        // Not `message`: Powertools reserves that key for the line's own text and drops the field.
+        reason: error.message,
         details: error.details,
       });
       deps.metrics.parked(detailType, error.code);

@@ -242,7 +242,7 @@ describe("publishers are scoped per detail type, notifications act as a member o
       expect(core.logger.entries.at(-1)).toMatchObject({
         level: "warn",
         message: "event parked",
-        fields: { eventId: event.id, code: "forbidden", message: expect.stringContaining(NOTIFIER_ONLY) },
+        fields: { eventId: event.id, code: "forbidden", reason: expect.stringContaining(NOTIFIER_ONLY) },
       });
     }
     expect(parked.map((p) => p.code)).toEqual(["forbidden", "forbidden", "forbidden"]);
