@@ -3,7 +3,7 @@
  * (scripts/local/gateway.ts), the OpenAPI document (openapi.json, generated) and, through that document,
  * serverless.yml's httpApi events all come from here.
  */
-import type * as z from "zod/mini";
+import * as z from "zod/mini";
 import { ADMIN_SCOPE } from "../domain/identity.ts";
 import * as api from "../schemas/api.ts";
 import type { Schemas } from "../schemas/index.ts";
@@ -50,7 +50,8 @@ export const ROUTES: readonly RouteSpec[] = [
     path: "/v1/notifications",
     summary: "Submit a conntrack helper notification (native or Neutron's push payload)",
     scopes: [],
-    body: (schemas) => schemas.notification,
+    // Documented as oneOf; the handler tells them apart by `event_type` (parseNotificationBody), for clearer errors.
+    body: (schemas) => z.union([schemas.notification, schemas.neutronPush]),
     headers: ["Idempotency-Key", "If-Match"],
     responses: { 202: { description: "committed and queued", body: api.submitResult } },
   },
