@@ -174,11 +174,10 @@ function reasonOf(error: unknown): string {
 
 /** Verifies `Authorization: [Bearer ]<jwt>`; returns the verified payload or throws TokenRejectedError. */
 export async function verifyBearer(
-  authorization: string | undefined,
+  authorization: string,
   key: SigningKey,
   options: VerifyOptions = {},
 ): Promise<JWTPayload> {
-  if (!authorization) throw new TokenRejectedError("missing Authorization header");
   // The identity source may hold the token alone or prefixed with `Bearer `, as API Gateway accepts it.
   const match = /^(?:Bearer )?([A-Za-z0-9_.-]+)$/i.exec(authorization.trim());
   if (!match || match[1]!.length > MAX_TOKEN_CHARS) throw new TokenRejectedError("not a bearer token");

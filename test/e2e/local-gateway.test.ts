@@ -271,6 +271,25 @@ describe("JWT authorizer", () => {
     await rejected(forged, /^signature verification failed$/);
   });
 
+  it("rejects a kid the JWKS does not hold, a token not valid yet and one without iat", async () => {
+    await rejected(
+      await foreignToken("RS256", otherKey.kid).sign(otherKey.privateKey),
+      /^no key in the issuer's JWKS matches the token$/,
+    );
+    const later = Math.floor(Date.now() / 1000) + 3600;
+    await rejected(
+      await signToken(key, { projectId: "demo", claims: { nbf: later } }),
+      /^the token is not valid yet$/,
+    );
+    const noIat = await new SignJWT({ project_id: "demo" })
+      .setProtectedHeader({ alg: "RS256", kid: key.kid })
+      .setIssuer(LOCAL_ISSUER)
+      .setAudience(LOCAL_AUDIENCE)
+      .setExpirationTime("1h")
+      .sign(key.privateKey);
+    await rejected(noIat, /^the token's iat claim is invalid$/);
+  });
+
   it("rejects a token whose payload was altered after signing", async () => {
     const [header, , signature] = (await signToken(key, { projectId: "demo" })).split(".");
     const payload = Buffer.from(
