@@ -3,19 +3,16 @@
  * generates: least privilege, FIFO + DLQ pairing, retention and visibility, encryption, the JWT authorizer on
  * every route, alarms, and the size of each bundle.
  */
-import { execFile } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DETAIL_TYPES, EVENT_SOURCE } from "../../functions/events.ts";
 import { BINDING_SLOTS, bindingSlotIndex, routersTableDefinition } from "../../lib/aws/tables.ts";
 import { ROUTES } from "../../lib/http/routes.ts";
+import { type PackagedService, packageService } from "./package-template.ts";
 
-const run = promisify(execFile);
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const require = createRequire(import.meta.url);
 
@@ -108,42 +105,18 @@ const signing = {
   "kms:Decrypt": [JSON.stringify(getAtt("SigningKeyKmsKey"))],
 };
 
+let packaged: PackagedService | undefined;
+
 beforeAll(async () => {
-  outDir = mkdtempSync(join(tmpdir(), "cth-package-"));
-  // Prove that packaging needs no AWS credentials: strip every credential source the SDK chain could find.
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  for (const key of Object.keys(env)) if (key.startsWith("AWS_")) delete env[key];
-  Object.assign(env, {
-    AWS_SHARED_CREDENTIALS_FILE: join(outDir, "no-credentials"),
-    AWS_CONFIG_FILE: join(outDir, "no-config"),
-    AWS_EC2_METADATA_DISABLED: "true",
-    SLS_TELEMETRY_DISABLED: "1",
-    SLS_NOTIFICATIONS_MODE: "off",
-  });
-  await run(
-    "npx",
-    [
-      "osls",
-      "package",
-      "--stage",
-      STAGE,
-      "--package",
-      outDir,
-      `--param=nodes=${NODES.join(",")}`,
-      `--param=jwtIssuer=${ISSUER}`,
-      `--param=jwtAudience=${AUDIENCE}`,
-    ],
-    { cwd: root, env, timeout: 240_000, maxBuffer: 16 * 1024 * 1024 },
-  );
-  template = JSON.parse(readFileSync(join(outDir, "cloudformation-template-update-stack.json"), "utf8"));
+  packaged = await packageService({ stage: STAGE, nodes: NODES, jwtIssuer: ISSUER, jwtAudience: AUDIENCE });
+  outDir = packaged.dir;
+  template = packaged.template;
   resources = template.Resources;
-  for (const file of readdirSync(outDir).filter((f) => f.endsWith(".zip"))) {
-    bundleSizes[file] = statSync(join(outDir, file)).size;
-  }
+  for (const file of packaged.bundles) bundleSizes[file] = statSync(join(outDir, file)).size;
 }, 300_000);
 
 afterAll(() => {
-  if (outDir) rmSync(outDir, { recursive: true, force: true });
+  packaged?.remove();
 });
 
 describe("functions", () => {
