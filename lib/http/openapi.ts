@@ -36,6 +36,7 @@ export interface RouteDoc {
 
 export const EXAMPLE_ROUTER = "5eed0c1e-7a1b-4c2d-8e3f-0123456789ab";
 export const EXAMPLE_PROJECT = "demo";
+const UNKNOWN_ROUTER = "00000000-0000-4000-8000-000000000000";
 const FTP = "f7c0a2b4-1d3e-4f50-8a6b-7c8d9e0f1a2b";
 const TFTP = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const BINDINGS = [
@@ -70,6 +71,19 @@ export const ROUTE_DOCS: Readonly<Record<RouteId, RouteDoc>> = {
           host: "net-1",
           bindings: BINDINGS,
           revision: 0,
+        },
+      },
+      stale: {
+        summary: "a change whose If-Match names a state the router is no longer in",
+        routerId: EXAMPLE_ROUTER,
+        headers: { "If-Match": '"r0-0000000000000000"' },
+        body: { project_id: EXAMPLE_PROJECT, host: "net-1" },
+        status: 412,
+        response: {
+          error: {
+            code: "precondition_failed",
+            message: "the router changed since the ETag in If-Match was read",
+          },
         },
       },
     },
@@ -116,6 +130,30 @@ export const ROUTE_DOCS: Readonly<Record<RouteId, RouteDoc>> = {
         },
         status: 202,
         response: { routers: [{ router_id: EXAMPLE_ROUTER, revision: 2 }] },
+      },
+      unknownHelper: {
+        summary: "a helper the catalog does not have: 422, each bad field by its path",
+        body: {
+          event: "created",
+          conntrack_helpers: [
+            { id: TFTP, router_id: EXAMPLE_ROUTER, protocol: "tcp", port: 8080, helper: "http" },
+          ],
+        },
+        status: 422,
+        response: {
+          error: {
+            code: "validation_failed",
+            message: "invalid notification",
+            details: [
+              {
+                path: "conntrack_helpers.0.helper",
+                message:
+                  'helper "http" is not available for tcp (allowed: ftp, tftp, sip, sane, amanda, RAS, Q.931, ' +
+                  "irc, pptp, netbios-ns, snmp)",
+              },
+            ],
+          },
+        },
       },
     },
   },
@@ -195,6 +233,12 @@ export const ROUTE_DOCS: Readonly<Record<RouteId, RouteDoc>> = {
       "retried DELETE before every host confirmed that snapshot re-sends it (`204`); after that it is a 404.",
     examples: {
       remove: { summary: "delete the HA router", routerId: EXAMPLE_ROUTER, status: 204 },
+      gone: {
+        summary: "a router that does not exist (another project's gets the same answer)",
+        routerId: UNKNOWN_ROUTER,
+        status: 404,
+        response: { error: { code: "not_found", message: `router ${UNKNOWN_ROUTER} not found` } },
+      },
     },
   },
 };
@@ -231,7 +275,7 @@ const ERRORS: Readonly<Record<number, string>> = {
   403: "the token lacks a required scope or the caller may not touch this project",
   404: "no such router (unknown and foreign routers are the same 404), or no such helper",
   409: "a conflicting change, or an Idempotency-Key reused with another body or still in progress",
-  412: "If-Match names a revision the router is no longer at",
+  412: "If-Match does not admit the router's current state; the answer carries the current ETag",
   413: "the body is larger than the deployment's maxBodyBytes",
   415: "the body is not application/json",
   422: "a field failed validation: `details` lists each path",
@@ -266,6 +310,11 @@ function errorResponse(status: number): Json {
       "application/json": { schema: schema ?? { oneOf: [ERROR_REF, GATEWAY_REF] } },
     },
   };
+}
+
+function withExamples(response: Json, examples: Json): Json {
+  const content = response.content as Record<string, Json>;
+  return { ...response, content: { "application/json": { ...content["application/json"], examples } } };
 }
 
 export interface OpenApiOptions {
@@ -341,8 +390,17 @@ export function buildOpenApi({ schemas, version }: OpenApiOptions): Json {
           : {}),
       };
     }
-    for (const status of errorStatuses(route))
-      responses[status] = { $ref: `#/components/responses/E${status}` };
+    for (const status of errorStatuses(route)) {
+      const examplesHere = exampleValues(
+        (example) => example.response,
+        (example) => example.status === status,
+      );
+      // A status with examples of its own is written out; the others share the component.
+      responses[status] =
+        Object.keys(examplesHere).length === 0
+          ? { $ref: `#/components/responses/E${status}` }
+          : withExamples(errorResponse(status), examplesHere);
+    }
 
     const operation: Json = {
       operationId: route.id,
@@ -357,7 +415,11 @@ export function buildOpenApi({ schemas, version }: OpenApiOptions): Json {
               content: {
                 "application/json": {
                   schema: ref(route.body(schemas), "input"),
-                  examples: exampleValues((example) => example.body),
+                  // Only the accepted ones: a refused request is shown by its answer.
+                  examples: exampleValues(
+                    (example) => example.body,
+                    (example) => example.status < 400,
+                  ),
                 },
               },
             },
