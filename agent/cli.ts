@@ -23,9 +23,10 @@ import type { VerifyKeys } from "../lib/signing.ts";
 import { assertNamespaceName, BACKEND_NAMES } from "./backend.ts";
 import { backendFactories } from "./backends.ts";
 import { DEFAULT_NAMESPACE_PATTERN, renderNamespace } from "./core.ts";
-import { type RunningAgent, startAgent } from "./main.ts";
+import { defaultHealthzStaleSeconds, type RunningAgent, startAgent } from "./main.ts";
 import { AgentSetupError } from "./private-path.ts";
 import { loadVerifyKeys } from "./verify-keys.ts";
+import { AGENT_VERSION } from "./version.ts";
 
 interface FlagSpec {
   readonly env: string;
@@ -138,7 +139,15 @@ const FLAGS = {
     default: "4",
     help: "routers applied at once (each router's own snapshots are always applied one at a time)",
   },
+  "healthz-stale-seconds": {
+    env: "CTH_AGENT_HEALTHZ_STALE_SECONDS",
+    type: "string",
+    help:
+      "/healthz (beside /metrics) answers 503 once the queue's last successful poll is older than this " +
+      "(default: 3 x --wait-seconds, at least 30)",
+  },
   "log-level": { env: "LOG_LEVEL", type: "string", default: "info", help: "pino log level" },
+  version: { env: "", type: "boolean", help: "print the version and exit" },
   help: { env: "", type: "boolean", help: "this text" },
 } as const satisfies Record<string, FlagSpec>;
 
@@ -194,6 +203,7 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
   const num = (name: FlagName, min: number): number =>
     integerSetting(str(name), label(name), Number.NaN, min);
   if (values.help === true) return { help: true as const };
+  if (values.version === true) return { help: false as const, version: true as const };
 
   const node = str("node");
   const queueUrl = str("queue-url");
@@ -230,8 +240,10 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
   if (families.length === 0 || !families.every((f): f is Family => f === "ipv4" || f === "ipv6")) {
     throw new Error("--families must be ipv4, ipv6 or ipv4,ipv6");
   }
+  const waitSeconds = num("wait-seconds", 0);
   return {
     help: false as const,
+    version: false as const,
     node,
     queueUrl,
     verifyKeysDir,
@@ -248,7 +260,13 @@ export function resolveOptions(argv: readonly string[], env: NodeJS.ProcessEnv) 
     backend,
     spawner,
     probe: !bool("no-probe") && backend !== "dry-run",
-    waitSeconds: num("wait-seconds", 0),
+    waitSeconds,
+    healthzStaleSeconds: integerSetting(
+      str("healthz-stale-seconds"),
+      label("healthz-stale-seconds"),
+      defaultHealthzStaleSeconds(waitSeconds),
+      1,
+    ),
     visibilitySeconds: num("visibility-timeout", 2),
     retryBaseSeconds: num("retry-base", 1),
     applyConcurrency: num("apply-concurrency", 1),
@@ -266,6 +284,10 @@ async function main(): Promise<void> {
   }
   if (options.help) {
     process.stdout.write(`${usage()}\n`);
+    return;
+  }
+  if (options.version) {
+    process.stdout.write(`${AGENT_VERSION}\n`);
     return;
   }
   let verifyKeys: VerifyKeys;
@@ -334,6 +356,7 @@ async function main(): Promise<void> {
     driftIntervalSeconds: options.driftIntervalSeconds,
     metricsPort: options.metricsPort,
     waitSeconds: options.waitSeconds,
+    healthzStaleSeconds: options.healthzStaleSeconds,
     visibilitySeconds: options.visibilitySeconds,
     backoffBaseSeconds: options.retryBaseSeconds,
     applyConcurrency: options.applyConcurrency,

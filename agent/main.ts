@@ -14,6 +14,7 @@ import { AgentCore } from "./core.ts";
 import { AgentMetrics } from "./metrics.ts";
 import { QueuePoller } from "./poller.ts";
 import { StateStore } from "./state.ts";
+import { AGENT_VERSION } from "./version.ts";
 
 export interface AgentDeps {
   readonly node: string;
@@ -41,6 +42,8 @@ export interface AgentDeps {
   /** undefined: no metrics endpoint; 0: any free port. */
   readonly metricsPort?: number | undefined;
   readonly waitSeconds?: number;
+  /** /healthz answers 503 once the last successful poll is older than this (default 3 long polls, >= 30 s). */
+  readonly healthzStaleSeconds?: number;
   readonly visibilitySeconds?: number;
   readonly backoffBaseSeconds?: number;
   readonly applyConcurrency?: number;
@@ -52,6 +55,11 @@ export interface RunningAgent {
   readonly metricsPort: number | undefined;
   /** Finishes the apply in flight, stops polling and the drift timer. */
   stop(): Promise<void>;
+}
+
+/** Three long polls that never came back is stuck; a short poll (wait 0) still gets 30 s. */
+export function defaultHealthzStaleSeconds(waitSeconds: number): number {
+  return Math.max(30, 3 * waitSeconds);
 }
 
 export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
@@ -83,6 +91,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
     namespacePattern: deps.namespacePattern,
     createNamespaces: deps.createNamespaces ?? false,
   });
+  const waitSeconds = deps.waitSeconds ?? 20;
   const poller = new QueuePoller({
     sqs: deps.sqs,
     queueUrl: deps.queueUrl,
@@ -92,12 +101,25 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
     verifyKeys: deps.verifyKeys,
     metrics,
     logger,
-    waitSeconds: deps.waitSeconds ?? 20,
+    waitSeconds,
     visibilitySeconds: deps.visibilitySeconds ?? 30,
     backoffBaseSeconds: deps.backoffBaseSeconds ?? 5,
     applyConcurrency: deps.applyConcurrency ?? 4,
   });
-  const served = deps.metricsPort === undefined ? undefined : await metrics.serve(deps.metricsPort);
+  const staleSeconds = deps.healthzStaleSeconds ?? defaultHealthzStaleSeconds(waitSeconds);
+  const health = () => {
+    const polledAt = poller.lastPolledAt();
+    const age = polledAt === undefined ? undefined : (Date.now() - polledAt) / 1000;
+    return {
+      healthy: age !== undefined && age <= staleSeconds,
+      detail: {
+        last_poll_age_seconds: age ?? null,
+        stale_after_seconds: staleSeconds,
+        version: AGENT_VERSION,
+      },
+    };
+  };
+  const served = deps.metricsPort === undefined ? undefined : await metrics.serve(deps.metricsPort, health);
   if (served) logger.info({ port: served.port }, "metrics listening on 127.0.0.1");
   await poller.resolveDlq().catch((error: unknown) => logger.warn({ err: error }, "DLQ lookup failed"));
 
@@ -113,7 +135,12 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
     core.checkDrift().catch((error: unknown) => logger.error({ err: error }, "drift check failed"));
   }, deps.driftIntervalSeconds * 1000);
   logger.info(
-    { node: deps.node, queue_url: deps.queueUrl, verify_keys: [...deps.verifyKeys.keys()] },
+    {
+      node: deps.node,
+      version: AGENT_VERSION,
+      queue_url: deps.queueUrl,
+      verify_keys: [...deps.verifyKeys.keys()],
+    },
     "agent started",
   );
 

@@ -1,7 +1,17 @@
-/** Prometheus metrics on their own registry (no global state), served on 127.0.0.1 only. */
+/**
+ * Prometheus metrics on their own registry (no global state), served on 127.0.0.1 only, with /healthz beside
+ * them: 200 while the queue was polled recently, 503 otherwise (stuck or never polled), for a watchdog.
+ */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { AGENT_VERSION } from "./version.ts";
+
+/** What /healthz answers: `healthy` false is a 503, `detail` is the body either way. */
+export type HealthCheck = () => {
+  readonly healthy: boolean;
+  readonly detail: Readonly<Record<string, unknown>>;
+};
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -56,9 +66,32 @@ export class AgentMetrics {
     registers: [this.registry],
   });
 
-  /** Serves /metrics on 127.0.0.1:port (0 picks a free port). */
-  async serve(port: number): Promise<{ port: number; close: () => Promise<void> }> {
+  constructor(version: string = AGENT_VERSION) {
+    new Gauge({
+      name: "cth_agent_build_info",
+      help: "Always 1; the running agent's version is the label",
+      labelNames: ["version"] as const,
+      registers: [this.registry],
+    }).set({ version }, 1);
+  }
+
+  /**
+   * Serves /metrics (with the process_* and nodejs_* defaults, collected from here on: only a served
+   * registry pays for them) and /healthz on 127.0.0.1:port (0 picks a free port).
+   */
+  async serve(
+    port: number,
+    health: HealthCheck = () => ({ healthy: true, detail: {} }),
+  ): Promise<{ port: number; close: () => Promise<void> }> {
+    collectDefaultMetrics({ register: this.registry });
     const server: Server = createServer((req, res) => {
+      if (req.method === "GET" && req.url === "/healthz") {
+        const { healthy, detail } = health();
+        res
+          .writeHead(healthy ? 200 : 503, { "content-type": "application/json", "cache-control": "no-store" })
+          .end(JSON.stringify({ status: healthy ? "ok" : "stale", ...detail }));
+        return;
+      }
       if (req.method !== "GET" || req.url !== "/metrics") {
         res.writeHead(404).end();
         return;

@@ -88,6 +88,8 @@ export class QueuePoller {
   private held = 0;
   private readonly handling = new Set<Promise<void>>();
   private capacityFreed: (() => void) | undefined;
+  /** Date.now() when a receive last came back without error (an empty long poll counts): /healthz. */
+  private polledAt: number | undefined;
 
   constructor(private readonly options: PollerOptions) {
     this.dlqUrl = options.dlqUrl;
@@ -120,6 +122,11 @@ export class QueuePoller {
     );
     this.dlqUrl = QueueUrl;
     return QueueUrl;
+  }
+
+  /** When a receive last succeeded (ms since the epoch); undefined before the first one. */
+  lastPolledAt(): number | undefined {
+    return this.polledAt;
   }
 
   start(): void {
@@ -192,6 +199,7 @@ export class QueuePoller {
       }),
       { abortSignal: this.abort.signal },
     );
+    this.polledAt = Date.now();
     return received.Messages ?? [];
   }
 
@@ -283,6 +291,7 @@ export class QueuePoller {
                     {
                       router_id: newest.snapshot.router_id,
                       revision: newest.snapshot.revision,
+                      correlation_id: newest.snapshot.correlation_id,
                       received_to_verified_seconds: (performance.now() - receivedAt) / 1000,
                     },
                     "message done",

@@ -4,12 +4,15 @@
  *   npx tsx scripts/build-agent.ts [--outfile dist/cth-agent.mjs]   # + dist/cth-agent-helper.mjs
  * Install both with infra/cth-agent.service (README "Agent installation").
  */
+import { readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { build } from "esbuild";
 import { HELPER_BUNDLE_FILE } from "../agent/exec-helper.ts";
 
 const HELPER_SOURCE = "agent/command-helper.ts";
+// The bundle has no package.json beside it: agent/version.ts reads this constant instead.
+const { version } = JSON.parse(readFileSync("package.json", "utf8")) as { version: string };
 
 const { values } = parseArgs({ options: { outfile: { type: "string", default: "dist/cth-agent.mjs" } } });
 // The bundle looks for its helper under this one name beside itself (exec-helper.ts commandHelperPath).
@@ -29,6 +32,7 @@ const [agent, helper] = await Promise.all([
     minify: true,
     sourcemap: "linked",
     metafile: true,
+    define: { __CTH_AGENT_VERSION__: JSON.stringify(version) },
     // Some CommonJS dependencies call require(); an ESM bundle must define it.
     banner: {
       js: "import { createRequire as __cthCreateRequire } from 'node:module'; const require = __cthCreateRequire(import.meta.url);",

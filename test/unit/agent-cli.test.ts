@@ -1,4 +1,7 @@
+import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { OTHER_VARIABLES, resolveOptions, usage } from "../../agent/cli.ts";
 import { flag, loadConfig, loadLimits } from "../../lib/config.ts";
@@ -58,7 +61,42 @@ describe("agent CLI options", () => {
       families: ["ipv4", "ipv6"],
       waitSeconds: 20,
       visibilitySeconds: 30,
+      // Three long polls.
+      healthzStaleSeconds: 60,
+      version: false,
     });
+  });
+
+  it("--healthz-stale-seconds (CTH_AGENT_HEALTHZ_STALE_SECONDS) sets the /healthz threshold, else 3 polls", () => {
+    expect(resolveOptions([...required, "--wait-seconds", "5"], {}).healthzStaleSeconds).toBe(30);
+    expect(resolveOptions([...required, "--wait-seconds", "15"], {})).toMatchObject({
+      healthzStaleSeconds: 45,
+    });
+    expect(resolveOptions(required, { CTH_AGENT_HEALTHZ_STALE_SECONDS: "90" })).toMatchObject({
+      healthzStaleSeconds: 90,
+    });
+    expect(
+      resolveOptions([...required, "--healthz-stale-seconds", "7"], {
+        CTH_AGENT_HEALTHZ_STALE_SECONDS: "90",
+      }),
+    ).toMatchObject({ healthzStaleSeconds: 7 });
+    expect(() => resolveOptions([...required, "--healthz-stale-seconds", "0"], {})).toThrow(
+      /^--healthz-stale-seconds \(CTH_AGENT_HEALTHZ_STALE_SECONDS\) must be an integer >= 1, got "0"$/,
+    );
+    expect(usage()).toContain("[env CTH_AGENT_HEALTHZ_STALE_SECONDS]");
+  });
+
+  it("--version prints package.json's version and exits 0, needing no other flag (the CLI entry)", async () => {
+    const root = fileURLToPath(new URL("../..", import.meta.url));
+    const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8"));
+    const { stdout, stderr } = await promisify(execFile)(
+      process.execPath,
+      ["--import", "tsx", "agent/cli.ts", "--version"],
+      { cwd: root, env: { PATH: process.env.PATH }, timeout: 30_000 },
+    );
+    expect(stdout).toBe(`${version}\n`);
+    expect(stderr).toBe("");
+    expect(resolveOptions(["--version"], {})).toEqual({ help: false, version: true });
   });
 
   it("reads every flag from the environment; a flag beats its variable", () => {
