@@ -82,12 +82,20 @@ export const ROUTES: readonly RouteSpec[] = [
     query: [
       {
         name: "project_id",
-        description: "only this project's routers (operators); a member sees only its own",
+        description:
+          "only this project's routers (operators); a member sees only its own, and another project's id lists nothing",
       },
-      { name: "host", description: "only routers bound to this node" },
-      { name: "in_sync", description: "`false`: only routers some host has not confirmed" },
+      { name: "host", description: "only routers bound to this node (operators only: 403 for a member)" },
+      {
+        name: "in_sync",
+        description: "`false` (the only value): only routers some host has not confirmed",
+      },
       { name: "limit", description: "1..100, default 50" },
-      { name: "cursor", description: "next_cursor of the previous page, opaque" },
+      {
+        name: "cursor",
+        description:
+          "next_cursor of the previous page: opaque, valid only for the same caller and filters (400 otherwise)",
+      },
     ],
     responses: { 200: { description: "one page", body: api.routerList } },
   },
