@@ -12,7 +12,7 @@ import { GetQueueAttributesCommand, SendMessageCommand, SQSClient } from "@aws-s
 import { PutParameterCommand, SSMClient } from "@aws-sdk/client-ssm";
 import { unmarshall } from "@aws-sdk/util-dynamodb";
 import type { Context, SQSEvent } from "aws-lambda";
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { handler as eventsHandler } from "../../functions/events.ts";
 import { handler as httpHandler } from "../../functions/http.ts";
 import { handler as reconcileHandler } from "../../functions/reconcile.ts";
@@ -41,7 +41,7 @@ import {
   type Stack,
   uploadCode,
 } from "./moto-cloudformation.ts";
-import { type PackagedService, packageService } from "./package-template.ts";
+import { type PackagedService, packageService, type Template } from "./package-template.ts";
 
 const NODES = ["net-1", "net_b2"] as const;
 const STAGE = "ci";
@@ -142,9 +142,7 @@ async function report(node: string, body: unknown) {
   await sqs.send(new SendMessageCommand({ QueueUrl: url, MessageBody: JSON.stringify(body) }));
   const [message, ...rest] = await drainQueue(sqs, url);
   expect(rest).toEqual([]);
-  const mappings = await inLambda("Status", () =>
-    lambdaApi(moto!.endpoint, REGION).eventSourceMappings(functions.Status.FunctionArn),
-  );
+  const mappings = await lambdaApi(moto!.endpoint, REGION).eventSourceMappings(functions.Status.FunctionArn);
   const source = mappings.find((m) => m.EventSourceArn.endsWith(`:${url.split("/").at(-1)}`));
   expect(source, `a mapping from ${url}`).toBeDefined();
   const event: SQSEvent = {
@@ -314,6 +312,12 @@ describeNeeding(motoMissing(), "the packaged template deployed in moto_server", 
     }
   });
 
+  it("a stack moto refuses is a rejection naming moto's reason, not a silent half-created stack", async () => {
+    await expect(
+      cloudFormation(moto!.endpoint, REGION).create(`cth-${STAGE}`, prepared.template),
+    ).rejects.toThrow(/CreateStack: 400 .*AlreadyExistsException/);
+  });
+
   it("the status function is mapped from every node's status queue and reports partial batch failures", async () => {
     const mappings = await lambdaApi(moto!.endpoint, REGION).eventSourceMappings(
       functions.Status.FunctionArn,
@@ -432,5 +436,51 @@ describeNeeding(motoMissing(), "the packaged template deployed in moto_server", 
     ]);
     // net-1 confirmed its router's revision moments ago: nothing to heal there.
     expect(await snapshotsOn("net-1")).toEqual([]);
+  });
+});
+
+describe("prepareForMoto", () => {
+  const template: Template = {
+    Resources: {
+      Api: { Type: "AWS::ApiGatewayV2::Api", Properties: {} },
+      Permission: {
+        Type: "AWS::Lambda::Permission",
+        // biome-ignore lint/suspicious/noTemplateCurlyInString: CloudFormation Fn::Sub syntax
+        Properties: { SourceArn: { "Fn::Sub": "arn:aws:execute-api:${AWS::Region}:${Api}/*" } },
+      },
+      Waiter: { Type: "AWS::SQS::Queue", Properties: {}, DependsOn: ["Permission"] },
+      Bus: { Type: "AWS::Events::EventBus", Properties: { Name: "cth-x" } },
+      Rule: { Type: "AWS::Events::Rule", Properties: { EventBusName: { Ref: "Bus" } } },
+      Fn: {
+        Type: "AWS::Lambda::Function",
+        Properties: { Code: { S3Bucket: { Ref: "Deploy" }, S3Key: "a/f.zip" } },
+      },
+      Mapping: { Type: "AWS::Lambda::EventSourceMapping", Properties: { Enabled: true } },
+    },
+    Outputs: {
+      ApiUrl: { Value: { "Fn::Join": ["", ["https://", { Ref: "Api" }]] } },
+      BusName: { Value: { Ref: "Bus" } },
+    },
+  };
+
+  it("drops what moto cannot model and, to a fixed point, whatever refers to it, outputs included", () => {
+    const { template: out, dropped } = prepareForMoto(template, "code");
+    expect(dropped.map((d) => [d.logicalId, d.reason])).toEqual([
+      ["Api", MOTO_CANNOT_CREATE["AWS::ApiGatewayV2::Api"]],
+      ["Permission", "refers to dropped Api"],
+      ["Waiter", "refers to dropped Permission"],
+    ]);
+    expect(Object.keys(out.Resources).sort()).toEqual(["Bus", "Fn", "Mapping", "Rule"]);
+    expect(Object.keys(out.Outputs)).toEqual(["BusName"]);
+  });
+
+  it("names the bus instead of Ref-ing it, reads code from the given bucket, disables mappings; the input is kept", () => {
+    const { template: out, patched } = prepareForMoto(template, "code");
+    expect(out.Resources.Rule!.Properties.EventBusName).toBe("cth-x");
+    expect(out.Outputs.BusName!.Value).toBe("cth-x");
+    expect(out.Resources.Fn!.Properties.Code).toEqual({ S3Bucket: "code", S3Key: "a/f.zip" });
+    expect(out.Resources.Mapping!.Properties.Enabled).toBe(false);
+    expect(patched.map((p) => p.logicalId)).toEqual(["Bus", "Fn", "Mapping"]);
+    expect(template.Resources.Rule!.Properties.EventBusName).toEqual({ Ref: "Bus" });
   });
 });
