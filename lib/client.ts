@@ -50,6 +50,8 @@ export interface ClientOptions {
   readonly url: string;
   readonly token?: string | undefined;
   readonly timeoutMs?: number | undefined;
+  /** How often a 429 or 503 is retried, for requests safe to repeat (default 2). */
+  readonly retries?: number | undefined;
 }
 
 /** A body and the headers a caller may need (ETag for If-Match). */
@@ -70,6 +72,26 @@ const routeById = (id: RouteId): RouteSpec => {
 
 function describe(route: RouteSpec): string {
   return `${route.method} ${route.path}`;
+}
+
+/** Answers that say "later": retried when the request may be repeated. */
+const RETRIED_STATUSES: ReadonlySet<number> = new Set([429, 503]);
+const MAX_RETRY_WAIT_MS = 5_000;
+
+/**
+ * GET and PUT (a whole desired state) may be repeated; a POST only with an Idempotency-Key (a repeat answers
+ * the first result). DELETE is not: a repeat of one that took effect would answer 404.
+ */
+const repeatable = (route: RouteSpec, headers: Record<string, string>): boolean =>
+  route.method === "GET" ||
+  route.method === "PUT" ||
+  (route.method === "POST" && "idempotency-key" in headers);
+
+/** Retry-After in seconds if the server gave one, else a doubling backoff; never more than 5 s. */
+function retryWait(response: Response, attempt: number): number {
+  const seconds = Number(response.headers.get("retry-after") ?? Number.NaN);
+  const wait = Number.isFinite(seconds) && seconds >= 0 ? seconds * 1000 : 250 * 2 ** attempt;
+  return Math.min(wait, MAX_RETRY_WAIT_MS);
 }
 
 function errorFrom(route: RouteSpec, status: number, text: string): AppError {
@@ -113,22 +135,27 @@ export function createClient(options: ClientOptions) {
     const headers: Record<string, string> = { accept: "application/json", ...request.headers };
     if (options.token) headers.authorization = `Bearer ${options.token}`;
     if (request.body !== undefined) headers["content-type"] = "application/json";
+    const retries = repeatable(route, headers) ? (options.retries ?? 2) : 0;
     let response: Response;
     let text: string;
-    try {
-      response = await fetch(url, {
-        method: route.method,
-        headers,
-        ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
-        signal: AbortSignal.timeout(options.timeoutMs ?? 30_000),
-      });
-      text = await response.text();
-    } catch (error) {
-      const cause = error instanceof Error ? (error.cause ?? error) : error;
-      const reason = cause instanceof Error ? cause.message : String(cause);
-      throw new UnreachableError(`cannot reach ${base} (${describe(route)}): ${reason}`, undefined, {
-        cause: error,
-      });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        response = await fetch(url, {
+          method: route.method,
+          headers,
+          ...(request.body === undefined ? {} : { body: JSON.stringify(request.body) }),
+          signal: AbortSignal.timeout(options.timeoutMs ?? 30_000),
+        });
+        text = await response.text();
+      } catch (error) {
+        const cause = error instanceof Error ? (error.cause ?? error) : error;
+        const reason = cause instanceof Error ? cause.message : String(cause);
+        throw new UnreachableError(`cannot reach ${base} (${describe(route)}): ${reason}`, undefined, {
+          cause: error,
+        });
+      }
+      if (!RETRIED_STATUSES.has(response.status) || attempt >= retries) break;
+      await new Promise((done) => setTimeout(done, retryWait(response, attempt)));
     }
     if (!response.ok) throw errorFrom(route, response.status, text);
     if (!(response.status in route.responses)) {

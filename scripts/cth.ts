@@ -33,6 +33,7 @@ Options:
   --json         print JSON (a listing is every page, as one {"routers": [...], "next_cursor": null})
   -h, --help     this text
 
+A 429 or 503 is retried twice (reads, puts and helper changes, which carry an Idempotency-Key).
 Exit status: 0 done, 1 the API (or the network) refused, 2 usage error.`;
 
 const OPTIONS = {

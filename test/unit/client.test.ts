@@ -122,7 +122,7 @@ describe("client", () => {
 
   it("turns the gateway's {message} body into an ApiError", async () => {
     reply = (_request, res) => send(res, 429, { message: "Too Many Requests" });
-    await expect(createClient({ url }).getRouter(randomUUID())).rejects.toMatchObject({
+    await expect(createClient({ url, retries: 0 }).getRouter(randomUUID())).rejects.toMatchObject({
       status: 429,
       message: "Too Many Requests",
     });
@@ -212,6 +212,52 @@ describe("client", () => {
     };
     await expect(listing()).rejects.toThrow("GET /v1/routers gave the cursor same twice");
     expect(seen).toHaveLength(2);
+  });
+
+  it("a 503 on a submission is retried with the same Idempotency-Key", async () => {
+    const routerId = randomUUID();
+    reply = (_request, res) => {
+      if (seen.length === 1)
+        return send(
+          res,
+          503,
+          { error: { code: "service_unavailable", message: "later" } },
+          { "retry-after": "0" },
+        );
+      send(res, 202, { routers: [{ router_id: routerId, revision: 2 }] });
+    };
+    const helper = {
+      id: randomUUID(),
+      router_id: routerId,
+      protocol: "tcp" as const,
+      port: 21,
+      helper: "ftp",
+    };
+    const answer = await createClient({ url }).submitNotification(
+      { event: "created", conntrack_helpers: [helper] },
+      "key-2",
+    );
+    expect(answer.body.routers).toEqual([{ router_id: routerId, revision: 2 }]);
+    expect(seen.map((request) => request.headers["idempotency-key"])).toEqual(["key-2", "key-2"]);
+  });
+
+  it("a GET answered 429 every time gives up after the retries with the gateway's message", async () => {
+    reply = (_request, res) => send(res, 429, { message: "Too Many Requests" }, { "retry-after": "0" });
+    await expect(createClient({ url, retries: 2 }).listRouters()).rejects.toMatchObject({
+      status: 429,
+      message: "Too Many Requests",
+    });
+    expect(seen).toHaveLength(3);
+  });
+
+  it("a DELETE answered 503 is not repeated (a repeat of one that took effect would answer 404)", async () => {
+    reply = (_request, res) =>
+      send(res, 503, { error: { code: "service_unavailable", message: "later" } }, { "retry-after": "0" });
+    await expect(createClient({ url }).deleteRouter(randomUUID())).rejects.toMatchObject({
+      status: 503,
+      message: "later",
+    });
+    expect(seen).toHaveLength(1);
   });
 
   it("submitNotification sends the body and the Idempotency-Key", async () => {
