@@ -98,3 +98,49 @@ describe("a replay by the same caller", () => {
     expect(bodyOf(colleague)).toEqual({ routers: [{ router_id: mine.routerId, revision: 2 }] });
   });
 });
+
+describe("an Idempotency-Key with If-Match", () => {
+  const postIf = (claims: Claims, body: unknown, key: string, ifMatch: string) =>
+    core.call(
+      httpApiEvent({
+        method: "POST",
+        path: "/v1/notifications",
+        body,
+        claims,
+        headers: { "idempotency-key": key, "if-match": ifMatch },
+      }),
+    );
+
+  it("replays the original for the same If-Match, and refuses another If-Match with 409", async () => {
+    const mine = await core.seedRouter({ projectId: PROJECT_A });
+    const claims = person(PROJECT_A, "user-1");
+    const etag = (
+      await core.call(
+        httpApiEvent({ method: "GET", path: `/v1/routers/${mine.routerId}/conntrack-helpers`, claims }),
+      )
+    ).headers.etag!;
+    const body = created(mine.routerId);
+    const key = `key-${newId()}`;
+    const original = await postIf(claims, body, key, etag);
+    expect(original.statusCode).toBe(202);
+    // The tag is stale now, but the replay answers what the request answered, not a 412.
+    const replayed = await core.expectNothingWritten(() => postIf({ ...claims }, body, key, etag));
+    expect(answer(replayed)).toEqual(answer(original));
+    const other = await core.expectNothingWritten(() => postIf({ ...claims }, body, key, "*"));
+    expect(other.statusCode).toBe(409);
+  });
+
+  it("runs a request refused with 412 afresh on retry: the refusal is not remembered", async () => {
+    const mine = await core.seedRouter({ projectId: PROJECT_A, revision: 2 });
+    const claims = person(PROJECT_A, "user-1");
+    const body = created(mine.routerId);
+    const key = `key-${newId()}`;
+    const stale = await core.expectNothingWritten(() => postIf(claims, body, key, '"r1-0"'));
+    expect(stale.statusCode).toBe(412);
+    const again = await postIf({ ...claims }, body, `${key}-2`, stale.headers.etag!);
+    expect(again.statusCode).toBe(202);
+    const retried = await postIf({ ...claims }, body, key, '"r1-0"');
+    expect(retried.statusCode).toBe(412);
+    expect(retried.headers.etag).not.toBe(stale.headers.etag);
+  });
+});
