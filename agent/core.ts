@@ -198,7 +198,13 @@ export class AgentCore {
       `--namespace-pattern "${namespacePattern}" has no {namespace} placeholder, so this agent cannot tell ` +
       `a DVR router's ${kind} namespace; set e.g. ${DEFAULT_NAMESPACE_PATTERN}`;
     logger.warn(
-      { router_id: snapshot.router_id, revision: snapshot.revision, namespace_kind: kind, reason },
+      {
+        router_id: snapshot.router_id,
+        revision: snapshot.revision,
+        namespace_kind: kind,
+        reason,
+        correlation_id: snapshot.correlation_id,
+      },
       message,
     );
     await this.sendReport(
@@ -214,7 +220,16 @@ export class AgentCore {
     const previous = state.get(routerId);
     let created = previous?.createdNamespace === true && previous.namespace === ns;
     const started = performance.now();
-    logger.debug({ router_id: routerId, revision, namespace: ns, helpers: helpers.length }, "applying");
+    logger.debug(
+      {
+        router_id: routerId,
+        revision,
+        namespace: ns,
+        helpers: helpers.length,
+        correlation_id: correlationId,
+      },
+      "applying",
+    );
     try {
       let verified = NOTHING;
       let present = await backend.namespaceExists(ns);
@@ -227,7 +242,10 @@ export class AgentCore {
           await backend.createNamespace(ns);
           created = true;
           present = true;
-          logger.info({ router_id: routerId, namespace: ns }, "namespace created");
+          logger.info(
+            { router_id: routerId, namespace: ns, correlation_id: correlationId },
+            "namespace created",
+          );
         }
       }
       if (present) {
@@ -239,7 +257,10 @@ export class AgentCore {
           await backend.deleteNamespace(ns);
           backend.forget(ns);
           created = false;
-          logger.info({ router_id: routerId, namespace: ns }, "namespace this agent created removed");
+          logger.info(
+            { router_id: routerId, namespace: ns, correlation_id: correlationId },
+            "namespace this agent created removed",
+          );
         }
       }
       // Only after the new rules are verified: a move that fails halfway leaves the old rules, never none.
@@ -266,7 +287,10 @@ export class AgentCore {
               cause: error,
             });
       metrics.failures.inc({ reason: failure.reason });
-      logger.error({ router_id: routerId, revision, namespace: ns, err: failure }, "apply failed");
+      logger.error(
+        { router_id: routerId, revision, namespace: ns, err: failure, correlation_id: correlationId },
+        "apply failed",
+      );
       throw failure;
     }
   }

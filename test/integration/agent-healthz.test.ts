@@ -1,13 +1,14 @@
 /**
  * The agent's /healthz and /metrics over real HTTP (agent/metrics.ts, agent/main.ts): healthy while its queue
  * was polled recently (fauxqs), 503 once the last successful poll is older than the threshold (a receive
- * that keeps failing, injected with aws-sdk-client-mock) or before any poll succeeded.
+ * that keeps failing, injected with aws-sdk-client-mock) or before any poll succeeded. And its log lines
+ * about a message carry the snapshot's `correlation_id`, the field name the functions' lines use.
  */
 import { randomUUID } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ReceiveMessageCommand, SQSClient } from "@aws-sdk/client-sqs";
+import { ReceiveMessageCommand, SendMessageCommand, SQSClient } from "@aws-sdk/client-sqs";
 import { mockClient } from "aws-sdk-client-mock";
 import { pino } from "pino";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -23,9 +24,11 @@ import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
 import { iptablesBackend } from "../support/backends.ts";
 import { type Emulators, startEmulators } from "../support/emulators.ts";
-import { testKey, verifyKeysDir } from "../support/signing.ts";
+import { helperRule, routerSync } from "../support/factories.ts";
+import { signedAttributes, testKey, verifyKeysDir } from "../support/signing.ts";
 
-const keysDir = verifyKeysDir(testKey("dispatcher-healthz"));
+const dispatcher = testKey("dispatcher-healthz");
+const keysDir = verifyKeysDir(dispatcher);
 const dirs: string[] = [keysDir];
 const agents: RunningAgent[] = [];
 
@@ -93,6 +96,40 @@ describe("agent /healthz and /metrics against fauxqs", () => {
     expect(body).toMatchObject({ status: "ok", stale_after_seconds: defaultHealthzStaleSeconds(1) });
     expect(body.last_poll_age_seconds).toBeGreaterThanOrEqual(0);
     expect(body.last_poll_age_seconds).toBeLessThan(30);
+  });
+
+  it("logs a snapshot's correlation_id on every line about it (applying, applied, message done)", async () => {
+    const queue = await emu.createNodeQueue(`healthz-${randomUUID().slice(0, 6)}`);
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+    await start({
+      sqs: emu.clients().sqs,
+      queueUrl: queue.url,
+      dlqUrl: queue.dlqUrl,
+      logger,
+      createNamespaces: true,
+    });
+    const routerId = randomUUID();
+    const body = JSON.stringify({
+      ...routerSync(routerId, 1, [helperRule("ftp", "tcp", 21)]),
+      correlation_id: "req-observed-1",
+    });
+    await emu.clients().sqs.send(
+      new SendMessageCommand({
+        QueueUrl: queue.url,
+        MessageBody: body,
+        MessageGroupId: routerId,
+        MessageDeduplicationId: randomUUID(),
+        MessageAttributes: await signedAttributes(dispatcher, body),
+      }),
+    );
+    await eventually(async () => (lines.some((line) => line.msg === "message done") ? true : undefined));
+    const about = lines.filter((line) => line.router_id === routerId);
+    expect(about.map((line) => line.msg)).toEqual(
+      expect.arrayContaining(["applying", "snapshot applied", "message done"]),
+    );
+    for (const line of about)
+      expect(line, String(line.msg)).toMatchObject({ correlation_id: "req-observed-1" });
   });
 
   it("serves the process defaults and cth_agent_build_info with package.json's version beside /metrics", async () => {
