@@ -4,7 +4,6 @@
  * /v1/routers/{id}. A thin middy chain around one domain call per route.
  */
 import { randomBytes } from "node:crypto";
-
 import {
   IdempotencyAlreadyInProgressError,
   IdempotencyConfig,

@@ -655,4 +655,101 @@ describe("hostile HTTP requests (functions/http.ts, real middy chain, in-memory 
   }, 600_000);
 });
 
+const LIST_RUNS = Number(process.env.CTH_HOSTILE_LIST_RUNS ?? 2_000);
+const LIST_PARAMETERS = ["project_id", "host", "in_sync", "limit", "cursor"] as const;
+
+/** Query strings as a gateway hands them over: known and unknown names, hostile and plausible values. */
+const queryArb = fc.dictionary(
+  fc.oneof(
+    fc.constantFrom(...LIST_PARAMETERS, "__proto__", "constructor", "page"),
+    fc.string({ maxLength: 12 }),
+  ),
+  fc.oneof(
+    hostileValueArb.map(String),
+    fc.constantFrom(PROJECT_A, PROJECT_B, "node-a", "node-b", "false", "true", "1", "2", "100", "101", "0"),
+    fc
+      .base64String({ maxLength: 120 })
+      .map((text) => text.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")),
+  ),
+  { maxKeys: 6 },
+);
+const listClaimsArb = fc.constantFrom(
+  httpApiClaims(PROJECT_A),
+  httpApiClaims(PROJECT_B),
+  httpApiClaims(PROJECT_A, ["admin"]),
+  httpApiClaims(PROJECT_B, ["service"]),
+);
+
+describe("hostile listing and read requests (GET /v1/routers, GET /v1/routers/{id})", () => {
+  it(`never 5xx, never write, never show a member another project or a node name, never open a cursor it was not given (${LIST_RUNS} requests)`, async () => {
+    const store = await seedStore();
+    const queue = new MemoryCommandQueue();
+    const errors: string[] = [];
+    const log: Log = {
+      info: () => undefined,
+      warn: () => undefined,
+      error: (m: string) => void errors.push(m),
+    };
+    const handler = handlerOn(store, queue, log, undefined);
+    const before = await dump(store);
+    const writes = store.writes;
+    // A real cursor of one caller and filter set: every other request that carries it must be refused.
+    const issuer = httpApiClaims(PROJECT_A, ["admin"]);
+    const issued = JSON.parse(
+      (
+        await handler(
+          {
+            ...httpApiEvent({ method: "GET", path: "/v1/routers", claims: issuer }),
+            queryStringParameters: { limit: "1" },
+          },
+          lambdaContext(),
+        )
+      ).body,
+    ).next_cursor as string;
+    expect(issued).toEqual(expect.any(String));
+    const seen = new Set<string>();
+    await fc.assert(
+      fc.asyncProperty(
+        listClaimsArb,
+        queryArb,
+        fc.boolean(),
+        fc.oneof(fc.constant(undefined), fc.constantFrom(...ROUTERS), uuidArb, fc.string({ maxLength: 40 })),
+        async (claims, query, withIssued, routerId) => {
+          const q: Record<string, string> = { ...query, ...(withIssued ? { cursor: issued } : {}) };
+          const path = routerId === undefined ? "/v1/routers" : `/v1/routers/${encodeURIComponent(routerId)}`;
+          const event = { ...httpApiEvent({ method: "GET", path, claims }), queryStringParameters: q };
+          const response = await handler(event, lambdaContext());
+          expect(response.statusCode, response.body).toBeLessThan(500);
+          seen.add(`${routerId === undefined ? "list" : "get"} ${response.statusCode}`);
+          const body = JSON.parse(response.body) as Record<string, unknown>;
+          const member = !String(claims.scope ?? "").includes("cth:");
+          if (response.statusCode === 200 && routerId === undefined) {
+            const page = body as { routers: { project_id: string; host?: string }[] };
+            for (const router of page.routers) {
+              if (member) {
+                expect(router.project_id).toBe(claims.project_id);
+                expect(JSON.stringify(router)).not.toMatch(/"host"/);
+              }
+            }
+          }
+          // The cursor was issued to another caller (its own subject): no one here may continue it.
+          if (routerId === undefined && withIssued) expect(response.statusCode).not.toBe(200);
+          if (response.statusCode === 200 && routerId !== undefined && member) {
+            expect(body.project_id).toBe(claims.project_id);
+          }
+        },
+      ),
+      fcParams("hostile listing", LIST_RUNS),
+    );
+    expect(await dump(store)).toEqual(before);
+    expect(store.writes).toBe(writes);
+    expect(queue.all()).toEqual([]);
+    // The property held over answers of every kind, not over one refusal repeated.
+    for (const kind of ["list 200", "list 400", "list 422", "get 200", "get 404", "get 422"]) {
+      expect(seen, kind).toContain(kind);
+    }
+    expect(errors).toEqual([]);
+  }, 300_000);
+});
+
 describeAcceptedInKernel("HTTP notifications", acceptedSnapshots, catalog);

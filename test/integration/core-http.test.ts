@@ -616,6 +616,38 @@ describe("routing", () => {
     );
     expect(result.statusCode).toBe(404);
   });
+
+  it.each([
+    ["PATCH", "/v1/routers/0f2c4a6e-8b1d-4f5a-8c9e-0b2d4f6a8c1e"],
+    ["GET", "/v1/routers/"],
+    ["GET", "/v1/routers//conntrack-helpers"],
+    ["GET", "/v1/routers/0f2c4a6e-8b1d-4f5a-8c9e-0b2d4f6a8c1e/conntrack-helpers/extra"],
+    ["DELETE", "/v1/routers"],
+    ["GET", "/v1/notifications/"],
+  ])("matches the route table's segments exactly: %s %s is 404", async (method, path) => {
+    const result = await core.expectNothingWritten(() =>
+      core.call(httpApiEvent({ method, path, claims: httpApiClaims("operators", ["admin"]) })),
+    );
+    expect(result.statusCode).toBe(404);
+    expect(bodyOf(result).error.code).toBe("not_found");
+  });
+
+  it("refuses a query parameter the route does not declare, on a write too, with 422 naming it", async () => {
+    const router = await core.seedRouter();
+    const event = httpApiEvent({
+      method: "POST",
+      path: "/v1/notifications",
+      body: created(wireHelper(router.routerId)),
+      claims: memberA,
+    });
+    const result = await core.expectNothingWritten(() =>
+      core.call({ ...event, queryStringParameters: { dry_run: "true" } }),
+    );
+    expect(result.statusCode).toBe(422);
+    expect(bodyOf(result).error.details).toEqual([
+      { path: "dry_run", message: "is not a query parameter of this route" },
+    ]);
+  });
 });
 
 describe.each([

@@ -1,9 +1,14 @@
 /** Listing cursors: a round trip for the same caller and filters, and one 400 for everything else. */
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { SSMClient } from "@aws-sdk/client-ssm";
 import { describe, expect, it } from "vitest";
+import type { LazyClient } from "../../lib/aws/clients.ts";
 import { ifMatchAdmits, routerEtag } from "../../lib/domain/etag.ts";
 import type { Identity } from "../../lib/domain/identity.ts";
 import { BadRequestError } from "../../lib/errors.ts";
-import { type CursorFilters, cursorCodec, cursorKeyFrom } from "../../lib/http/cursor.ts";
+import { type CursorFilters, cursorCodec, cursorKeyFrom, cursorKeyLoader } from "../../lib/http/cursor.ts";
 import type { RouterRecord } from "../../lib/ports.ts";
 import { replica, routerRecord, storedHelper } from "../support/factories.ts";
 
@@ -106,5 +111,33 @@ describe("router ETags", () => {
     expect(ifMatchAdmits(`W/${tag}`, tag)).toBe(false);
     expect(ifMatchAdmits('"r3-0000000000000000"', tag)).toBe(false);
     expect(ifMatchAdmits("*", undefined)).toBe(false);
+  });
+});
+
+describe("the production cursor key", () => {
+  const ssm: LazyClient<SSMClient> = {
+    get: () => Promise.reject(new Error("no SSM in this test")),
+    destroy: () => undefined,
+  };
+
+  it("derives from the signing key file, loaded once", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "cth-cursor-"));
+    const path = join(dir, "key.pem");
+    writeFileSync(path, "-----BEGIN PRIVATE KEY-----\nnot really a key, but secret bytes\n");
+    const load = cursorKeyLoader({ kind: "file", path, keyId: "k1" }, ssm);
+    const key = await load();
+    expect(key).toEqual(cursorKeyFrom(readFileSync(path, "utf8")));
+    writeFileSync(path, "another secret of thirty-two bytes or more, rotated");
+    expect(await load()).toBe(key);
+  });
+
+  it("fails without a signing key, and retries a failed read", async () => {
+    await expect(cursorKeyLoader(undefined, ssm)()).rejects.toThrow(/no snapshot signing key/);
+    const dir = mkdtempSync(join(tmpdir(), "cth-cursor-"));
+    const path = join(dir, "late.pem");
+    const load = cursorKeyLoader({ kind: "file", path, keyId: "k1" }, ssm);
+    await expect(load()).rejects.toThrow(/ENOENT/);
+    writeFileSync(path, "a key that arrived after the first listing asked for it");
+    expect(await load()).toHaveLength(32);
   });
 });
