@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { correlationIdFrom, normalizeEvent } from "../../lib/http/api-event.ts";
-import { base64DecodedLength } from "../../lib/http/middlewares.ts";
+import { base64DecodedLength, securityHeaders } from "../../lib/http/middlewares.ts";
 import { httpApiClaims, httpApiEvent, restApiEvent } from "../support/events.ts";
 
 describe("base64DecodedLength", () => {
@@ -66,5 +66,38 @@ describe("normalizeEvent", () => {
     expect(
       normalizeEvent(httpApiEvent({ method: "GET", path: "/", claims: undefined }), "cid").claims,
     ).toBeUndefined();
+  });
+});
+
+describe("securityHeaders (@middy/http-security-headers' values, in lowercase)", () => {
+  const apply = (phase: "after" | "onError", correlationId?: string) => {
+    const request = {
+      response: {
+        statusCode: 200,
+        headers: { "content-type": "application/json; charset=utf-8" } as Record<string, string>,
+      },
+      context: correlationId ? { cth: { request: { correlationId } } } : {},
+    };
+    (securityHeaders()[phase] as (r: unknown) => void)(request);
+    return request.response.headers;
+  };
+
+  it("sets exactly the JSON API's set, beside the response's own headers and the correlation id", () => {
+    expect(apply("after", "req-1")).toEqual({
+      "content-type": "application/json; charset=utf-8",
+      "cache-control": "no-store",
+      "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+      "referrer-policy": "no-referrer",
+      "strict-transport-security": "max-age=63072000; includeSubDomains",
+      "x-content-type-options": "nosniff",
+      "x-frame-options": "DENY",
+      "x-correlation-id": "req-1",
+    });
+  });
+
+  it("sets them on error responses too, and no correlation id when none was assigned", () => {
+    const headers = apply("onError");
+    expect(headers["x-content-type-options"]).toBe("nosniff");
+    expect(headers).not.toHaveProperty("x-correlation-id");
   });
 });
