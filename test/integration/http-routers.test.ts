@@ -221,6 +221,23 @@ describe("GET /v1/routers", () => {
     expect(api.routerList.parse(bodyOf(rest)).routers).toHaveLength(1);
   });
 
+  it("holds a member to its project even when the store answers other projects' routers", async () => {
+    const project = newProject();
+    const own = await core.seedRouter({ projectId: project });
+    const foreign = await core.seedRouter({ projectId: newProject() });
+    const lying: RoutersStore = Object.create(core.store, {
+      listPage: { value: async () => ({ records: [own, foreign] }) },
+    });
+    const result = await core.call(
+      httpApiEvent({ method: "GET", path: "/v1/routers", claims: httpApiClaims(project) }),
+      core.deps({ store: lying }),
+    );
+    expect(result.statusCode).toBe(200);
+    expect(bodyOf(result).routers.map((router: { router_id: string }) => router.router_id)).toEqual([
+      own.routerId,
+    ]);
+  });
+
   it.each([
     [{ limit: "0" }, "limit"],
     [{ limit: "101" }, "limit"],
