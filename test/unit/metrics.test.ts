@@ -2,9 +2,12 @@
  * What Powertools prints (lib/metrics.ts, lib/production.ts): EMF lines the alarms of infra/alarms.yml can
  * select on, and log lines that carry the Lambda context and the correlation id.
  */
+import { readFileSync } from "node:fs";
+import type { SQSEvent, SQSRecord } from "aws-lambda";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { eventMetrics, makeHandler as makeEventsHandler } from "../../functions/events.ts";
 import { makeHandler as makeHttpHandler } from "../../functions/http.ts";
+import { makeHandler as makeStatusHandler } from "../../functions/status.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { loadConfig, loadLimits } from "../../lib/config.ts";
 import { appLogger } from "../../lib/http/middlewares.ts";
@@ -201,5 +204,37 @@ describe("the events function's observability", () => {
       DetailType: "Router Deleted",
       Code: "validation_failed",
     });
+  });
+});
+
+describe("the status function's observability", () => {
+  it("writes one metrics line per batch, each record's log lines with its own correlation_id", async () => {
+    const limits = loadLimits({});
+    const observe = observability("cth-status", "status", loadConfig({}));
+    const handler = makeStatusHandler({
+      store: new MemoryRoutersStore(),
+      queue: new MemoryCommandQueue(),
+      clock: systemClock,
+      schemas: buildSchemas(limits, new HelperCatalog()),
+      logger: observe.logger,
+      statusQueueNameTemplate: "cth-test-node-{node}-status",
+      metrics: observe.metrics,
+      observability: observe,
+    });
+    const fixture = JSON.parse(
+      readFileSync(new URL("../fixtures/aws-events/sqs-base.json", import.meta.url), "utf8"),
+    ) as SQSEvent;
+    const record = (messageId: string): SQSRecord => ({
+      ...fixture.Records[0]!,
+      messageId,
+      eventSourceARN: "arn:aws:sqs:us-east-1:000000000000:cth-test-node-node-a-status",
+      body: "not json",
+    });
+    const result = await handler({ Records: [record("m-1"), record("m-2")] }, lambdaContext());
+    expect(result.batchItemFailures).toEqual([]);
+    expect(emf()).toHaveLength(1);
+    expect(emf()[0]).toMatchObject({ Function: "status", InvalidStatusMessages: [1, 1] });
+    const dropped = logs().filter((line) => line.message === "invalid status message dropped");
+    expect(dropped.map((line) => line.correlation_id)).toEqual(["status-m-1", "status-m-2"]);
   });
 });
