@@ -143,15 +143,20 @@ export function errorResponses(logger: AppLogger, metrics?: MetricCounter): Http
       const error = isAppError(raw) ? raw : new InternalError("unexpected error", undefined, { cause: raw });
       const correlationId = request.context.cth?.request.correlationId;
       if (error.status >= 500) {
+        // correlation_id: the field name every log line of the invocation has (lib/production.ts correlate).
         logger.error("request failed", {
-          correlationId,
+          correlation_id: correlationId,
           status: error.status,
           error:
             raw instanceof Error ? { name: raw.name, message: raw.message, stack: raw.stack } : String(raw),
           cause: raw instanceof Error && raw.cause instanceof Error ? raw.cause.message : undefined,
         });
       } else {
-        logger.info("request rejected", { correlationId, status: error.status, code: error.code });
+        logger.info("request rejected", {
+          correlation_id: correlationId,
+          status: error.status,
+          code: error.code,
+        });
       }
       metrics?.count(METRIC.rejectedRequests, { ErrorCode: error.code });
       request.response = json(
