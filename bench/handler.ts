@@ -61,6 +61,10 @@ class LeanStore implements RoutersStore {
   async listPage() {
     return { records: [] };
   }
+  async *listOutOfSync() {}
+  async clearOutOfSync() {
+    return false;
+  }
   async *listAll() {}
 }
 

@@ -1,7 +1,8 @@
 /**
- * Scheduled sweep (EventBridge schedule): re-sends the snapshot of every router whose agent is behind
- * (`applied_revision < revision`) or has not reported within the staleness bound. Level-triggered
- * snapshots make a re-send harmless, so this heals lost messages without knowing which one was lost.
+ * Scheduled sweep (EventBridge schedule): reads the sparse out-of-sync index (what it costs follows how many
+ * routers are out of sync, not the table) and re-sends the snapshot of every replica that is behind or holds
+ * other content, and every empty snapshot a host has still to confirm. Level-triggered snapshots make a
+ * re-send harmless, so this heals lost messages without knowing which one was lost.
  */
 
 import type { Logger } from "@aws-lambda-powertools/logger";
@@ -21,7 +22,6 @@ import {
 } from "../lib/production.ts";
 
 export interface ReconcileDeps extends ReportDeps {
-  readonly staleAfterSeconds: number;
   readonly logger: Logger;
   /** Lambda context and correlation id in the logs; absent in tests. */
   readonly observability?: Observability;
@@ -35,7 +35,7 @@ export function makeHandler(deps: ReconcileDeps) {
       () => "reconcile",
     );
     correlate(deps.observability, correlationId);
-    const summary = await reconcile(deps, { staleAfterSeconds: deps.staleAfterSeconds, correlationId });
+    const summary = await reconcile(deps, { correlationId });
     deps.logger.info("reconcile sweep", { ...summary });
     // Failing the invocation makes the failure visible to the function-errors alarm.
     if (summary.failedHosts.length > 0) {
@@ -53,7 +53,6 @@ export const handler = lazyHandler(() => {
     store,
     queue,
     clock,
-    staleAfterSeconds: config.reconcileStaleSeconds,
     logger: observe.logger,
     observability: observe,
   });

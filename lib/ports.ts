@@ -101,6 +101,13 @@ export interface ReplicaReport {
   readonly host: string;
   /** Judged against the desired set at `status.revision` (a revision names one helper set, ever). */
   readonly status: ReplicaStatus;
+  /**
+   * The router as the caller read it when it judged `status`. Only with it may the write take the router out
+   * of the out-of-sync index (when `status` settles it), and only while the router is still as read, and
+   * put it back in (when it does not). The status path always passes it; without it (tests seeding a status)
+   * the flag is left as it is.
+   */
+  readonly basis?: RouterRecord | undefined;
 }
 
 /**
@@ -112,7 +119,7 @@ export interface RouterListQuery {
   readonly projectId?: string | undefined;
   /** Only routers bound to this host. */
   readonly host?: string | undefined;
-  /** Only routers in the sparse out-of-sync index: what it costs follows how many are out of sync. */
+  /** Only routers not in sync, read through the sparse out-of-sync index: costs what is out of sync. */
   readonly outOfSyncOnly: boolean;
   /** 1..100: at most this many records in the page. */
   readonly limit: number;
@@ -156,20 +163,40 @@ export interface RoutersStore {
   tombstone(routerId: string): Promise<Tombstone | undefined>;
   /**
    * Records a host's status on a live router unless that host's stored revision is above the report's (a report
-   * at the same revision refreshes it). Touches nothing but `replicas`, so the status role may write nothing
-   * else (IAM dynamodb:Attributes). Returns false for a deleted or unknown router or an older report.
+   * at the same revision refreshes it). Touches nothing but `replicas` and the out-of-sync flag, so the status
+   * role may write nothing else (IAM dynamodb:Attributes). The router leaves the out-of-sync index only when
+   * `basis` with this status is settled and the router is still as `basis` (revision, the other bound hosts'
+   * replicas, nothing draining); otherwise it stays in (a false "out of sync" only costs the reconciler a
+   * look). Returns false for a deleted or unknown router or an older report.
    */
   recordReplica(report: ReplicaReport): Promise<boolean>;
   /**
    * A draining host confirmed an empty snapshot at `revision`: removes its entry if it asked for no more than
-   * that (live router or tombstone). Returns false when there was no such entry.
+   * that (live router or tombstone). Takes the entry out of the out-of-sync index as recordReplica does when
+   * `basis` (the entry as read) is settled without this host, and the entry is still as read. Returns false
+   * when there was no such entry.
    */
-  confirmDrained(routerId: string, host: string, revision: number): Promise<boolean>;
+  confirmDrained(
+    routerId: string,
+    host: string,
+    revision: number,
+    basis?: RouterRecord | Tombstone,
+  ): Promise<boolean>;
+  /**
+   * Every entry of the sparse out-of-sync index, read consistently (reconciler): live routers not settled
+   * (or flagged before their last status) and tombstones still draining. Costs what is out of sync.
+   */
+  listOutOfSync(): AsyncIterable<RouterRecord | Tombstone>;
+  /**
+   * The caller read `entry` from listOutOfSync and found it settled: takes it out of the index if it is still
+   * as read (false otherwise, and it stays in). Heals the index's false positives.
+   */
+  clearOutOfSync(entry: RouterRecord | Tombstone): Promise<boolean>;
   /** One page of live routers (read consistently, so each matches the filters as returned). */
   listPage(query: RouterListQuery): Promise<RouterPage>;
   /** Every live router bound to a host (read consistently, so each is bound to it as returned). */
   listByHost(host: string): Promise<RouterRecord[]>;
-  /** Every live router and every tombstone still draining (reconciler); adapters page through the table. */
+  /** Every live router and every tombstone still draining: a full table read, for tools (the local stack). */
   listAll(): AsyncIterable<RouterRecord | Tombstone>;
 }
 
@@ -179,6 +206,23 @@ export const bindingOf = (record: Pick<RouterRecord, "bindings">, host: string):
 
 /** Tells a tombstone from a live router in listAll's output. */
 export const isTombstone = (entry: RouterRecord | Tombstone): entry is Tombstone => "deleted" in entry;
+
+/** True only when `host` reported this very revision and its kernel holds exactly the desired set. */
+export function replicaInSync(record: RouterRecord, host: string): boolean {
+  const replica = record.replicas[host];
+  return replica !== undefined && replica.revision >= record.revision && replica.content === "match";
+}
+
+/** True only when every host the router is bound to is in sync (hosts still draining do not count). */
+export const inSync = (record: RouterRecord): boolean =>
+  record.bindings.every((binding) => replicaInSync(record, binding.host));
+
+/**
+ * Nothing left to send: a live router in sync with no host left to drain, a tombstone every host confirmed.
+ * Exactly the entries that stay out of the out-of-sync index; every store keeps all others in it.
+ */
+export const settled = (entry: RouterRecord | Tombstone): boolean =>
+  Object.keys(entry.draining).length === 0 && (isTombstone(entry) || inSync(entry));
 
 export interface CommandQueue {
   /**

@@ -10,8 +10,9 @@ import {
   GetCommand,
   PutCommand,
   type PutCommandInput,
+  paginateQuery,
+  paginateScan,
   QueryCommand,
-  type QueryCommandOutput,
   ScanCommand,
   TransactWriteCommand,
   UpdateCommand,
@@ -32,7 +33,7 @@ import type {
   RouterWrite,
   Tombstone,
 } from "../ports.ts";
-import { bindingOf } from "../ports.ts";
+import { bindingOf, inSync, isTombstone, settled } from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
 import {
   BINDING_SLOTS,
@@ -41,6 +42,8 @@ import {
   OUT_OF_SYNC_ATTRIBUTE,
   ROUTERS_BY_PROJECT_INDEX,
   ROUTERS_OUT_OF_SYNC_INDEX,
+  SYNC_REVISION_ATTRIBUTE,
+  TOMBSTONE_FLAG,
 } from "./tables.ts";
 
 interface ReplicaItem {
@@ -79,7 +82,58 @@ function toItem(record: RouterRecord): RouterItem & Record<string, unknown> {
     ),
     draining: { ...record.draining },
     updated_at: record.updatedAt,
+    // A new revision is never confirmed yet (see flagValues).
+    ...flagValues(record.projectId, record.revision),
   };
+}
+
+/**
+ * The out-of-sync flag every desired-state write sets: the project id (the index's hash key) and the desired
+ * revision it was set for. The status path may not name `revision` (IAM dynamodb:Attributes counts every
+ * attribute a request names, conditions too, and cannot tell a read from a write), so it conditions its
+ * un-flagging on this mirror: a desired write between its read and its write changes the mirror.
+ *
+ * Items written before the index existed carry neither: they read as in sync to the index (the reconciler
+ * and ?in_sync=false miss them) until their next desired write or status report flags them; the condition
+ * accepts a missing mirror, since only a write by this code sets one (and the flag with it).
+ */
+const flagValues = (flag: string, revision: number) => ({
+  [OUT_OF_SYNC_ATTRIBUTE]: flag,
+  [SYNC_REVISION_ATTRIBUTE]: revision,
+});
+
+/**
+ * A condition that holds only while the item is still as `entry` was read, in what made it settled: the same
+ * desired revision (through the mirror), no host draining, and (a live router) every bound host's replica at
+ * the revision and content read; a tombstone has no `replicas`, a live router always has them. Names only
+ * attributes the status role may name. `drainingLeft` is how many draining entries the write itself removes.
+ */
+function stillAsRead(
+  entry: RouterRecord | Tombstone,
+  drainingLeft: number,
+): { condition: string; names: Record<string, string>; values: Record<string, unknown> } {
+  const names: Record<string, string> = { "#mirror": SYNC_REVISION_ATTRIBUTE };
+  const values: Record<string, unknown> = { ":read": entry.revision, ":draining": drainingLeft };
+  const parts = [
+    "(attribute_not_exists(#mirror) OR #mirror = :read)",
+    drainingLeft === 0
+      ? "(attribute_not_exists(draining) OR size(draining) = :draining)"
+      : "size(draining) = :draining",
+  ];
+  if (isTombstone(entry)) parts.push("attribute_not_exists(replicas)");
+  else {
+    entry.bindings.forEach(({ host }, index) => {
+      const replica = entry.replicas[host];
+      names[`#bound${index}`] = host;
+      values[`:boundRev${index}`] = replica?.revision;
+      values[`:boundContent${index}`] = replica?.content;
+      parts.push(
+        `replicas.#bound${index}.revision = :boundRev${index}`,
+        `replicas.#bound${index}.content = :boundContent${index}`,
+      );
+    });
+  }
+  return { condition: parts.join(" AND "), names, values };
 }
 
 const toReplicaItem = (replica: ReplicaStatus): ReplicaItem => ({
@@ -139,6 +193,19 @@ function tombstoneFromItem(item: Record<string, unknown>): Tombstone {
     revision: Number(item.revision),
     draining: drainingOf(item.draining),
   };
+}
+
+/** `entry` once `host`'s status is `status`. */
+const withReplica = (entry: RouterRecord, host: string, status: ReplicaStatus): RouterRecord => ({
+  ...entry,
+  replicas: { ...entry.replicas, [host]: status },
+});
+
+/** `entry` once `host` confirmed its drain. */
+function withoutDraining<T extends RouterRecord | Tombstone>(entry: T, host: string): T {
+  const draining = { ...entry.draining };
+  delete draining[host];
+  return { ...entry, draining };
 }
 
 /** DynamoDB (and dynalite, moto) answer a query of an index the table does not have with this. */
@@ -236,6 +303,16 @@ function decodePosition(query: RouterListQuery, after: string): Position {
 /** Reads one listPage call may make before it answers with what it has (and a `next`). */
 const READS_PER_PAGE = BINDING_SLOTS + 2;
 
+/** Each page of a paginator, its faults mapped as guard maps them. */
+async function* guardedPages<T>(pages: AsyncIterable<T>): AsyncIterable<T> {
+  const iterator = pages[Symbol.asyncIterator]();
+  while (true) {
+    const step = await guard(iterator.next());
+    if (step.done) return;
+    yield step.value;
+  }
+}
+
 /** DynamoDB's BatchGetItem limit. */
 const BATCH_GET_LIMIT = 100;
 
@@ -313,6 +390,17 @@ export class DynamoRoutersStore implements RoutersStore {
 
   async getMany(routerIds: readonly string[]): Promise<Map<string, RouterRecord>> {
     const found = new Map<string, RouterRecord>();
+    for (const item of await this.batchGet(routerIds)) {
+      if (isTombstoneItem(item)) continue;
+      const record = fromItem(item);
+      found.set(record.routerId, record);
+    }
+    return found;
+  }
+
+  /** Strongly consistent reads of the items (live or tombstone) of these ids, in no particular order. */
+  private async batchGet(routerIds: readonly string[]): Promise<Record<string, unknown>[]> {
+    const found: Record<string, unknown>[] = [];
     const unique = [...new Set(routerIds)];
     for (let start = 0; start < unique.length; start += BATCH_GET_LIMIT) {
       let keys: Record<string, unknown>[] = unique
@@ -329,11 +417,7 @@ export class DynamoRoutersStore implements RoutersStore {
             }),
           ),
         );
-        for (const item of result.Responses?.[this.tableName] ?? []) {
-          if (isTombstoneItem(item)) continue;
-          const record = fromItem(item);
-          found.set(record.routerId, record);
-        }
+        found.push(...(result.Responses?.[this.tableName] ?? []));
         keys = result.UnprocessedKeys?.[this.tableName]?.Keys ?? [];
       }
     }
@@ -363,7 +447,10 @@ export class DynamoRoutersStore implements RoutersStore {
       };
     }
     const item = toItem(next);
-    const names: Record<string, string> = {};
+    const names: Record<string, string> = {
+      "#flag": OUT_OF_SYNC_ATTRIBUTE,
+      "#mirror": SYNC_REVISION_ATTRIBUTE,
+    };
     const values: Record<string, unknown> = {
       ":expected": expectedRevision,
       ":project": item.project_id,
@@ -378,6 +465,9 @@ export class DynamoRoutersStore implements RoutersStore {
       "revision = :revision",
       "helpers = :helpers",
       "updated_at = :updated",
+      // Out of sync until reports confirm the new revision (flagValues).
+      "#flag = :project",
+      "#mirror = :revision",
     ];
     const remove: string[] = [];
     // Key by key (see DrainingChange): the two sets are disjoint (left hosts are unbound, removed ones bound).
@@ -458,6 +548,8 @@ export class DynamoRoutersStore implements RoutersStore {
               revision: expectedRevision + 1,
               deleted_at: deletedAt,
               draining: { ...draining },
+              // Out of sync while a host has still to confirm the empty snapshot.
+              ...(Object.keys(draining).length > 0 ? flagValues(TOMBSTONE_FLAG, expectedRevision + 1) : {}),
             },
             ConditionExpression: "revision = :expected AND attribute_not_exists(deleted_at)",
             ExpressionAttributeValues: { ":expected": expectedRevision },
@@ -474,28 +566,93 @@ export class DynamoRoutersStore implements RoutersStore {
     }
   }
 
+  /**
+   * Monotonic per host by condition: a late or replayed report never lowers what the host reported. The
+   * request names no attribute but `replicas`, the flag and its mirror (a tombstone has no `replicas`), which
+   * the status role's IAM condition pins: it can never touch desired state. A status that settles the router
+   * first tries to un-flag it, conditional on the router still being as read; if anything moved, it records
+   * the status and flags the router instead (a false "out of sync" the reconciler heals, never a false
+   * "in sync").
+   */
   async recordReplica(report: ReplicaReport): Promise<boolean> {
-    try {
-      // Monotonic per host by condition: a late or replayed report never lowers what the host reported. The
-      // request names no attribute but `replicas` (a tombstone has none), which the status role's IAM
-      // condition pins: it can never touch desired state.
-      await guard(
-        this.client.send(
-          new UpdateCommand({
-            TableName: this.tableName,
-            Key: { router_id: report.routerId },
-            ConditionExpression:
-              "attribute_exists(replicas) AND " +
-              "(attribute_not_exists(replicas.#reporter) OR replicas.#reporter.revision <= :rev)",
-            UpdateExpression: "SET replicas.#reporter = :status",
-            ExpressionAttributeNames: { "#reporter": report.host },
-            ExpressionAttributeValues: {
-              ":rev": report.status.revision,
-              ":status": toReplicaItem(report.status),
-            },
-          }),
-        ),
+    const monotonic =
+      "attribute_exists(replicas) AND " +
+      "(attribute_not_exists(replicas.#reporter) OR replicas.#reporter.revision <= :rev)";
+    const names = { "#reporter": report.host, "#flag": OUT_OF_SYNC_ATTRIBUTE };
+    const values = { ":rev": report.status.revision, ":status": toReplicaItem(report.status) };
+    const { basis } = report;
+    if (basis && settled(withReplica(basis, report.host, report.status))) {
+      const read = stillAsRead(
+        { ...basis, bindings: basis.bindings.filter(({ host }) => host !== report.host) },
+        0,
       );
+      const cleared = await this.conditionalUpdate({
+        Key: { router_id: report.routerId },
+        ConditionExpression: `${monotonic} AND ${read.condition}`,
+        UpdateExpression: "SET replicas.#reporter = :status REMOVE #flag",
+        ExpressionAttributeNames: { ...names, ...read.names },
+        ExpressionAttributeValues: { ...values, ...read.values },
+      });
+      if (cleared) return true;
+    }
+    // Without a basis (tests seeding a status) the flag's project is unknown here: it is left as it is.
+    return this.conditionalUpdate({
+      Key: { router_id: report.routerId },
+      ConditionExpression: monotonic,
+      UpdateExpression: `SET replicas.#reporter = :status${basis ? ", #flag = :flag" : ""}`,
+      ExpressionAttributeNames: basis ? names : { "#reporter": report.host },
+      ExpressionAttributeValues: basis ? { ...values, ":flag": basis.projectId } : values,
+    });
+  }
+
+  /** As recordReplica: un-flags when `basis` without this host is settled and still as read. */
+  async confirmDrained(
+    routerId: string,
+    host: string,
+    revision: number,
+    basis?: RouterRecord | Tombstone,
+  ): Promise<boolean> {
+    const names = { "#drained": host };
+    const values = { ":rev": revision };
+    const confirm = "draining.#drained <= :rev";
+    if (basis && settled(withoutDraining(basis, host))) {
+      const read = stillAsRead(basis, 1);
+      const cleared = await this.conditionalUpdate({
+        Key: { router_id: routerId },
+        ConditionExpression: `${confirm} AND ${read.condition}`,
+        UpdateExpression: "REMOVE draining.#drained, #flag",
+        ExpressionAttributeNames: { ...names, ...read.names, "#flag": OUT_OF_SYNC_ATTRIBUTE },
+        ExpressionAttributeValues: { ...values, ...read.values },
+      });
+      if (cleared) return true;
+    }
+    return this.conditionalUpdate({
+      Key: { router_id: routerId },
+      ConditionExpression: confirm,
+      UpdateExpression: "REMOVE draining.#drained",
+      ExpressionAttributeNames: names,
+      ExpressionAttributeValues: values,
+    });
+  }
+
+  async clearOutOfSync(entry: RouterRecord | Tombstone): Promise<boolean> {
+    if (!settled(entry)) return false;
+    const read = stillAsRead(entry, 0);
+    return this.conditionalUpdate({
+      Key: { router_id: entry.routerId },
+      ConditionExpression: `attribute_exists(#flag) AND ${read.condition}`,
+      UpdateExpression: "REMOVE #flag",
+      ExpressionAttributeNames: { ...read.names, "#flag": OUT_OF_SYNC_ATTRIBUTE },
+      ExpressionAttributeValues: read.values,
+    });
+  }
+
+  /** One UpdateItem: false when its condition fails. */
+  private async conditionalUpdate(
+    input: Omit<UpdateCommandInput, "TableName"> & { ConditionExpression: string },
+  ): Promise<boolean> {
+    try {
+      await guard(this.client.send(new UpdateCommand({ TableName: this.tableName, ...input })));
       return true;
     } catch (error) {
       if (isConditionFailure(error)) return false;
@@ -503,24 +660,20 @@ export class DynamoRoutersStore implements RoutersStore {
     }
   }
 
-  async confirmDrained(routerId: string, host: string, revision: number): Promise<boolean> {
-    try {
-      await guard(
-        this.client.send(
-          new UpdateCommand({
-            TableName: this.tableName,
-            Key: { router_id: routerId },
-            ConditionExpression: "draining.#drained <= :rev",
-            UpdateExpression: "REMOVE draining.#drained",
-            ExpressionAttributeNames: { "#drained": host },
-            ExpressionAttributeValues: { ":rev": revision },
-          }),
-        ),
-      );
-      return true;
-    } catch (error) {
-      if (isConditionFailure(error)) return false;
-      throw error;
+  /**
+   * The index's every entry, page by page, each page re-read consistently (keys only: the index holds ids).
+   * Reads the index and the items in it, never the rest of the table.
+   */
+  async *listOutOfSync(): AsyncIterable<RouterRecord | Tombstone> {
+    const pages = paginateScan(
+      { client: this.client },
+      { TableName: this.tableName, IndexName: ROUTERS_OUT_OF_SYNC_INDEX },
+    );
+    for await (const page of guardedPages(pages)) {
+      const ids = (page.Items ?? []).map((item) => String(item.router_id));
+      for (const item of await this.batchGet(ids)) {
+        yield isTombstoneItem(item) ? tombstoneFromItem(item) : fromItem(item);
+      }
     }
   }
 
@@ -529,33 +682,28 @@ export class DynamoRoutersStore implements RoutersStore {
     const ids = new Set<string>();
     await Promise.all(
       Array.from({ length: BINDING_SLOTS }, async (_, slot) => {
-        let startKey: Record<string, unknown> | undefined;
-        do {
-          let page: QueryCommandOutput;
-          try {
-            page = await guard(
-              this.client.send(
-                new QueryCommand({
-                  TableName: this.tableName,
-                  IndexName: bindingSlotIndex(slot),
-                  KeyConditionExpression: "#host = :host",
-                  ExpressionAttributeNames: { "#host": bindingSlotAttribute(slot) },
-                  ExpressionAttributeValues: { ":host": host },
-                  ProjectionExpression: "router_id",
-                  ExclusiveStartKey: startKey,
-                }),
-              ),
-            );
-          } catch (error) {
-            // A table whose later slot indexes do not exist yet (a stack upgraded from one index: CloudFormation
-            // adds one per update) refuses those queries: skip them. A router bound in such a slot is found
-            // once its index exists (DynamoDB backfills it), and meanwhile re-sent by the reconciler.
-            if (slot > 0 && isMissingIndex(error)) return;
-            throw error;
+        const pages = paginateQuery(
+          { client: this.client },
+          {
+            TableName: this.tableName,
+            IndexName: bindingSlotIndex(slot),
+            KeyConditionExpression: "#host = :host",
+            ExpressionAttributeNames: { "#host": bindingSlotAttribute(slot) },
+            ExpressionAttributeValues: { ":host": host },
+            ProjectionExpression: "router_id",
+          },
+        );
+        try {
+          for await (const page of guardedPages(pages)) {
+            for (const item of page.Items ?? []) ids.add(String(item.router_id));
           }
-          for (const item of page.Items ?? []) ids.add(String(item.router_id));
-          startKey = page.LastEvaluatedKey;
-        } while (startKey);
+        } catch (error) {
+          // A table whose later slot indexes do not exist yet (a stack upgraded from one index: CloudFormation
+          // adds one per update) refuses those queries: skip them. A router bound in such a slot is found
+          // once its index exists (DynamoDB backfills it), and meanwhile re-sent by the reconciler.
+          if (slot > 0 && isMissingIndex(error)) return;
+          throw error;
+        }
       }),
     );
     const fresh = await this.getMany([...ids]);
@@ -584,6 +732,8 @@ export class DynamoRoutersStore implements RoutersStore {
 
   private matches(record: RouterRecord, query: RouterListQuery, slot: number): boolean {
     if (query.projectId !== undefined && record.projectId !== query.projectId) return false;
+    // The index may still hold a router a report just settled, or one only draining: not "out of sync".
+    if (query.outOfSyncOnly && inSync(record)) return false;
     if (query.host !== undefined) {
       const at = record.bindings.findIndex((binding) => binding.host === query.host);
       if (at < 0) return false;
@@ -658,18 +808,12 @@ export class DynamoRoutersStore implements RoutersStore {
   }
 
   async *listAll(): AsyncIterable<RouterRecord | Tombstone> {
-    let startKey: Record<string, unknown> | undefined;
-    do {
-      const page = await guard(
-        this.client.send(
-          new ScanCommand({ TableName: this.tableName, ExclusiveStartKey: startKey, ConsistentRead: true }),
-        ),
-      );
+    const pages = paginateScan({ client: this.client }, { TableName: this.tableName, ConsistentRead: true });
+    for await (const page of guardedPages(pages)) {
       for (const item of page.Items ?? []) {
         if (!isTombstoneItem(item)) yield fromItem(item);
         else if (Object.keys(drainingOf(item.draining)).length > 0) yield tombstoneFromItem(item);
       }
-      startKey = page.LastEvaluatedKey;
-    } while (startKey);
+    }
   }
 }

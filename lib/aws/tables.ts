@@ -20,6 +20,9 @@ export const ROUTERS_OUT_OF_SYNC_INDEX = "out-of-sync";
 /** The project id of a live router (a tombstone: TOMBSTONE_FLAG) while it is out of sync, absent otherwise. */
 export const OUT_OF_SYNC_ATTRIBUTE = "out_of_sync";
 
+/** The desired revision the flag was last set for: what the status path's un-flagging is conditional on. */
+export const SYNC_REVISION_ATTRIBUTE = "sync_revision";
+
 /** The flag value of a deleted router whose hosts have not all confirmed its empty snapshot. */
 export const TOMBSTONE_FLAG = "#deleted";
 

@@ -17,7 +17,7 @@ import type {
   RoutersStore,
   Tombstone,
 } from "../ports.ts";
-import { bindingOf, isTombstone } from "../ports.ts";
+import { bindingOf, isTombstone, settled } from "../ports.ts";
 import {
   type AppliedReport,
   type ApplyError,
@@ -101,17 +101,20 @@ export async function recordAppliedReport(
     const asked = entry.draining[host];
     if (asked !== undefined && !binding) {
       if (report.revision < asked || report.digest !== EMPTY_DIGEST) return "older";
-      return (await deps.store.confirmDrained(report.router_id, host, report.revision)) ? "drained" : "older";
+      const confirmed = await deps.store.confirmDrained(report.router_id, host, report.revision, entry);
+      return confirmed ? "drained" : "older";
     }
     if (!record || !binding) return "unbound-host";
     if (report.revision > record.revision) return "future-revision";
     const content = judgeContent(record, binding, report);
     // The verdict holds whatever changes next: a revision names one helper set, ever, and in_sync compares
     // the replica's revision with the desired one.
+    // `basis`: the store un-flags the router only if this very read, with this status, is settled.
     const recorded = await deps.store.recordReplica({
       routerId: record.routerId,
       host,
       status: replicaStatus(report, content, deps.clock.now().toISOString()),
+      basis: record,
     });
     if (recorded) return content === "mismatch" ? "content-mismatch" : "recorded";
     // Older than what the host already reported, or the router was deleted meanwhile: look again.
@@ -121,15 +124,8 @@ export async function recordAppliedReport(
   return "older";
 }
 
-/** True only when `host` reported this very revision and its kernel holds exactly the desired set. */
-export function replicaInSync(record: RouterRecord, host: string): boolean {
-  const replica = record.replicas[host];
-  return replica !== undefined && replica.revision >= record.revision && replica.content === "match";
-}
-
-/** True only when every host the router is bound to is in sync (hosts still draining do not count). */
-export const inSync = (record: RouterRecord): boolean =>
-  record.bindings.every((binding) => replicaInSync(record, binding.host));
+// Defined next to the ports: the stores keep the out-of-sync index by the same definition.
+export { inSync, replicaInSync } from "../ports.ts";
 
 /** The empty snapshots still owed to hosts the router left, each at the revision that host must confirm. */
 export function drainSnapshots(
@@ -156,13 +152,14 @@ export async function resyncHost(deps: ReportDeps, host: string, correlationId: 
 }
 
 export interface ReconcileOptions {
-  /** A router whose last applied report is older than this is re-sent even when revisions match. */
-  readonly staleAfterSeconds: number;
   readonly correlationId: string;
 }
 
 export interface ReconcileSummary {
+  /** Entries of the out-of-sync index read (the sweep reads nothing else). */
   readonly checked: number;
+  /** Of `checked`: found settled and taken out of the index (a report un-flags only what it saw settle). */
+  readonly healed: number;
   readonly resent: number;
   /** Of `resent`: empty snapshots to hosts a router left or a deleted router's hosts, not yet confirmed. */
   readonly drains: number;
@@ -170,25 +167,26 @@ export interface ReconcileSummary {
   readonly failedHosts: readonly string[];
 }
 
-/** Whether `host`'s replica of the router is behind, holds other content or has been silent too long. */
-export function needsResend(
-  router: RouterRecord,
-  host: string,
-  now: Date,
-  staleAfterSeconds: number,
-): boolean {
+/**
+ * Whether `host`'s replica of the router is behind or holds other content. A replica in sync is never
+ * re-sent however long its agent has been silent: the sweep reads only the out-of-sync index, and a silent
+ * agent either is down (it resyncs every router of its host when it starts) or is up and re-reads its
+ * kernel on every drift check.
+ */
+export function needsResend(router: RouterRecord, host: string): boolean {
   const replica = router.replicas[host];
   // Registered but never given a helper: there is nothing an agent could have applied or could report.
   if (router.revision === 0 && !replica) return false;
-  if (!replica || replica.revision < router.revision) return true;
-  if (replica.content === "mismatch") return true;
-  return now.getTime() - Date.parse(replica.at) > staleAfterSeconds * 1000;
+  return !replica || replica.revision < router.revision || replica.content === "mismatch";
 }
 
-/** Re-sends snapshots for replicas that are behind, hold other content or whose agent has been silent, and
- * empty snapshots owed to drained hosts; one host's failure does not stop the others. */
+/**
+ * Reads the sparse out-of-sync index, never the whole table: re-sends snapshots for replicas that are behind
+ * or hold other content and empty snapshots owed to drained hosts, and takes the entries it finds settled
+ * out of the index (conditionally: a report that lands meanwhile wins). One host's failure does not stop the
+ * others.
+ */
 export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Promise<ReconcileSummary> {
-  const now = deps.clock.now();
   const byHost = new Map<string, RouterSyncMessage[]>();
   const add = (host: string, snapshots: readonly RouterSyncMessage[]) => {
     const list = byHost.get(host) ?? [];
@@ -196,17 +194,22 @@ export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Pr
     byHost.set(host, list);
   };
   let checked = 0;
+  let healed = 0;
   let drains = 0;
-  for await (const entry of deps.store.listAll()) {
+  for await (const entry of deps.store.listOutOfSync()) {
     checked++;
+    if (settled(entry)) {
+      if (await deps.store.clearOutOfSync(entry)) healed++;
+      continue;
+    }
     for (const [host, snapshots] of drainSnapshots(entry, options.correlationId, deps.clock)) {
       drains += snapshots.length;
       add(host, snapshots);
     }
     if (isTombstone(entry)) continue;
-    // Per replica: a silent node is re-sent its copy, the replicas that are in sync are left alone.
+    // Per replica: the replicas that are in sync are left alone.
     for (const binding of entry.bindings) {
-      if (!needsResend(entry, binding.host, now, options.staleAfterSeconds)) continue;
+      if (!needsResend(entry, binding.host)) continue;
       add(binding.host, [buildSnapshot(entry, binding, options.correlationId, deps.clock)]);
     }
   }
@@ -220,5 +223,5 @@ export async function reconcile(deps: ReportDeps, options: ReconcileOptions): Pr
       failedHosts.push(host);
     }
   }
-  return { checked, resent, drains, hosts: byHost.size, failedHosts };
+  return { checked, healed, resent, drains, hosts: byHost.size, failedHosts };
 }

@@ -111,7 +111,6 @@ describeKernel("a lost snapshot is healed by the reconciler (emulators + real ke
       store,
       queue,
       clock: systemClock,
-      staleAfterSeconds: 900,
       logger: silent,
     });
     status = makeStatusHandler({

@@ -120,9 +120,12 @@ function faultyStore(inner: MemoryRoutersStore, faults: Fault[]): RoutersStore {
     ...(inner.putAll ? { putAll: (writes) => writeWith(() => inner.putAll!(writes)) } : {}),
     delete: (id, rev, at, draining) => writeWith(() => inner.delete(id, rev, at, draining)),
     recordReplica: (report) => inner.recordReplica(report),
-    confirmDrained: (id, host, rev) => inner.confirmDrained(id, host, rev),
+    confirmDrained: (id, host, rev, basis) => inner.confirmDrained(id, host, rev, basis),
     listByHost: (host) => inner.listByHost(host),
     listAll: () => inner.listAll(),
+    listPage: (query) => inner.listPage(query),
+    listOutOfSync: () => inner.listOutOfSync(),
+    clearOutOfSync: (entry) => inner.clearOutOfSync(entry),
   };
 }
 
@@ -317,7 +320,7 @@ describe("revisions and in_sync under concurrent changes and faults", () => {
           for (let round = 0; round < 4; round++) {
             for (const host of HOSTS) await deliver(nodes.get(host)!, Number.POSITIVE_INFINITY);
             await checkTruth();
-            await reconcile(healthy, { staleAfterSeconds: 900, correlationId: `heal-${round}` });
+            await reconcile(healthy, { correlationId: `heal-${round}` });
           }
           for (const host of HOSTS) await deliver(nodes.get(host)!, Number.POSITIVE_INFINITY);
 

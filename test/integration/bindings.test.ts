@@ -129,7 +129,6 @@ const runReconcile = () =>
     store: core.store,
     queue: core.queue,
     clock: fixedClock("2026-12-02T06:00:00.000Z"),
-    staleAfterSeconds: 3600,
     logger: silentLogger,
   })({} as never, lambdaContext());
 

@@ -176,9 +176,12 @@ describe("races", () => {
       delete: (id, rev, at, draining) => inner.delete(id, rev, at, draining),
       tombstone: (id) => inner.tombstone(id),
       recordReplica: (report) => inner.recordReplica(report),
-      confirmDrained: (id, host, rev) => inner.confirmDrained(id, host, rev),
+      confirmDrained: (id, host, rev, basis) => inner.confirmDrained(id, host, rev, basis),
       listByHost: (host) => inner.listByHost(host),
       listAll: () => inner.listAll(),
+      listPage: (query) => inner.listPage(query),
+      listOutOfSync: () => inner.listOutOfSync(),
+      clearOutOfSync: (entry) => inner.clearOutOfSync(entry),
       async put(next, expected, draining) {
         if (next.routerId === routerId && !raced) {
           raced = true;

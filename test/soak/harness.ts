@@ -169,7 +169,6 @@ export class Harness {
       store,
       queue,
       clock: systemClock,
-      staleAfterSeconds: 3600,
       logger: silent,
     });
     h.status = makeStatusHandler({

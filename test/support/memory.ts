@@ -16,7 +16,7 @@ import type {
   SendOptions,
   Tombstone,
 } from "../../lib/ports.ts";
-import { applyDrainingChange, bindingOf } from "../../lib/ports.ts";
+import { applyDrainingChange, bindingOf, inSync, isTombstone, settled } from "../../lib/ports.ts";
 import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
 
 const clone = <T>(value: T): T => structuredClone(value);
@@ -36,7 +36,10 @@ export class MemoryRoutersStore implements RoutersStore {
   private readonly rows = new Map<string, RouterRecord>();
   /** Deleted routers: what their tombstone keeps. */
   private readonly tombstones = new Map<string, Tombstone>();
-  /** The sparse out-of-sync index: ids of routers (and tombstones) flagged as not in sync. */
+  /**
+   * The sparse out-of-sync index, kept as DynamoDB's adapter keeps it: every desired write and every
+   * draining tombstone flags, only a status write (or clearOutOfSync) that settles the entry as read un-flags.
+   */
   private readonly outOfSync = new Set<string>();
   /** Counts successful writes (puts, deletes, status updates): "nothing was written" assertions use it. */
   writes = 0;
@@ -126,6 +129,8 @@ export class MemoryRoutersStore implements RoutersStore {
       revision: expectedRevision + 1,
       draining: clone(draining),
     });
+    if (Object.keys(draining).length > 0) this.outOfSync.add(routerId);
+    else this.outOfSync.delete(routerId);
     this.writes++;
   }
 
@@ -134,24 +139,82 @@ export class MemoryRoutersStore implements RoutersStore {
     if (!row) return false;
     const stored = row.replicas[report.host];
     if (stored && stored.revision > report.status.revision) return false;
+    const { basis } = report;
+    const settles =
+      basis !== undefined &&
+      settled({ ...basis, replicas: { ...basis.replicas, [report.host]: report.status } }) &&
+      this.stillAsRead(row, basis, [report.host]);
     this.rows.set(report.routerId, {
       ...row,
       replicas: { ...row.replicas, [report.host]: clone(report.status) },
     });
+    if (settles) this.outOfSync.delete(report.routerId);
+    else if (basis) this.outOfSync.add(report.routerId);
     this.writes++;
     return true;
   }
 
-  async confirmDrained(routerId: string, host: string, revision: number): Promise<boolean> {
+  /** DynamoDB's un-flagging condition: same revision, nothing draining, the bound hosts' replicas as read. */
+  private stillAsRead(
+    current: RouterRecord | Tombstone,
+    read: RouterRecord | Tombstone,
+    skipHosts: readonly string[] = [],
+  ): boolean {
+    if (current.revision !== read.revision || isTombstone(current) !== isTombstone(read)) return false;
+    if (Object.keys(current.draining).some((host) => !skipHosts.includes(host))) return false;
+    if (isTombstone(current) || isTombstone(read)) return true;
+    return read.bindings.every(({ host }) => {
+      if (skipHosts.includes(host)) return true;
+      const now = current.replicas[host];
+      const then = read.replicas[host];
+      return now?.revision === then?.revision && now?.content === then?.content;
+    });
+  }
+
+  async confirmDrained(
+    routerId: string,
+    host: string,
+    revision: number,
+    basis?: RouterRecord | Tombstone,
+  ): Promise<boolean> {
     const entry = this.rows.get(routerId) ?? this.tombstones.get(routerId);
     const asked = entry?.draining[host];
     if (!entry || asked === undefined || asked > revision) return false;
     const draining = { ...entry.draining };
     delete draining[host];
+    const settles =
+      basis !== undefined &&
+      settled({
+        ...basis,
+        draining: Object.fromEntries(Object.entries(basis.draining).filter(([h]) => h !== host)),
+      }) &&
+      this.stillAsRead(entry, basis, [host]);
     if (this.rows.has(routerId)) this.rows.set(routerId, { ...(entry as RouterRecord), draining });
     else this.tombstones.set(routerId, { ...(entry as Tombstone), draining });
+    if (settles) this.outOfSync.delete(routerId);
     this.writes++;
     return true;
+  }
+
+  async *listOutOfSync(): AsyncIterable<RouterRecord | Tombstone> {
+    for (const id of [...this.outOfSync].sort()) {
+      const entry = this.rows.get(id) ?? this.tombstones.get(id);
+      if (entry) yield clone(entry);
+    }
+  }
+
+  async clearOutOfSync(entry: RouterRecord | Tombstone): Promise<boolean> {
+    const current = this.rows.get(entry.routerId) ?? this.tombstones.get(entry.routerId);
+    if (!current || !this.outOfSync.has(entry.routerId) || !settled(entry)) return false;
+    if (!this.stillAsRead(current, entry)) return false;
+    this.outOfSync.delete(entry.routerId);
+    this.writes++;
+    return true;
+  }
+
+  /** Test helper: whether the entry is in the out-of-sync index. */
+  flagged(routerId: string): boolean {
+    return this.outOfSync.has(routerId);
   }
 
   async listByHost(host: string): Promise<RouterRecord[]> {
@@ -166,7 +229,7 @@ export class MemoryRoutersStore implements RoutersStore {
           (after === undefined || row.routerId > after) &&
           (query.projectId === undefined || row.projectId === query.projectId) &&
           (query.host === undefined || bindingOf(row, query.host)) &&
-          (!query.outOfSyncOnly || this.outOfSync.has(row.routerId)),
+          (!query.outOfSyncOnly || (this.outOfSync.has(row.routerId) && !inSync(row))),
       )
       .sort((a, b) => (a.routerId < b.routerId ? -1 : 1));
     const records = matching.slice(0, query.limit).map(clone);
