@@ -10,8 +10,14 @@ import { queueUrlFromTemplate, SqsCommandQueue } from "../../lib/aws/command-que
 import { DynamoRoutersStore } from "../../lib/aws/routers-store.ts";
 import { routersTableDefinition } from "../../lib/aws/tables.ts";
 import { buildSnapshot } from "../../lib/domain/snapshot.ts";
-import { RevisionConflictError } from "../../lib/errors.ts";
-import type { CommandQueue, RouterRecord, RoutersStore, Tombstone } from "../../lib/ports.ts";
+import { BadRequestError, RevisionConflictError } from "../../lib/errors.ts";
+import type {
+  CommandQueue,
+  RouterListQuery,
+  RouterRecord,
+  RoutersStore,
+  Tombstone,
+} from "../../lib/ports.ts";
 import type { RouterSyncMessage } from "../../lib/schemas/index.ts";
 import {
   createQueuePair,
@@ -410,6 +416,243 @@ describe.each(stores)("RoutersStore contract: %s", (_name, make, transactional) 
     const seen = new Set<string>();
     for await (const entry of store.listAll()) seen.add(entry.routerId);
     for (const record of records) expect(seen.has(record.routerId)).toBe(true);
+  });
+});
+
+/** Every page of a listing, to its end: the ids in page order, and the pages' sizes. */
+async function listAllPages(store: RoutersStore, query: Omit<RouterListQuery, "after">) {
+  const ids: string[] = [];
+  const sizes: number[] = [];
+  let after: string | undefined;
+  for (let pages = 0; pages < 500; pages++) {
+    const page = await store.listPage({ ...query, after });
+    ids.push(...page.records.map((record) => record.routerId));
+    sizes.push(page.records.length);
+    if (page.next === undefined) return { ids, sizes };
+    after = page.next;
+  }
+  throw new Error("the listing never ended");
+}
+
+/** The ids in the out-of-sync index (the raw index, false positives included). */
+async function flaggedIds(store: RoutersStore): Promise<Set<string>> {
+  const ids = new Set<string>();
+  for await (const entry of store.listOutOfSync()) ids.add(entry.routerId);
+  return ids;
+}
+
+const uniqueProject = () => `p-${newId().slice(0, 8)}`;
+const uniqueHost = (name: string) => `${name}-${newId().slice(0, 8)}`;
+
+describe.each(stores)("RoutersStore listing and out-of-sync index: %s", (_name, make) => {
+  let store: RoutersStore;
+  beforeAll(async () => {
+    store = await make();
+  });
+
+  /** A router at revision 1 whose every bound host reported it in sync, and out of the index. */
+  async function inSyncRouter(overrides: Partial<RouterRecord> = {}): Promise<RouterRecord> {
+    const record = routerRecord({ revision: 1, helpers: [storedHelper()], ...overrides });
+    await store.put(record, undefined);
+    for (const { host } of record.bindings) {
+      const basis = (await store.get(record.routerId))!;
+      expect(await store.recordReplica({ routerId: record.routerId, host, status: replica(1), basis })).toBe(
+        true,
+      );
+    }
+    return (await store.get(record.routerId))!;
+  }
+
+  it("pages through one project's routers to the end, in router-id order, none twice", async () => {
+    const project = uniqueProject();
+    const mine = Array.from({ length: 7 }, () => routerRecord({ projectId: project }));
+    for (const record of [...mine, routerRecord({ projectId: uniqueProject() })]) {
+      await store.put(record, undefined);
+    }
+    const { ids, sizes } = await listAllPages(store, { projectId: project, outOfSyncOnly: false, limit: 3 });
+    expect(ids).toEqual(mine.map((record) => record.routerId).sort());
+    expect(Math.max(...sizes)).toBeLessThanOrEqual(3);
+  });
+
+  it("lists a host's routers whichever binding slot holds it, each once, and no other host's", async () => {
+    const host = uniqueHost("list");
+    const first = routerRecord({ bindings: qrouters(host) });
+    const third = routerRecord({ bindings: snats(uniqueHost("x"), uniqueHost("y"), host) });
+    const other = routerRecord({ bindings: qrouters(uniqueHost("other")) });
+    for (const record of [first, third, other]) await store.put(record, undefined);
+    const { ids } = await listAllPages(store, { host, outOfSyncOnly: false, limit: 1 });
+    expect(ids.sort()).toEqual([first.routerId, third.routerId].sort());
+  });
+
+  it("combines filters: a project's routers on one host", async () => {
+    const project = uniqueProject();
+    const host = uniqueHost("both");
+    const wanted = routerRecord({ projectId: project, bindings: qrouters(uniqueHost("z"), host) });
+    const otherHost = routerRecord({ projectId: project });
+    const otherProject = routerRecord({ bindings: qrouters(host) });
+    for (const record of [wanted, otherHost, otherProject]) await store.put(record, undefined);
+    const { ids } = await listAllPages(store, { projectId: project, host, outOfSyncOnly: false, limit: 10 });
+    expect(ids).toEqual([wanted.routerId]);
+  });
+
+  it("lists only routers not in sync, by project and for all projects, through the index", async () => {
+    const project = uniqueProject();
+    const behind = routerRecord({ projectId: project, revision: 1, helpers: [storedHelper()] });
+    await store.put(behind, undefined);
+    const synced = await inSyncRouter({ projectId: project });
+    const mismatched = await inSyncRouter({ projectId: project });
+    const basis = (await store.get(mismatched.routerId))!;
+    await store.recordReplica({
+      routerId: mismatched.routerId,
+      host: "node-a",
+      status: replica(1, { content: "mismatch" }),
+      basis,
+    });
+    const byProject = await listAllPages(store, { projectId: project, outOfSyncOnly: true, limit: 1 });
+    expect(byProject.ids).toEqual([behind.routerId, mismatched.routerId].sort());
+    const all = new Set((await listAllPages(store, { outOfSyncOnly: true, limit: 50 })).ids);
+    expect(all.has(behind.routerId) && all.has(mismatched.routerId)).toBe(true);
+    expect(all.has(synced.routerId)).toBe(false);
+  });
+
+  it("lists live routers only, never a tombstone", async () => {
+    const project = uniqueProject();
+    const kept = routerRecord({ projectId: project });
+    const gone = routerRecord({ projectId: project });
+    for (const record of [kept, gone]) await store.put(record, undefined);
+    await store.delete(gone.routerId, 0, "2026-12-01T10:00:00.000Z", { "node-a": 1 });
+    expect((await listAllPages(store, { projectId: project, outOfSyncOnly: false, limit: 5 })).ids).toEqual([
+      kept.routerId,
+    ]);
+    const everything = new Set((await listAllPages(store, { outOfSyncOnly: false, limit: 100 })).ids);
+    expect(everything.has(kept.routerId)).toBe(true);
+    expect(everything.has(gone.routerId)).toBe(false);
+  });
+
+  it("rejects a malformed position as a bad request", async () => {
+    const junk = [
+      "not a cursor!",
+      Buffer.from("[1,2]").toString("base64url"),
+      Buffer.from(JSON.stringify({ s: 99, r: 5, k: { router_id: 7 } })).toString("base64url"),
+    ];
+    for (const after of junk) {
+      for (const query of [
+        { outOfSyncOnly: false, limit: 5, after },
+        { projectId: "p", outOfSyncOnly: true, limit: 5, after },
+        { host: "node-a", outOfSyncOnly: false, limit: 5, after },
+      ]) {
+        const refused = await store.listPage(query).catch((error: unknown) => error);
+        expect(refused, after).toBeInstanceOf(BadRequestError);
+        expect((refused as Error).message).toBe("invalid cursor");
+      }
+    }
+  });
+
+  it("every desired write flags the router; only the report that makes it in sync un-flags it", async () => {
+    const record = routerRecord({
+      bindings: qrouters("node-a", "node-b"),
+      revision: 1,
+      helpers: [storedHelper()],
+    });
+    await store.put(record, undefined);
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+    const report = async (host: string, status = replica(1)) =>
+      store.recordReplica({
+        routerId: record.routerId,
+        host,
+        status,
+        basis: (await store.get(record.routerId))!,
+      });
+    // One of two hosts in sync: still out of sync.
+    await report("node-a");
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+    await report("node-b");
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(false);
+    // A drift check finds other content at the same revision: flagged again.
+    await report("node-b", replica(1, { content: "mismatch" }));
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+    await report("node-b");
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(false);
+    // A new revision is never confirmed yet.
+    await store.put({ ...(await store.get(record.routerId))!, revision: 2 }, 1);
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+  });
+
+  it("a report judged on a stale read never un-flags: another host's report or a desired write won the race", async () => {
+    const record = routerRecord({
+      bindings: qrouters("node-a", "node-b"),
+      revision: 1,
+      helpers: [storedHelper()],
+    });
+    await store.put(record, undefined);
+    await store.recordReplica({
+      routerId: record.routerId,
+      host: "node-a",
+      status: replica(1),
+      basis: record,
+    });
+    const stale = (await store.get(record.routerId))!;
+    // node-a's kernel drifts and it reports so, between node-b's read and node-b's write.
+    await store.recordReplica({
+      routerId: record.routerId,
+      host: "node-a",
+      status: replica(1, { content: "mismatch" }),
+      basis: stale,
+    });
+    expect(
+      await store.recordReplica({
+        routerId: record.routerId,
+        host: "node-b",
+        status: replica(1),
+        basis: stale,
+      }),
+    ).toBe(true);
+    expect((await store.get(record.routerId))?.replicas["node-b"]).toEqual(replica(1));
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+
+    // The same with a desired write in between: node-a and node-b match revision 1, but 2 is desired now.
+    await store.recordReplica({
+      routerId: record.routerId,
+      host: "node-a",
+      status: replica(1),
+      basis: stale,
+    });
+    const read = (await store.get(record.routerId))!;
+    await store.put({ ...read, revision: 2, helpers: [] }, 1);
+    await store.recordReplica({ routerId: record.routerId, host: "node-b", status: replica(1), basis: read });
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+  });
+
+  it("a tombstone stays flagged until its last draining host confirms", async () => {
+    const record = routerRecord({ bindings: qrouters("node-a", "node-b"), revision: 1 });
+    await store.put(record, undefined);
+    await store.delete(record.routerId, 1, "2026-12-01T10:00:00.000Z", { "node-a": 2, "node-b": 2 });
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+    let basis = (await store.tombstone(record.routerId))!;
+    expect(await store.confirmDrained(record.routerId, "node-a", 2, basis)).toBe(true);
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+    basis = (await store.tombstone(record.routerId))!;
+    expect(await store.confirmDrained(record.routerId, "node-b", 2, basis)).toBe(true);
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(false);
+  });
+
+  it("clearOutOfSync heals a settled entry the index still holds, and refuses one that moved since read", async () => {
+    const record = routerRecord({ revision: 1, helpers: [storedHelper()] });
+    await store.put(record, undefined);
+    // A status written without a basis leaves the flag as it is: a false positive.
+    await store.recordReplica({ routerId: record.routerId, host: "node-a", status: replica(1) });
+    const read = (await store.get(record.routerId))!;
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+    await store.put({ ...read, revision: 2 }, 1);
+    expect(await store.clearOutOfSync(read)).toBe(false);
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(true);
+    await store.recordReplica({ routerId: record.routerId, host: "node-a", status: replica(2) });
+    expect(await store.clearOutOfSync((await store.get(record.routerId))!)).toBe(true);
+    expect((await flaggedIds(store)).has(record.routerId)).toBe(false);
+    // Never for an entry that is not settled.
+    const behind = routerRecord({ revision: 1, helpers: [storedHelper()] });
+    await store.put(behind, undefined);
+    expect(await store.clearOutOfSync(behind)).toBe(false);
   });
 });
 
