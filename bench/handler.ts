@@ -4,16 +4,20 @@
  * recorded HTTP API v2 envelope. Floor, same run, same bodies: JSON.parse plus the zod parse of the body.
  */
 import { generateKeyPairSync, randomUUID } from "node:crypto";
+import { closeSync, openSync, writeSync } from "node:fs";
 import type { SQSClient } from "@aws-sdk/client-sqs";
+import type { Context } from "aws-lambda";
 import { makeHandler } from "../functions/http.ts";
 import { SqsCommandQueue } from "../lib/aws/command-queue.ts";
 import { HelperCatalog } from "../lib/catalog.ts";
-import { loadLimits } from "../lib/config.ts";
+import { type Limits, loadLimits } from "../lib/config.ts";
 import { RevisionConflictError } from "../lib/errors.ts";
+import { appLogger } from "../lib/http/middlewares.ts";
 import type { CommandQueue, RouterRecord, RoutersStore } from "../lib/ports.ts";
 import { systemClock } from "../lib/ports.ts";
+import { type Observability, observability } from "../lib/production.ts";
 import type { RouterSyncMessage } from "../lib/schemas/index.ts";
-import { buildSchemas, parseNotificationBody } from "../lib/schemas/index.ts";
+import { buildSchemas, parseNotificationBody, type Schemas } from "../lib/schemas/index.ts";
 import type { SnapshotSigner } from "../lib/signing.ts";
 import { keySigner, publicKeyFromPem, verifyBody } from "../lib/signing.ts";
 import { httpApiClaims, httpApiEvent, lambdaContext } from "../test/support/events.ts";
@@ -97,6 +101,93 @@ const PROJECT = "0f2c4a6e8b1d3f5a7c9e0b2d4f6a8c1e";
 /** A queue the bench can count: what every accepted notification sent. */
 type CountedQueue = CommandQueue & { all(): readonly RouterSyncMessage[] };
 
+const silent = { info: () => undefined, warn: () => undefined, error: () => undefined };
+
+interface Prepared {
+  readonly handler: ReturnType<typeof makeHandler>;
+  readonly events: readonly unknown[];
+  readonly bodies: readonly string[];
+  readonly queue: CountedQueue;
+  readonly warmup: number;
+}
+
+/** A handler on fresh ports with `count` + warm-up accepted notifications of `size` new helpers each. */
+async function prepare(options: {
+  kind: "memory" | "lean";
+  size: number;
+  count: number;
+  schemas: Schemas;
+  limits: Limits;
+  queue?: () => CountedQueue;
+  observability?: Observability;
+}): Promise<Prepared> {
+  const { kind, size, count, schemas, limits } = options;
+  const store = kind === "memory" ? new MemoryRoutersStore() : new LeanStore();
+  const queue = options.queue?.() ?? (kind === "memory" ? new MemoryCommandQueue() : new LeanQueue());
+  const log = options.observability ? appLogger(options.observability.logger) : silent;
+  const handler = makeHandler({
+    domain: { store, queue, clock: systemClock, limits, log },
+    schemas,
+    logger: log,
+    idempotency: undefined,
+    ...(options.observability ? { observability: options.observability } : {}),
+  });
+  // Each request creates `size` new helpers; spread them so no router passes its cap.
+  const perRouter = Math.max(1, Math.floor(limits.maxHelpersPerRouter / size));
+  const warmup = Math.min(500, Math.floor(count / 5));
+  const total = count + warmup;
+  const routers: string[] = [];
+  for (let i = 0; i < Math.ceil(total / perRouter); i++) {
+    const routerId = randomUUID();
+    routers.push(routerId);
+    await store.put(
+      {
+        routerId,
+        projectId: PROJECT,
+        bindings: [{ host: "node-a", namespace: "qrouter" }],
+        revision: 0,
+        helpers: [],
+        replicas: {},
+        draining: {},
+        updatedAt: new Date().toISOString(),
+      },
+      undefined,
+    );
+  }
+  const claims = httpApiClaims(PROJECT);
+  const bodies: string[] = [];
+  for (let i = 0; i < total; i++) {
+    const routerId = routers[Math.floor(i / perRouter)]!;
+    const base = (i % perRouter) * size;
+    bodies.push(
+      JSON.stringify({
+        event: "created",
+        conntrack_helpers: Array.from({ length: size }, (_, k) => ({
+          id: randomUUID(),
+          router_id: routerId,
+          protocol: "tcp",
+          port: 1024 + base + k,
+          helper: "ftp",
+        })),
+      }),
+    );
+  }
+  const events = bodies.map((body) =>
+    httpApiEvent({ method: "POST", path: "/v1/notifications", body, claims }),
+  );
+  return { handler, events, bodies, queue, warmup };
+}
+
+/** One request through a prepared handler; milliseconds. A request that is not accepted fails the bench. */
+async function timeRequest(prepared: Prepared, i: number, context: Context): Promise<number> {
+  const started = performance.now();
+  const response = await prepared.handler(prepared.events[i] as never, context);
+  const elapsed = performance.now() - started;
+  if (response.statusCode !== 202)
+    throw new Error(`handler answered ${response.statusCode}: ${response.body}`);
+  return elapsed;
+}
+
 export async function benchHandler(options: {
   requests: Record<number, number>;
   stores?: readonly ("memory" | "lean")[];
@@ -105,62 +196,20 @@ export async function benchHandler(options: {
 }): Promise<HandlerRow[]> {
   const limits = loadLimits();
   const schemas = buildSchemas(limits, new HelperCatalog());
-  const silent = { info: () => undefined, warn: () => undefined, error: () => undefined };
   const rows: HandlerRow[] = [];
   for (const kind of options.stores ?? ["memory", "lean"])
     for (const [sizeText, count] of Object.entries(options.requests)) {
       const size = Number(sizeText);
-      const store = kind === "memory" ? new MemoryRoutersStore() : new LeanStore();
-      const queue = options.queue?.() ?? (kind === "memory" ? new MemoryCommandQueue() : new LeanQueue());
-      const handler = makeHandler({
-        domain: { store, queue, clock: systemClock, limits, log: silent },
+      const prepared = await prepare({
+        kind,
+        size,
+        count,
         schemas,
-        logger: silent,
-        idempotency: undefined,
+        limits,
+        ...(options.queue ? { queue: options.queue } : {}),
       });
-      // Each request creates `size` new helpers; spread them so no router passes its cap.
-      const perRouter = Math.max(1, Math.floor(limits.maxHelpersPerRouter / size));
-      const warmup = Math.min(500, Math.floor(count / 5));
-      const total = count + warmup;
-      const routers: string[] = [];
-      for (let i = 0; i < Math.ceil(total / perRouter); i++) {
-        const routerId = randomUUID();
-        routers.push(routerId);
-        await store.put(
-          {
-            routerId,
-            projectId: PROJECT,
-            bindings: [{ host: "node-a", namespace: "qrouter" }],
-            revision: 0,
-            helpers: [],
-            replicas: {},
-            draining: {},
-            updatedAt: new Date().toISOString(),
-          },
-          undefined,
-        );
-      }
-      const claims = httpApiClaims(PROJECT);
-      const bodies: string[] = [];
-      for (let i = 0; i < total; i++) {
-        const routerId = routers[Math.floor(i / perRouter)]!;
-        const base = (i % perRouter) * size;
-        bodies.push(
-          JSON.stringify({
-            event: "created",
-            conntrack_helpers: Array.from({ length: size }, (_, k) => ({
-              id: randomUUID(),
-              router_id: routerId,
-              protocol: "tcp",
-              port: 1024 + base + k,
-              helper: "ftp",
-            })),
-          }),
-        );
-      }
-      const events = bodies.map((body) =>
-        httpApiEvent({ method: "POST", path: "/v1/notifications", body, claims }),
-      );
+      const { bodies, warmup, queue } = prepared;
+      const total = bodies.length;
       const context = lambdaContext();
 
       // Floor first on its own copy of the bodies: same work the chain must do at least.
@@ -175,11 +224,7 @@ export async function benchHandler(options: {
 
       const times: number[] = [];
       for (let i = 0; i < total; i++) {
-        const started = performance.now();
-        const response = await handler(events[i]! as never, context);
-        const elapsed = performance.now() - started;
-        if (response.statusCode !== 202)
-          throw new Error(`handler answered ${response.statusCode}: ${response.body}`);
+        const elapsed = await timeRequest(prepared, i, context);
         if (i >= warmup) times.push(elapsed);
       }
       const stats = summarize(times);
@@ -199,6 +244,85 @@ export async function benchHandler(options: {
         bodyBytes: Buffer.byteLength(bodies[0]!),
       });
     }
+  return rows;
+}
+
+export interface ObservabilityRow {
+  readonly helpers: number;
+  readonly requests: number;
+  /** The production chain: Powertools Logger (Lambda context, correlation id) and Metrics, as deployed. */
+  readonly observedPerSecond: number;
+  readonly observedP50Ms: number;
+  readonly observedP99Ms: number;
+  /** The same chain and ports without them (what the handler rows measure). */
+  readonly plainPerSecond: number;
+  readonly plainP50Ms: number;
+  readonly plainP99Ms: number;
+  /** Bytes the observed handler wrote to stdout (log and EMF lines), all requests. */
+  readonly stdoutBytes: number;
+}
+
+/**
+ * What metrics and logging cost on the accepted path: the no-copy handler with and without the production
+ * Powertools Logger and Metrics, requests alternating between the two so the machine's noise hits both
+ * alike. stdout goes to /dev/null through a real write(2) per line, as a Lambda's log pipe costs a write.
+ */
+export async function benchObservability(options: {
+  requests: Record<number, number>;
+}): Promise<ObservabilityRow[]> {
+  const limits = loadLimits();
+  const schemas = buildSchemas(limits, new HelperCatalog());
+  const rows: ObservabilityRow[] = [];
+  for (const [sizeText, count] of Object.entries(options.requests)) {
+    const size = Number(sizeText);
+    const plain = await prepare({ kind: "lean", size, count, schemas, limits });
+    const observed = await prepare({
+      kind: "lean",
+      size,
+      count,
+      schemas,
+      limits,
+      observability: observability("cth-http", "http", { logLevel: "info" }),
+    });
+    const context = lambdaContext();
+    const plainTimes: number[] = [];
+    const observedTimes: number[] = [];
+    const sink = openSync("/dev/null", "w");
+    const write = process.stdout.write;
+    let stdoutBytes = 0;
+    process.stdout.write = ((chunk: string | Uint8Array) => {
+      // Narrowed for writeSync's two overloads (string, bytes).
+      stdoutBytes += typeof chunk === "string" ? writeSync(sink, chunk) : writeSync(sink, chunk);
+      return true;
+    }) as typeof process.stdout.write;
+    try {
+      for (let i = 0; i < plain.events.length; i++) {
+        // Alternate which goes first, so neither always runs on a warmer cache.
+        const pair = i % 2 === 0 ? [plain, observed] : [observed, plain];
+        for (const prepared of pair) {
+          const elapsed = await timeRequest(prepared, i, context);
+          if (i >= plain.warmup) (prepared === plain ? plainTimes : observedTimes).push(elapsed);
+        }
+      }
+    } finally {
+      process.stdout.write = write;
+      closeSync(sink);
+    }
+    const plainStats = summarize(plainTimes);
+    const observedStats = summarize(observedTimes);
+    const sum = (times: readonly number[]) => times.reduce((a, b) => a + b, 0);
+    rows.push({
+      helpers: size,
+      requests: count,
+      observedPerSecond: (count / sum(observedTimes)) * 1000,
+      observedP50Ms: observedStats.p50,
+      observedP99Ms: observedStats.p99,
+      plainPerSecond: (count / sum(plainTimes)) * 1000,
+      plainP50Ms: plainStats.p50,
+      plainP99Ms: plainStats.p99,
+      stdoutBytes,
+    });
+  }
   return rows;
 }
 

@@ -12,7 +12,14 @@ import { type ApplyRow, benchAgentApply, neutronAvailable } from "./agent-apply.
 import { benchBackends, type FloorRow, type NodeRow } from "./backends.ts";
 import { benchColdStart, type ColdRow } from "./cold-start.ts";
 import { benchEndToEnd, type EndToEndResult } from "./e2e.ts";
-import { benchHandler, benchSigning, type HandlerRow, type SigningRow } from "./handler.ts";
+import {
+  benchHandler,
+  benchObservability,
+  benchSigning,
+  type HandlerRow,
+  type ObservabilityRow,
+  type SigningRow,
+} from "./handler.ts";
 import { benchReplicas, type ReplicasResult } from "./replicas.ts";
 import { fmt, run } from "./stats.ts";
 
@@ -170,6 +177,20 @@ function handlerGoals(rows: readonly HandlerRow[]): Goal[] {
   });
 }
 
+function observabilityGoals(rows: readonly ObservabilityRow[]): Goal[] {
+  return rows.map((row) => {
+    const ratio = row.plainPerSecond / row.observedPerSecond;
+    return {
+      name: `metrics and logging (Powertools Logger + Metrics, as deployed): ${row.helpers}-helper notification, no-copy stores (${row.requests} requests each, alternating; ${row.stdoutBytes} B to stdout)`,
+      measured: `${fmt(row.observedPerSecond, "/s")}, p50 ${fmt(row.observedP50Ms, " ms")}, p99 ${fmt(row.observedP99Ms, " ms")}`,
+      baseline: `same chain without them ${fmt(row.plainPerSecond, "/s")}, p50 ${fmt(row.plainP50Ms, " ms")}, p99 ${fmt(row.plainP99Ms, " ms")}`,
+      ratio: `${fmt(ratio, "x")} (time per request)`,
+      goal: row.helpers === 64 ? "<= 1.10x" : "(reported)",
+      met: row.helpers === 64 ? ratio <= 1.1 : undefined,
+    };
+  });
+}
+
 function signingGoals(rows: readonly SigningRow[]): Goal[] {
   return rows.flatMap((row) => [
     {
@@ -283,6 +304,12 @@ async function main(): Promise<void> {
     });
     result.handler = rows;
     goals.push(...handlerGoals(rows));
+    log("metrics and logging cost ...");
+    const observed = await benchObservability({
+      requests: flags.quick ? { 1: 3_000, 64: 500 } : { 1: 20_000, 64: 3_000 },
+    });
+    result.observability = observed;
+    goals.push(...observabilityGoals(observed));
     log("snapshot signing cost ...");
     const signing = await benchSigning({
       requests: flags.quick ? { 1: 2_000, 64: 300 } : { 1: 10_000, 64: 1_500 },

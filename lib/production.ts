@@ -41,7 +41,7 @@ export function productionPorts(config: Config): ProductionPorts {
 }
 
 /** Powertools logger for one function, at the configured level. */
-export function functionLogger(serviceName: string, config: Config): Logger {
+export function functionLogger(serviceName: string, config: Pick<Config, "logLevel">): Logger {
   const level = config.logLevel.toUpperCase() as "DEBUG" | "INFO" | "WARN" | "ERROR";
   return new Logger({ serviceName, logLevel: level });
 }
@@ -53,7 +53,11 @@ export interface Observability {
 }
 
 /** `fn` is the metrics' Function dimension (what the alarms select on), `serviceName` the logs' service. */
-export function observability(serviceName: string, fn: string, config: Config): Observability {
+export function observability(
+  serviceName: string,
+  fn: string,
+  config: Pick<Config, "logLevel">,
+): Observability {
   return { logger: functionLogger(serviceName, config), metrics: functionMetrics(fn) };
 }
 
