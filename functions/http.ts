@@ -13,7 +13,6 @@ import {
 import { DynamoDBPersistenceLayer } from "@aws-lambda-powertools/idempotency/dynamodb";
 import type { BasePersistenceLayer } from "@aws-lambda-powertools/idempotency/persistence";
 import middy from "@middy/core";
-import * as z from "zod/mini";
 import { type Config, FIELD_LIMITS, loadConfig } from "../lib/config.ts";
 import type { Identity } from "../lib/domain/identity.ts";
 import {
@@ -36,13 +35,7 @@ import {
   ValidationError,
 } from "../lib/errors.ts";
 import type { ApiGatewayEvent, ApiGatewayResult } from "../lib/http/api-event.ts";
-import {
-  type CursorCodec,
-  type CursorFilters,
-  cursorCodec,
-  cursorKeyLoader,
-  MAX_CURSOR_CHARS,
-} from "../lib/http/cursor.ts";
+import { type CursorCodec, type CursorFilters, cursorCodec, cursorKeyLoader } from "../lib/http/cursor.ts";
 import {
   type AppLogger,
   bodyLimit,
@@ -57,8 +50,9 @@ import {
 } from "../lib/http/middlewares.ts";
 import { matchRoute, type RouteSpec } from "../lib/http/routes.ts";
 import { domainWiring, lazyHandler, type Observability, observed } from "../lib/production.ts";
+import { routerListQuery } from "../lib/schemas/api.ts";
 import { parseNotificationBody, parseOrThrow, type Schemas } from "../lib/schemas/index.ts";
-import { host, projectId, uuid } from "../lib/schemas/primitives.ts";
+import { uuid } from "../lib/schemas/primitives.ts";
 
 export interface HttpDeps {
   readonly domain: DomainDeps;
@@ -118,7 +112,7 @@ function conditionsOf(headers: Readonly<Record<string, string>>): WriteCondition
 
 /** A parameter the route does not declare is refused, not ignored: a misspelt filter would list everything. */
 function requireDeclaredQuery(route: RouteSpec, query: Readonly<Record<string, string>>): void {
-  const declared = new Set((route.query ?? []).map((parameter) => parameter.name));
+  const declared = new Set(Object.keys(route.query?.schema.shape ?? {}));
   const unknown = Object.keys(query).filter((name) => !declared.has(name));
   if (unknown.length > 0) {
     throw new ValidationError(
@@ -130,25 +124,6 @@ function requireDeclaredQuery(route: RouteSpec, query: Readonly<Record<string, s
     );
   }
 }
-
-/** GET /v1/routers's query; v2 joins a repeated parameter with commas, which none of these accept. */
-const listQuery = z.object({
-  project_id: z.optional(projectId),
-  host: z.optional(host),
-  in_sync: z.optional(
-    z.enum(["false"], { error: 'only "false" (routers some host has not confirmed) is a filter' }),
-  ),
-  limit: z.optional(
-    z.pipe(
-      z.string().check(z.regex(/^\d{1,3}$/, "must be an integer from 1 to 100")),
-      z.pipe(
-        z.transform(Number),
-        z.int().check(z.gte(1, "must be at least 1"), z.lte(100, "must be at most 100")),
-      ),
-    ),
-  ),
-  cursor: z.optional(z.string().check(z.maxLength(MAX_CURSOR_CHARS))),
-});
 
 const DEFAULT_PAGE_SIZE = 50;
 
@@ -241,7 +216,7 @@ export function makeHandler(deps: HttpDeps) {
   }
 
   async function list(caller: Identity, query: Readonly<Record<string, string>>) {
-    const parsed = parseOrThrow(listQuery, query, "query");
+    const parsed = parseOrThrow(routerListQuery, query, "query");
     const filters: CursorFilters = {
       projectId: parsed.project_id,
       host: parsed.host,

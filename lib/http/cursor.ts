@@ -13,6 +13,7 @@ import { SecureStringProvider } from "../aws/signing-key.ts";
 import type { SigningKeySource } from "../config.ts";
 import type { Identity } from "../domain/identity.ts";
 import { BadRequestError } from "../errors.ts";
+import { MAX_CURSOR_CHARS } from "../schemas/api.ts";
 
 /** What a cursor is bound to besides the caller: the filters of the listing that issued it. */
 export interface CursorFilters {
@@ -31,7 +32,6 @@ const VERSION = 1;
 const IV_BYTES = 12;
 const TAG_BYTES = 16;
 /** Far above any store position (a DynamoDB key of two short strings), far below a gateway's URL limit. */
-export const MAX_CURSOR_CHARS = 2048;
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
 
 export const invalidCursor = (): BadRequestError => new BadRequestError("invalid cursor");

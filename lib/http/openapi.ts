@@ -356,13 +356,13 @@ export function buildOpenApi({ schemas, version }: OpenApiOptions): Json {
     if (route.path.includes("{router_id}")) {
       parameters.push({ $ref: "#/components/parameters/RouterId" });
     }
-    for (const query of route.query ?? []) {
+    for (const [name, schema] of Object.entries(route.query?.schema.shape ?? {})) {
       parameters.push({
-        name: query.name,
+        name,
         in: "query",
         required: false,
-        description: query.description,
-        schema: { type: "string" },
+        description: route.query!.descriptions[name],
+        schema: toJsonSchema(schema as z.ZodMiniType, "input"),
       });
     }
     for (const name of route.headers ?? []) parameters.push({ $ref: `#/components/parameters/${name}` });

@@ -26,6 +26,19 @@ export interface RouteResponse {
   readonly headers?: readonly ResponseHeader[];
 }
 
+export interface RouteQuery {
+  readonly schema: z.ZodMiniObject;
+  readonly descriptions: Readonly<Record<string, string>>;
+}
+
+/** A route's query: every parameter the schema declares has a description (checked when compiled). */
+function query<S extends z.ZodMiniObject>(
+  schema: S,
+  descriptions: { readonly [K in keyof S["shape"] & string]: string },
+): RouteQuery {
+  return { schema, descriptions };
+}
+
 export interface RouteSpec {
   readonly id: RouteId;
   readonly method: "GET" | "POST" | "PUT" | "DELETE";
@@ -36,8 +49,8 @@ export interface RouteSpec {
   readonly scopes: readonly string[];
   /** The request body, built from the deployment's limits and catalog. */
   readonly body?: (schemas: Schemas) => z.ZodMiniType;
-  /** Query parameters (all optional strings on the wire). */
-  readonly query?: readonly { name: string; description: string }[];
+  /** Query parameters (all optional strings on the wire): the handler's parser and the document's types. */
+  readonly query?: RouteQuery;
   readonly headers?: readonly RequestHeader[];
   /** Success responses by status; error responses are added for every route by the document builder. */
   readonly responses: Readonly<Record<number, RouteResponse>>;
@@ -79,24 +92,15 @@ export const ROUTES: readonly RouteSpec[] = [
     path: "/v1/routers",
     summary: "List routers, filtered by project, host and sync state, a page at a time",
     scopes: [],
-    query: [
-      {
-        name: "project_id",
-        description:
-          "only this project's routers (operators); a member sees only its own, and another project's id lists nothing",
-      },
-      { name: "host", description: "only routers bound to this node (operators only: 403 for a member)" },
-      {
-        name: "in_sync",
-        description: "`false` (the only value): only routers some host has not confirmed",
-      },
-      { name: "limit", description: "1..100, default 50" },
-      {
-        name: "cursor",
-        description:
-          "next_cursor of the previous page: opaque, valid only for the same caller and filters (400 otherwise)",
-      },
-    ],
+    query: query(api.routerListQuery, {
+      project_id:
+        "only this project's routers (operators); a member sees only its own, and another project's id lists nothing",
+      host: "only routers bound to this node (operators only: 403 for a member)",
+      in_sync: "`false` (the only value): only routers some host has not confirmed",
+      limit: "1..100, default 50",
+      cursor:
+        "next_cursor of the previous page: opaque, valid only for the same caller and filters (400 otherwise)",
+    }),
     responses: { 200: { description: "one page", body: api.routerList } },
   },
   {

@@ -6,6 +6,28 @@ import * as z from "zod/mini";
 import { binding } from "./index.ts";
 import { host, port, projectId, protocol, revision, uuid } from "./primitives.ts";
 
+/** The longest cursor a listing accepts (a sealed position is far shorter). */
+export const MAX_CURSOR_CHARS = 2048;
+
+/** GET /v1/routers's query; v2 joins a repeated parameter with commas, which none of these accept. */
+export const routerListQuery = z.object({
+  project_id: z.optional(projectId),
+  host: z.optional(host),
+  in_sync: z.optional(
+    z.enum(["false"], { error: 'only "false" (routers some host has not confirmed) is a filter' }),
+  ),
+  limit: z.optional(
+    z.pipe(
+      z.string().check(z.regex(/^\d{1,3}$/, "must be an integer from 1 to 100")),
+      z.pipe(
+        z.transform(Number),
+        z.int().check(z.gte(1, "must be at least 1"), z.lte(100, "must be at most 100")),
+      ),
+    ),
+  ),
+  cursor: z.optional(z.string().check(z.maxLength(MAX_CURSOR_CHARS))),
+});
+
 export const errorBody = z.strictObject({
   error: z.strictObject({
     code: z.string(),

@@ -192,6 +192,62 @@ describe("the examples", () => {
   });
 });
 
+describe("query parameters: typed as the handler parses them", () => {
+  const listing = ROUTES.find((route) => route.id === "listRouters")!;
+  const parameters = (operation(listing).parameters as Json[]).filter((p) => p.in === "query") as {
+    name: string;
+    schema: { type: string; enum?: string[]; pattern?: string; maxLength?: number };
+  }[];
+  const handler = makeHandler({
+    domain: {
+      store: new MemoryRoutersStore(),
+      queue: new MemoryCommandQueue(),
+      clock: fixedClock(),
+      limits: DEFAULT_LIMITS,
+      log: new RecordingLogger(),
+    },
+    schemas,
+    logger: new RecordingLogger(),
+    idempotency: undefined,
+  });
+  const list = (query: Record<string, string>) => {
+    const event = httpApiEvent({
+      method: "GET",
+      path: "/v1/routers",
+      claims: httpApiClaims(EXAMPLE_PROJECT, ["admin"]),
+    });
+    (event as { rawQueryString?: string }).rawQueryString = new URLSearchParams(query).toString();
+    (event as { queryStringParameters?: unknown }).queryStringParameters = query;
+    return handler(event, lambdaContext());
+  };
+
+  it("documents exactly the parameters the handler declares, each with a constraint beyond 'a string'", () => {
+    expect(parameters.map((p) => p.name)).toEqual(Object.keys(api.routerListQuery.shape));
+    for (const { name, schema } of parameters) {
+      expect(schema.type, name).toBe("string");
+      expect(schema.enum ?? schema.pattern ?? schema.maxLength, name).toBeDefined();
+    }
+  });
+
+  it("a value the document refuses is a 422 from the handler naming that parameter", async () => {
+    for (const { name, schema } of parameters) {
+      // Built from the documented constraint alone, then checked against it: the document must refuse it.
+      const value = schema.enum
+        ? `${schema.enum[0]}x`
+        : schema.pattern
+          ? "~"
+          : "a".repeat(schema.maxLength! + 1);
+      if (schema.enum) expect(schema.enum).not.toContain(value);
+      if (schema.pattern) expect(new RegExp(schema.pattern).test(value), name).toBe(false);
+      if (!schema.enum && !schema.pattern) expect(value.length).toBeGreaterThan(schema.maxLength!);
+      const result = await list({ [name]: value });
+      expect(result.statusCode, `${name}=${value}: ${result.body}`).toBe(422);
+      const body = JSON.parse(result.body ?? "") as { error: { details: { path: string }[] } };
+      expect(body.error.details.map((issue) => issue.path)).toEqual([name]);
+    }
+  });
+});
+
 describe("derived from the document", () => {
   it("serverless.yml's http events: one per operation, its method, path and scopes (infra/routes.cjs)", () => {
     const serverless = readFileSync(new URL("serverless.yml", root), "utf8");
