@@ -4,9 +4,10 @@
  * deployment so both test the same artefact.
  */
 import { execFile } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
@@ -42,8 +43,40 @@ export interface PackagedService {
   remove(): void;
 }
 
-/** Runs `osls package` into a fresh temporary directory (about 6 s). */
-export async function packageService(options: PackageOptions): Promise<PackagedService> {
+/** Longer than any packaging takes: a lock this old was left by a process that died holding it. */
+const STALE_LOCK_MS = 300_000;
+
+/**
+ * serverless-esbuild builds in the checkout's own .esbuild/ whatever `--package` says, so two test files
+ * packaging at once (vitest runs files in parallel workers) overwrite each other's bundles: one at a time,
+ * across processes, by an atomic mkdir.
+ */
+async function oneAtATime<T>(work: () => Promise<T>): Promise<T> {
+  const lock = join(root, ".esbuild.lock");
+  for (;;) {
+    try {
+      mkdirSync(lock);
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+      const age = Date.now() - (statSync(lock, { throwIfNoEntry: false })?.mtimeMs ?? Date.now());
+      if (age > STALE_LOCK_MS) rmSync(lock, { recursive: true, force: true });
+      else await sleep(250);
+    }
+  }
+  try {
+    return await work();
+  } finally {
+    rmSync(lock, { recursive: true, force: true });
+  }
+}
+
+/** Runs `osls package` into a fresh temporary directory (about 6 s; one packaging at a time). */
+export function packageService(options: PackageOptions): Promise<PackagedService> {
+  return oneAtATime(() => packageOnce(options));
+}
+
+async function packageOnce(options: PackageOptions): Promise<PackagedService> {
   const dir = mkdtempSync(join(tmpdir(), "cth-package-"));
   const env: NodeJS.ProcessEnv = { ...process.env };
   for (const key of Object.keys(env)) if (key.startsWith("AWS_")) delete env[key];

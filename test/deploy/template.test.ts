@@ -9,7 +9,13 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DETAIL_TYPES, EVENT_SOURCE } from "../../functions/events.ts";
-import { BINDING_SLOTS, bindingSlotIndex, routersTableDefinition } from "../../lib/aws/tables.ts";
+import {
+  BINDING_SLOTS,
+  bindingSlotIndex,
+  ROUTERS_BY_PROJECT_INDEX,
+  ROUTERS_OUT_OF_SYNC_INDEX,
+  routersTableDefinition,
+} from "../../lib/aws/tables.ts";
 import { ROUTES } from "../../lib/http/routes.ts";
 import { type PackagedService, packageService } from "./package-template.ts";
 
@@ -212,6 +218,9 @@ describe("functions", () => {
   });
 });
 
+/** A routers-table index's ARN as the roles name it. */
+const index = (name: string) => JSON.stringify({ "Fn::Sub": `\${RoutersTable.Arn}/index/${name}` });
+
 describe("least privilege", () => {
   it("http: routers read/write, idempotency records, send to node queues; nothing else", () => {
     expect(grants(statementsOf("HttpFunctionRole"))).toEqual({
@@ -221,6 +230,14 @@ describe("least privilege", () => {
       "dynamodb:PutItem": [idem, routers].sort(),
       "dynamodb:DeleteItem": [idem],
       "dynamodb:UpdateItem": [idem, routers].sort(),
+      // GET /v1/routers: Query the indexes its filters name, Scan only unfiltered (the table's keys or the
+      // out-of-sync index); never a Query of the table itself.
+      "dynamodb:Query": [
+        index(ROUTERS_OUT_OF_SYNC_INDEX),
+        index(ROUTERS_BY_PROJECT_INDEX),
+        ...Array.from({ length: BINDING_SLOTS }, (_, slot) => index(bindingSlotIndex(slot))),
+      ].sort(),
+      "dynamodb:Scan": [routers, index(ROUTERS_OUT_OF_SYNC_INDEX)].sort(),
       "sqs:SendMessage": nodeQueues,
       ...signing,
     });
@@ -244,9 +261,7 @@ describe("least privilege", () => {
       "dynamodb:GetItem": [routers],
       "dynamodb:BatchGetItem": [routers],
       "dynamodb:UpdateItem": [routers],
-      "dynamodb:Query": Array.from({ length: BINDING_SLOTS }, (_, slot) =>
-        JSON.stringify({ "Fn::Sub": `\${RoutersTable.Arn}/index/${bindingSlotIndex(slot)}` }),
-      ),
+      "dynamodb:Query": Array.from({ length: BINDING_SLOTS }, (_, slot) => index(bindingSlotIndex(slot))),
       "sqs:SendMessage": nodeQueues,
       "sqs:ReceiveMessage": statusQueues,
       "sqs:DeleteMessage": statusQueues,
@@ -263,7 +278,10 @@ describe("least privilege", () => {
     expect(updates).toHaveLength(1);
     expect(asList(updates[0]!.Action)).toEqual(["dynamodb:UpdateItem"]);
     expect(updates[0]!.Condition).toEqual({
-      "ForAllValues:StringEquals": { "dynamodb:Attributes": ["router_id", "replicas", "draining"] },
+      // out_of_sync is the sparse index's flag; sync_revision the desired revision's mirror it conditions on.
+      "ForAllValues:StringEquals": {
+        "dynamodb:Attributes": ["router_id", "replicas", "draining", "out_of_sync", "sync_revision"],
+      },
       // IAM requires this beside an attribute condition: other ReturnValues would read whole items.
       StringEqualsIfExists: { "dynamodb:ReturnValues": ["NONE", "UPDATED_NEW"] },
     });
@@ -274,10 +292,12 @@ describe("least privilege", () => {
     }
   });
 
-  it("reconcile: scan routers and send snapshots; no writes to the table", () => {
+  it("reconcile: scan only the out-of-sync index, re-read its routers, send snapshots, un-flag", () => {
     expect(grants(statementsOf("ReconcileFunctionRole"))).toEqual({
       ...logs("reconcile"),
-      "dynamodb:Scan": [routers],
+      "dynamodb:Scan": [index(ROUTERS_OUT_OF_SYNC_INDEX)],
+      "dynamodb:BatchGetItem": [routers],
+      "dynamodb:UpdateItem": [routers],
       "sqs:SendMessage": nodeQueues,
       ...signing,
     });
