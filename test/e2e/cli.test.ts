@@ -5,49 +5,16 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { RouterListBody, RouterStateBody, RouterViewBody } from "../../lib/schemas/api.ts";
 import { loadOrCreateSigningKey, signToken } from "../../scripts/local/auth.ts";
 import type { StackInfo } from "../../scripts/local/stack.ts";
+import { alive, freePort, until } from "../support/process.ts";
 
 const root = resolve(import.meta.dirname, "../..");
 const BIN = join(root, "scripts", "cth.mjs");
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((done) => server.close(() => done()));
-  return port;
-}
-
-const alive = (pid: number | undefined): boolean => {
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((done) => setTimeout(done, 250));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${String(last)})` : ""}`);
-}
 
 interface Run {
   readonly code: number;

@@ -7,7 +7,6 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -21,45 +20,13 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { loadOrCreateSigningKey, type SigningKey, signToken } from "../../scripts/local/auth.ts";
 import type { StackInfo } from "../../scripts/local/stack.ts";
 import { EMULATOR_CREDENTIALS } from "../support/emulators.ts";
+import { alive, freePort, until } from "../support/process.ts";
 import { describeKernel } from "../support/requirements.ts";
 import { signedAttributes, testKey } from "../support/signing.ts";
 
 const run = promisify(execFile);
 const root = resolve(import.meta.dirname, "../..");
 const PROJECT = "e2e-owner";
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((done) => server.close(() => done()));
-  return port;
-}
-
-const alive = (pid: number | undefined): boolean => {
-  if (!pid) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
-
-async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((done) => setTimeout(done, 250));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${String(last)})` : ""}`);
-}
 
 async function rawTable(namespace: string): Promise<string> {
   const { stdout } = await run("ip", ["netns", "exec", namespace, "iptables-save", "-t", "raw"]);

@@ -49,6 +49,23 @@ function documentedResponse(route: RouteSpec, status: number): { headers: Json }
 const responseSchema = (route: RouteSpec, status: number) =>
   status >= 400 ? api.errorBody : route.responses[status]!.body;
 
+/** functions/http.ts on a fresh in-memory store and queue. */
+function handlerOnMemory() {
+  const logger = new RecordingLogger();
+  return makeHandler({
+    domain: {
+      store: new MemoryRoutersStore(),
+      queue: new MemoryCommandQueue(),
+      clock: fixedClock(),
+      limits: DEFAULT_LIMITS,
+      log: logger,
+    },
+    schemas,
+    logger,
+    idempotency: undefined,
+  });
+}
+
 describe("openapi.json", () => {
   it("is what the route table and the schemas build (else: run npm run -s openapi)", () => {
     // Compared as data: the committed file is Biome-formatted (scripts/openapi.ts).
@@ -129,19 +146,7 @@ describe("the examples", () => {
     const results = new Map<string, ApiGatewayResult>();
 
     beforeAll(async () => {
-      const logger = new RecordingLogger();
-      const handler = makeHandler({
-        domain: {
-          store: new MemoryRoutersStore(),
-          queue: new MemoryCommandQueue(),
-          clock: fixedClock(),
-          limits: DEFAULT_LIMITS,
-          log: logger,
-        },
-        schemas,
-        logger,
-        idempotency: undefined,
-      });
+      const handler = handlerOnMemory();
       for (const id of ROUTES_IN_SESSION) {
         const route = ROUTES.find((r) => r.id === id)!;
         for (const [name, example] of Object.entries(ROUTE_DOCS[id].examples)) {
@@ -198,18 +203,7 @@ describe("query parameters: typed as the handler parses them", () => {
     name: string;
     schema: { type: string; enum?: string[]; pattern?: string; maxLength?: number };
   }[];
-  const handler = makeHandler({
-    domain: {
-      store: new MemoryRoutersStore(),
-      queue: new MemoryCommandQueue(),
-      clock: fixedClock(),
-      limits: DEFAULT_LIMITS,
-      log: new RecordingLogger(),
-    },
-    schemas,
-    logger: new RecordingLogger(),
-    idempotency: undefined,
-  });
+  const handler = handlerOnMemory();
   const list = (query: Record<string, string>) => {
     const event = httpApiEvent({
       method: "GET",
