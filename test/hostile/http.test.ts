@@ -20,7 +20,7 @@ import { isTombstone, type RouterRecord, type Tombstone } from "../../lib/ports.
 import { FAMILIES, planFamily } from "../../lib/rules.ts";
 import { buildSchemas, type RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { type Emulators, startEmulators } from "../support/emulators.ts";
-import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent } from "../support/events.ts";
+import { httpApiClaims, httpApiEvent, lambdaContext, restApiEvent, withQuery } from "../support/events.ts";
 import { fixedClock, PROJECT_A, PROJECT_B, qrouters, routerRecord } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 import {
@@ -698,10 +698,7 @@ describe("hostile listing and read requests (GET /v1/routers, GET /v1/routers/{i
     const issued = JSON.parse(
       (
         await handler(
-          {
-            ...httpApiEvent({ method: "GET", path: "/v1/routers", claims: issuer }),
-            queryStringParameters: { limit: "1" },
-          },
+          withQuery(httpApiEvent({ method: "GET", path: "/v1/routers", claims: issuer }), { limit: "1" }),
           lambdaContext(),
         )
       ).body,
@@ -717,7 +714,7 @@ describe("hostile listing and read requests (GET /v1/routers, GET /v1/routers/{i
         async (claims, query, withIssued, routerId) => {
           const q: Record<string, string> = { ...query, ...(withIssued ? { cursor: issued } : {}) };
           const path = routerId === undefined ? "/v1/routers" : `/v1/routers/${encodeURIComponent(routerId)}`;
-          const event = { ...httpApiEvent({ method: "GET", path, claims }), queryStringParameters: q };
+          const event = withQuery(httpApiEvent({ method: "GET", path, claims }), q);
           const response = await handler(event, lambdaContext());
           expect(response.statusCode, response.body).toBeLessThan(500);
           seen.add(`${routerId === undefined ? "list" : "get"} ${response.statusCode}`);

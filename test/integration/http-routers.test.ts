@@ -5,10 +5,9 @@
  */
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import type { ApiGatewayEvent } from "../../lib/http/api-event.ts";
 import type { RoutersStore } from "../../lib/ports.ts";
 import * as api from "../../lib/schemas/api.ts";
-import { type HttpCall, httpApiClaims, httpApiEvent, restApiEvent } from "../support/events.ts";
+import { type HttpCall, httpApiClaims, httpApiEvent, restApiEvent, withQuery } from "../support/events.ts";
 import { newId, qrouters, replica, snats, storedHelper, wireHelper } from "../support/factories.ts";
 import { bodyOf, type Core, startCore } from "./core-harness.ts";
 
@@ -25,15 +24,6 @@ beforeEach(async () => {
 
 const newProject = () => `p-${randomBytes(8).toString("hex")}`;
 const adminClaims = httpApiClaims("operators", ["admin"]);
-
-/** An event with a query string, as each payload version carries one. */
-function withQuery(event: ApiGatewayEvent, query: Record<string, string>): ApiGatewayEvent {
-  return {
-    ...event,
-    queryStringParameters: Object.keys(query).length > 0 ? query : null,
-    ...(event.rawPath !== undefined ? { rawQueryString: new URLSearchParams(query).toString() } : {}),
-  } as ApiGatewayEvent;
-}
 
 const call = (request: HttpCall & { query?: Record<string, string> }, build = httpApiEvent) =>
   core.call(withQuery(build(request), request.query ?? {}));

@@ -73,6 +73,15 @@ export function httpApiEvent(call: HttpCall): ApiGatewayEvent {
   return event as ApiGatewayEvent;
 }
 
+/** An event with a query string, as each payload version carries one. */
+export function withQuery(event: ApiGatewayEvent, query: Readonly<Record<string, string>>): ApiGatewayEvent {
+  return {
+    ...event,
+    queryStringParameters: Object.keys(query).length > 0 ? { ...query } : null,
+    ...(event.rawPath !== undefined ? { rawQueryString: new URLSearchParams(query).toString() } : {}),
+  } as ApiGatewayEvent;
+}
+
 /** API Gateway REST API, payload format 1.0, Cognito/JWT authorizer (claims under authorizer.claims). */
 export function restApiEvent(call: HttpCall): ApiGatewayEvent {
   const event = structuredClone(REST_API) as Editable;

@@ -26,7 +26,7 @@ import { ROUTES, type RouteSpec, routeKey } from "../../lib/http/routes.ts";
 import * as api from "../../lib/schemas/api.ts";
 import { buildSchemas } from "../../lib/schemas/index.ts";
 import { defaultOpenApi } from "../../scripts/openapi.ts";
-import { httpApiClaims, httpApiEvent, lambdaContext, RecordingLogger } from "../support/events.ts";
+import { httpApiClaims, httpApiEvent, lambdaContext, RecordingLogger, withQuery } from "../support/events.ts";
 import { fixedClock } from "../support/factories.ts";
 import { MemoryCommandQueue, MemoryRoutersStore } from "../support/memory.ts";
 
@@ -151,8 +151,7 @@ describe("the examples", () => {
         const route = ROUTES.find((r) => r.id === id)!;
         for (const [name, example] of Object.entries(ROUTE_DOCS[id].examples)) {
           const path = route.path.replace("{router_id}", example.routerId ?? "");
-          const query = new URLSearchParams(example.query ?? {}).toString();
-          const event = httpApiEvent({
+          const call = httpApiEvent({
             method: route.method,
             path,
             body: example.body,
@@ -164,9 +163,7 @@ describe("the examples", () => {
               ),
             ),
           });
-          if (query) (event as { rawQueryString?: string }).rawQueryString = query;
-          if (example.query)
-            (event as { queryStringParameters?: unknown }).queryStringParameters = example.query;
+          const event = example.query ? withQuery(call, example.query) : call;
           results.set(`${id}/${name}`, await handler(event, lambdaContext()));
         }
       }
@@ -205,14 +202,12 @@ describe("query parameters: typed as the handler parses them", () => {
   }[];
   const handler = handlerOnMemory();
   const list = (query: Record<string, string>) => {
-    const event = httpApiEvent({
+    const call = httpApiEvent({
       method: "GET",
       path: "/v1/routers",
       claims: httpApiClaims(EXAMPLE_PROJECT, ["admin"]),
     });
-    (event as { rawQueryString?: string }).rawQueryString = new URLSearchParams(query).toString();
-    (event as { queryStringParameters?: unknown }).queryStringParameters = query;
-    return handler(event, lambdaContext());
+    return handler(withQuery(call, query), lambdaContext());
   };
 
   it("documents exactly the parameters the handler declares, each with a constraint beyond 'a string'", () => {
@@ -225,15 +220,13 @@ describe("query parameters: typed as the handler parses them", () => {
 
   it("a value the document refuses is a 422 from the handler naming that parameter", async () => {
     for (const { name, schema } of parameters) {
-      // Built from the documented constraint alone, then checked against it: the document must refuse it.
+      // Built from the documented constraint alone (a pattern "~" must not match: checked).
       const value = schema.enum
         ? `${schema.enum[0]}x`
         : schema.pattern
           ? "~"
           : "a".repeat(schema.maxLength! + 1);
-      if (schema.enum) expect(schema.enum).not.toContain(value);
       if (schema.pattern) expect(new RegExp(schema.pattern).test(value), name).toBe(false);
-      if (!schema.enum && !schema.pattern) expect(value.length).toBeGreaterThan(schema.maxLength!);
       const result = await list({ [name]: value });
       expect(result.statusCode, `${name}=${value}: ${result.body}`).toBe(422);
       const body = JSON.parse(result.body ?? "") as { error: { details: { path: string }[] } };
