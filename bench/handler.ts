@@ -291,8 +291,7 @@ export async function benchObservability(options: {
     const write = process.stdout.write;
     let stdoutBytes = 0;
     process.stdout.write = ((chunk: string | Uint8Array) => {
-      // Narrowed for writeSync's two overloads (string, bytes).
-      stdoutBytes += typeof chunk === "string" ? writeSync(sink, chunk) : writeSync(sink, chunk);
+      stdoutBytes += writeSync(sink, typeof chunk === "string" ? Buffer.from(chunk) : chunk);
       return true;
     }) as typeof process.stdout.write;
     try {

@@ -31,7 +31,6 @@ export interface CursorCodec {
 const VERSION = 1;
 const IV_BYTES = 12;
 const TAG_BYTES = 16;
-/** Far above any store position (a DynamoDB key of two short strings), far below a gateway's URL limit. */
 const BASE64URL = /^[A-Za-z0-9_-]+$/;
 
 export const invalidCursor = (): BadRequestError => new BadRequestError("invalid cursor");

@@ -1,12 +1,16 @@
 /**
- * Response bodies of the HTTP API, as zod schemas: the OpenAPI document, the typed client (CLI) and the
- * tests read these; the handlers' outputs are checked against them in the tests.
+ * Response bodies and the listing's query of the HTTP API, as zod schemas: the handler parses the query with
+ * them, the OpenAPI document, the typed client (CLI) and the tests read them; the handlers' outputs are checked
+ * against them in the tests.
  */
 import * as z from "zod/mini";
 import { binding } from "./index.ts";
 import { host, port, projectId, protocol, revision, uuid } from "./primitives.ts";
 
-/** The longest cursor a listing accepts (a sealed position is far shorter). */
+/**
+ * The longest cursor a listing accepts: far above any store position (a DynamoDB key of two short strings),
+ * far below a gateway's URL limit.
+ */
 export const MAX_CURSOR_CHARS = 2048;
 
 /** GET /v1/routers's query; v2 joins a repeated parameter with commas, which none of these accept. */
