@@ -92,10 +92,13 @@ export function table(header: readonly string[], rows: readonly (readonly string
 
 const yesNo = (value: boolean | undefined): string => (value === undefined ? "-" : value ? "yes" : "no");
 
+/** "-" when there are none to show: a member is never told node names, and a blank cell reads as a bug. */
 const bindingsText = (router: RouterViewBody): string =>
-  router.bindings
-    .map((binding) => (binding.namespace === "qrouter" ? binding.host : `${binding.host}:snat`))
-    .join(",");
+  router.bindings.length === 0
+    ? "-"
+    : router.bindings
+        .map((binding) => (binding.namespace === "qrouter" ? binding.host : `${binding.host}:snat`))
+        .join(",");
 
 function routerLines(router: RouterViewBody): string {
   return table(

@@ -382,6 +382,23 @@ describe("cth CLI (in process)", () => {
     expect(seen.map((request) => request.method)).toEqual(["GET"]);
   });
 
+  it("routers ls shows '-' for the bindings a member is not shown, the hosts for an operator", async () => {
+    const hidden = router({ bindings: [] });
+    const shown = router();
+    reply = (_request, res) => send(res, 200, { routers: [hidden, shown], next_cursor: null });
+    const { code, stdout } = await cli(["routers", "ls"]);
+    expect(code).toBe(0);
+    const rows = stdout
+      .trimEnd()
+      .split("\n")
+      .slice(1)
+      .map((line) => line.split(/ +/));
+    expect(rows.map((cells) => [cells[0], cells[2]])).toEqual([
+      [hidden.router_id, "-"],
+      [shown.router_id, "node-a,node-b:snat"],
+    ]);
+  });
+
   it("a table pads every column but the last", () => {
     expect(table(["A", "LONGER"], [["xyz", "1"]])).toBe("A    LONGER\nxyz  1");
   });
