@@ -82,13 +82,19 @@ export function descendantPids(pid: number): number[] {
 export class Sandbox {
   private readonly namespaces = new Set<string>();
   private readonly processes = new Set<ChildProcess>();
+  /** Tells this sandbox's names from another process's (and a previous run's leftovers). */
   readonly tag = randomUUID().slice(0, 6);
+  /** Names within the sandbox are counted, not drawn: 16 random bits collided in a CI run. */
+  private created = 0;
 
-  /** A namespace with a unique name (prefix + random tag); loopback up. */
-  async namespace(
-    prefix: string,
-    name = `${prefix}-${this.tag}-${randomUUID().slice(0, 4)}`,
-  ): Promise<string> {
+  /** A unique name within the sandbox's tag, short enough for a veth (15 characters with a 2-letter prefix). */
+  private nextName(prefix: string, separator = "-"): string {
+    this.created += 1;
+    return `${prefix}${this.tag}${separator}${this.created.toString(36)}`;
+  }
+
+  /** A namespace with a unique name (prefix, the sandbox's tag, a counter); loopback up. */
+  async namespace(prefix: string, name = this.nextName(`${prefix}-`)): Promise<string> {
     this.namespaces.add(name);
     await sh("ip", ["netns", "add", name]);
     await inNs(name, ["ip", "link", "set", "lo", "up"]);
@@ -102,8 +108,8 @@ export class Sandbox {
 
   /** A veth pair between two namespaces with 198.18.0.0/15 addresses (a/24 each side). */
   async veth(a: string, aAddress: string, b: string, bAddress: string): Promise<void> {
-    const left = `va${this.tag}${randomUUID().slice(0, 3)}`;
-    const right = `vb${this.tag}${randomUUID().slice(0, 3)}`;
+    const left = this.nextName("va", "");
+    const right = this.nextName("vb", "");
     await sh("ip", ["link", "add", left, "netns", a, "type", "veth", "peer", "name", right, "netns", b]);
     await inNs(a, ["ip", "addr", "add", aAddress, "dev", left]);
     await inNs(b, ["ip", "addr", "add", bAddress, "dev", right]);
