@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold] [--shared DIR]`
+ * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold,sweep] [--shared DIR]`
  * Every figure comes with the baseline measured in the same run and the ratio against the goal.
  * The shared dir (restore_floor.sh, neutron_cth_bench.py) defaults to ../shared beside the repo
  * (CTH_SHARED_DIR or --shared to override).
@@ -20,6 +20,7 @@ import {
   type ObservabilityRow,
   type SigningRow,
 } from "./handler.ts";
+import { benchReconcileScale, type SweepRow } from "./reconcile-scale.ts";
 import { benchReplicas, type ReplicasResult } from "./replicas.ts";
 import { fmt, run } from "./stats.ts";
 
@@ -38,7 +39,7 @@ function parseFlags(argv: readonly string[]): Flags {
     json: false,
     quick: false,
     skipNeutron: false,
-    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold"]),
+    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold", "sweep"]),
     shared: process.env.CTH_SHARED_DIR ?? resolve(ROOT, "../shared/bench"),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -271,6 +272,34 @@ function coldGoals(rows: readonly ColdRow[]): Goal[] {
     }));
 }
 
+function sweepGoals(rows: readonly SweepRow[]): Goal[] {
+  const smallest = rows[0];
+  const largest = rows.at(-1);
+  if (!smallest || !largest) return [];
+  const requests = (row: SweepRow) => Object.values(row.dynamo.requests).reduce((sum, n) => sum + n, 0);
+  const perSize = rows.map((row) => ({
+    name: `reconciler sweep: ${row.outOfSync} out of sync in ${row.routers} routers (dynalite, fauxqs; median of ${row.sweeps})`,
+    measured: `${fmt(row.medianSweepMs, " ms")}; DynamoDB ${requests(row)} requests, ${row.dynamo.itemsRead} items, ${fmt(row.dynamo.readUnits, " RCU")}; SQS ${row.sqs.billedRequests} requests`,
+    baseline: `loaded in ${fmt(row.loadSeconds, " s")}; resent ${row.summary.resent}`,
+    ratio: "-",
+    goal: "(reported)",
+    met: undefined,
+  }));
+  const time = largest.medianSweepMs / smallest.medianSweepMs;
+  const items = largest.dynamo.itemsRead / smallest.dynamo.itemsRead;
+  return [
+    ...perSize,
+    {
+      name: `reconciler sweep: ${largest.routers} routers against ${smallest.routers}`,
+      measured: `${fmt(largest.medianSweepMs, " ms")}, ${largest.dynamo.itemsRead} items read`,
+      baseline: `${fmt(smallest.medianSweepMs, " ms")}, ${smallest.dynamo.itemsRead} items read`,
+      ratio: `time ${fmt(time, "x")}; items read ${fmt(items, "x")}; requests ${fmt(requests(largest) / requests(smallest), "x")}`,
+      goal: "<= 1.5x (time and items read)",
+      met: time <= 1.5 && items <= 1.5,
+    },
+  ];
+}
+
 function table(goals: readonly Goal[]): string {
   const header = ["benchmark", "measured", "same-run baseline", "ratio", "goal", "met"];
   const cells = goals.map((g) => [
@@ -378,6 +407,17 @@ async function main(): Promise<void> {
     result.replicas = replicas;
     if (replicas.skipped) log(`  replicas skipped: ${replicas.skipped}`);
     goals.push(...replicaGoals(replicas));
+  }
+  if (flags.only.has("sweep")) {
+    log("reconciler sweep against table size ...");
+    const rows = await benchReconcileScale({
+      sizes: flags.quick ? [1_000, 10_000] : [10_000, 100_000],
+      outOfSync: 10,
+      sweeps: flags.quick ? 3 : 7,
+      log,
+    });
+    result.reconcileSweep = rows;
+    goals.push(...sweepGoals(rows));
   }
   result.goals = goals;
   // The last run is kept for RESULTS.md (bench/out is ignored by git).
