@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold,sweep] [--shared DIR]`
+ * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold,sweep,cost] [--shared DIR]`
  * Every figure comes with the baseline measured in the same run and the ratio against the goal.
  * The shared dir (restore_floor.sh, neutron_cth_bench.py) defaults to ../shared beside the repo
  * (CTH_SHARED_DIR or --shared to override).
@@ -11,6 +11,7 @@ import { resolve } from "node:path";
 import { type ApplyRow, benchAgentApply, neutronAvailable } from "./agent-apply.ts";
 import { benchBackends, type FloorRow, type NodeRow } from "./backends.ts";
 import { benchColdStart, type ColdRow } from "./cold-start.ts";
+import { benchCostCounts, type CostCounts } from "./cost-counts.ts";
 import { benchEndToEnd, type EndToEndResult } from "./e2e.ts";
 import {
   benchHandler,
@@ -39,7 +40,7 @@ function parseFlags(argv: readonly string[]): Flags {
     json: false,
     quick: false,
     skipNeutron: false,
-    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold", "sweep"]),
+    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold", "sweep", "cost"]),
     shared: process.env.CTH_SHARED_DIR ?? resolve(ROOT, "../shared/bench"),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -300,6 +301,23 @@ function sweepGoals(rows: readonly SweepRow[]): Goal[] {
   ];
 }
 
+function costGoals(counts: CostCounts): Goal[] {
+  const steps = [
+    ["HTTP function, POST /v1/notifications", counts.http],
+    ["HTTP function with an Idempotency-Key", counts.httpIdempotent],
+    ["agent's applied report (SqsStatusSink)", counts.statusReport],
+    ["status function on that report", counts.status],
+  ] as const;
+  return steps.map(([name, step]) => ({
+    name: `cost counts per notification (1 router, 1 helper created): ${name} (median of ${counts.notifications})`,
+    measured: `DynamoDB ${JSON.stringify(step.dynamo.requests)}, ${fmt(step.dynamo.readUnits, " RCU")}, ${fmt(step.dynamo.writeUnits, " WCU")} + ${fmt(step.dynamo.indexWriteUnits, " WCU")} in indexes; SQS ${JSON.stringify(step.sqs.requests)} (${step.sqs.billedRequests} billed)`,
+    baseline: `${fmt(step.medianMs, " ms")} in process on the emulators; snapshot ${counts.snapshotBytes} B, item ${counts.routerItemBytes} B`,
+    ratio: step.alike ? "every notification alike" : "notifications differ",
+    goal: "(reported: RESULTS.md cost model)",
+    met: undefined,
+  }));
+}
+
 function table(goals: readonly Goal[]): string {
   const header = ["benchmark", "measured", "same-run baseline", "ratio", "goal", "met"];
   const cells = goals.map((g) => [
@@ -418,6 +436,12 @@ async function main(): Promise<void> {
     });
     result.reconcileSweep = rows;
     goals.push(...sweepGoals(rows));
+  }
+  if (flags.only.has("cost")) {
+    log("requests per notification, for the cost model ...");
+    const counts = await benchCostCounts({ notifications: flags.quick ? 10 : 50, log });
+    result.costCounts = counts;
+    goals.push(...costGoals(counts));
   }
   result.goals = goals;
   // The last run is kept for RESULTS.md (bench/out is ignored by git).
