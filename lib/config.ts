@@ -2,8 +2,15 @@
  * The one place configuration is read. Adapters receive values, never read the environment themselves.
  */
 import { basename, extname } from "node:path";
+import {
+  AWS_LIMITS,
+  transactActionsPerNotification,
+  worstCaseRouterItemBytes,
+  worstCaseTransactionBytes,
+} from "./aws/limits.ts";
 import { HelperCatalog } from "./catalog.ts";
-import { booleanSetting, type Env, integerSetting, listSetting, raw } from "./settings.ts";
+import { FIELD_LIMITS, HOST_ALPHABET } from "./schemas/field-limits.ts";
+import { booleanSetting, type Env, integerSetting, listSetting, raw, SettingError } from "./settings.ts";
 import { assertKeyId } from "./signing.ts";
 
 export interface Limits {
@@ -19,18 +26,7 @@ export const DEFAULT_LIMITS: Limits = {
   maxHelpersPerRouter: 128,
 };
 
-/** Field length caps: every string that crosses a trust boundary is bounded. */
-export const FIELD_LIMITS = {
-  projectId: 64,
-  host: 48,
-  helperName: 32,
-  correlationId: 128,
-  idempotencyKey: 128,
-  errorMessage: 512,
-} as const;
-
-/** A network node's name names its SQS queues, so SQS's queue-name alphabet applies (primitives.host). */
-export const HOST_ALPHABET = /^[A-Za-z0-9_-]+$/;
+export { FIELD_LIMITS, HOST_ALPHABET };
 
 export interface Config {
   readonly limits: Limits;
@@ -120,16 +116,77 @@ export function loadEventAccounts(env: Env = process.env): EventAccounts {
   };
 }
 
+/** The variable each limit is read from. */
+export const LIMIT_VARIABLES = {
+  maxBodyBytes: "CTH_MAX_BODY_BYTES",
+  maxHelpersPerNotification: "CTH_MAX_HELPERS_PER_NOTIFICATION",
+  maxHelpersPerRouter: "CTH_MAX_HELPERS_PER_ROUTER",
+} as const satisfies Record<keyof Limits, string>;
+
+/** The limits as read; the functions also hold them to AWS's limits (see loadConfig), the agent need not. */
 export function loadLimits(env: Env = process.env): Limits {
+  const read = (key: keyof Limits) => positiveInt(env, LIMIT_VARIABLES[key], DEFAULT_LIMITS[key]);
   return {
-    maxBodyBytes: positiveInt(env, "CTH_MAX_BODY_BYTES", DEFAULT_LIMITS.maxBodyBytes),
-    maxHelpersPerNotification: positiveInt(
-      env,
-      "CTH_MAX_HELPERS_PER_NOTIFICATION",
-      DEFAULT_LIMITS.maxHelpersPerNotification,
-    ),
-    maxHelpersPerRouter: positiveInt(env, "CTH_MAX_HELPERS_PER_ROUTER", DEFAULT_LIMITS.maxHelpersPerRouter),
+    maxBodyBytes: read("maxBodyBytes"),
+    maxHelpersPerNotification: read("maxHelpersPerNotification"),
+    maxHelpersPerRouter: read("maxHelpersPerRouter"),
   };
+}
+
+/** The largest value of `key` with which `fits` still holds (it holds less as the value grows); 0: none. */
+function largestFitting(limits: Limits, key: keyof Limits, fits: (limits: Limits) => boolean): number {
+  const at = (value: number) => fits({ ...limits, [key]: value });
+  let low = 0;
+  let high = 1;
+  while (at(high)) [low, high] = [high, high * 2];
+  while (high - low > 1) {
+    const middle = Math.floor((low + high) / 2);
+    if (at(middle)) low = middle;
+    else high = middle;
+  }
+  return low;
+}
+
+/**
+ * Refuses limits with which a valid request could exceed an AWS limit (lib/aws/limits.ts): a routers item,
+ * and (with transactions) one notification's TransactWriteItems. A SettingError names the variable to change
+ * and the largest value that fits with the others as they are. A snapshot message is smaller than the item
+ * that holds its helpers, so the item's bound keeps it within SQS's message limit too (a test holds this).
+ */
+function assertWithinAwsLimits(limits: Limits, transactions: boolean): void {
+  const perRouter = LIMIT_VARIABLES.maxHelpersPerRouter;
+  const perNotification = LIMIT_VARIABLES.maxHelpersPerNotification;
+  const itemFits = (l: Limits) => worstCaseRouterItemBytes(l) <= AWS_LIMITS.itemBytes;
+  if (!itemFits(limits)) {
+    throw new SettingError(
+      perRouter,
+      `is ${limits.maxHelpersPerRouter}: a routers item could reach ${worstCaseRouterItemBytes(limits)} bytes, ` +
+        `over DynamoDB's item limit of ${AWS_LIMITS.itemBytes}; at most ` +
+        `${largestFitting(limits, "maxHelpersPerRouter", itemFits)}`,
+    );
+  }
+  if (!transactions) return;
+  const actions = transactActionsPerNotification(limits);
+  if (actions > AWS_LIMITS.transactWriteActions) {
+    throw new SettingError(
+      perNotification,
+      `is ${limits.maxHelpersPerNotification}: a notification could name ${actions} routers, one ` +
+        `TransactWriteItems action each, over its limit of ${AWS_LIMITS.transactWriteActions} actions; at most ` +
+        `${AWS_LIMITS.transactWriteActions}`,
+    );
+  }
+  const transactionFits = (l: Limits) => worstCaseTransactionBytes(l) <= AWS_LIMITS.transactWriteBytes;
+  if (!transactionFits(limits)) {
+    throw new SettingError(
+      perNotification,
+      `is ${limits.maxHelpersPerNotification} with ${perRouter} at ${limits.maxHelpersPerRouter}: one ` +
+        `notification's TransactWriteItems could reach ${worstCaseTransactionBytes(limits)} bytes (${actions} ` +
+        `routers of up to ${worstCaseRouterItemBytes(limits)}), over its limit of ` +
+        `${AWS_LIMITS.transactWriteBytes}; at most ` +
+        `${largestFitting(limits, "maxHelpersPerNotification", transactionFits)} helpers per notification, or ` +
+        `${largestFitting(limits, "maxHelpersPerRouter", transactionFits)} per router`,
+    );
+  }
 }
 
 export function loadCatalog(env: Env = process.env): HelperCatalog {
@@ -165,14 +222,17 @@ export function loadNodes(env: Env = process.env): ReadonlySet<string> | undefin
 }
 
 export function loadConfig(env: Env = process.env): Config {
+  const limits = loadLimits(env);
+  const routerTransactions = flag(env, "CTH_ROUTERS_TRANSACTIONS", true);
+  assertWithinAwsLimits(limits, routerTransactions);
   return {
-    limits: loadLimits(env),
+    limits,
     catalog: loadCatalog(env),
     // Absent and empty are the same for every variable, as in the agent (lib/settings.ts).
     region: raw(env, "AWS_REGION") ?? raw(env, "AWS_DEFAULT_REGION") ?? "us-east-1",
     awsEndpoint: raw(env, "CTH_AWS_ENDPOINT"),
     routersTable: raw(env, "CTH_ROUTERS_TABLE") ?? "cth-routers",
-    routerTransactions: flag(env, "CTH_ROUTERS_TRANSACTIONS", true),
+    routerTransactions,
     idempotencyTable: raw(env, "CTH_IDEMPOTENCY_TABLE") ?? "cth-idempotency",
     nodeQueueUrlTemplate:
       raw(env, "CTH_NODE_QUEUE_URL_TEMPLATE") ?? "http://127.0.0.1:9324/000000000000/cth-{node}.fifo",

@@ -9,22 +9,24 @@ import {
   type SendMessageBatchRequestEntry,
   type SQSClient,
 } from "@aws-sdk/client-sqs";
-import { ServiceUnavailableError } from "../errors.ts";
+import { InternalError, ServiceUnavailableError } from "../errors.ts";
 import type { CommandQueue, SendOptions } from "../ports.ts";
 import type { RouterSyncMessage } from "../schemas/index.ts";
 import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, type SnapshotSigner } from "../signing.ts";
+import { AWS_LIMITS, sqsMessageBytes } from "./limits.ts";
 
 export interface CommandQueueOptions {
   /** Attempts per entry, the first included. */
   readonly maxAttempts: number;
   /** Backoff before retry n is a random delay in [0, baseDelayMs * 2^n) (full jitter). */
   readonly baseDelayMs: number;
+  /** SQS's size of one SendMessageBatch request, its entries' bodies and attributes; default SQS's limit. */
+  readonly maxBatchBytes?: number | undefined;
+  /** SQS's size of one message; default SQS's limit (config load keeps every snapshot within it). */
+  readonly maxMessageBytes?: number | undefined;
 }
 
 export const DEFAULT_COMMAND_QUEUE_OPTIONS: CommandQueueOptions = { maxAttempts: 4, baseDelayMs: 50 };
-
-/** SQS's SendMessageBatch limit. */
-const BATCH_LIMIT = 10;
 
 export function queueUrlFromTemplate(template: string, host: string): string {
   return template.replaceAll("{node}", host);
@@ -52,9 +54,42 @@ export class SqsCommandQueue implements CommandQueue {
     const suffix = options.resendScope ? `-${resendTag(options.resendScope)}` : "";
     // Everything is signed before anything is sent: a key that cannot be loaded sends nothing at all.
     const entries = await Promise.all(commands.map((command) => this.entry(command, suffix)));
-    for (let start = 0; start < entries.length; start += BATCH_LIMIT) {
-      await this.sendChunk(queueUrl, host, entries.slice(start, start + BATCH_LIMIT));
+    for (const chunk of this.chunks(entries)) await this.sendChunk(queueUrl, host, chunk);
+  }
+
+  /**
+   * Requests of at most SQS's entry count and byte size, in order. A message over the per-message limit
+   * refuses the whole send before anything is sent: config load makes one impossible, so it is a bug.
+   */
+  private chunks(entries: readonly UnnumberedEntry[]): UnnumberedEntry[][] {
+    const maxBatchBytes = this.options.maxBatchBytes ?? AWS_LIMITS.sqsBatchBytes;
+    const maxMessageBytes = Math.min(
+      this.options.maxMessageBytes ?? AWS_LIMITS.sqsMessageBytes,
+      maxBatchBytes,
+    );
+    const sizes = entries.map(sqsMessageBytes);
+    const oversized = sizes.findIndex((size) => size > maxMessageBytes);
+    if (oversized >= 0) {
+      throw new InternalError(
+        `the snapshot of router ${entries[oversized]!.MessageGroupId} is ${sizes[oversized]} bytes, over ` +
+          `SQS's message limit of ${maxMessageBytes}`,
+      );
     }
+    const chunks: UnnumberedEntry[][] = [];
+    let chunk: UnnumberedEntry[] = [];
+    let bytes = 0;
+    entries.forEach((entry, index) => {
+      const size = sizes[index]!;
+      if (chunk.length === AWS_LIMITS.sqsBatchEntries || bytes + size > maxBatchBytes) {
+        chunks.push(chunk);
+        chunk = [];
+        bytes = 0;
+      }
+      chunk.push(entry);
+      bytes += size;
+    });
+    if (chunk.length > 0) chunks.push(chunk);
+    return chunks;
   }
 
   private async entry(command: RouterSyncMessage, dedupSuffix: string): Promise<UnnumberedEntry> {

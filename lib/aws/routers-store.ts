@@ -35,6 +35,7 @@ import type {
 } from "../ports.ts";
 import { bindingOf, inSync, isTombstone, settled } from "../ports.ts";
 import type { ApplyError } from "../schemas/index.ts";
+import { AWS_LIMITS, keptReplicaErrors } from "./limits.ts";
 import {
   BINDING_SLOTS,
   bindingSlotAttribute,
@@ -136,10 +137,11 @@ function stillAsRead(
   return { condition: parts.join(" AND "), names, values };
 }
 
+/** The item keeps a bounded part of the errors, so that reports cannot take it past DynamoDB's item limit. */
 const toReplicaItem = (replica: ReplicaStatus): ReplicaItem => ({
   revision: replica.revision,
   at: replica.at,
-  errors: [...replica.errors],
+  errors: keptReplicaErrors(replica.errors),
   content: replica.content,
 });
 
@@ -320,8 +322,8 @@ type WriteInput =
   | { Put: PutCommandInput & { ConditionExpression: string } }
   | { Update: UpdateCommandInput & { UpdateExpression: string; ConditionExpression: string } };
 
-/** DynamoDB's TransactWriteItems limit (a notification names at most 64 routers). */
-const TRANSACTION_LIMIT = 100;
+/** A notification names no more routers than this (lib/config.ts holds its helper cap to it). */
+const TRANSACTION_LIMIT = AWS_LIMITS.transactWriteActions;
 
 export interface DynamoRoutersStoreOptions {
   /** TransactWriteItems for multi-router commits (DynamoDB, moto_server); false for dynalite. */

@@ -1,6 +1,6 @@
 // zod/mini: the same validation as classic zod at a quarter of the bundle (function cold starts).
 import * as z from "zod/mini";
-import { FIELD_LIMITS, HOST_ALPHABET } from "../config.ts";
+import { FIELD_LIMITS, HOST_ALPHABET } from "./field-limits.ts";
 import "./locale.ts";
 
 /** Canonical lowercase UUID (RFC 9562 layout). Mixed case is rejected so one router has exactly one id. */
