@@ -131,7 +131,7 @@ const FLAGS = {
     env: "CTH_AGENT_RETRY_BASE",
     type: "string",
     default: "5",
-    help: "seconds before retrying a snapshot that could not be applied (doubles per receive, max 300)",
+    help: "seconds before retrying a snapshot that could not be applied (doubles per attempt, max 300)",
   },
   "apply-concurrency": {
     env: "CTH_AGENT_APPLY_CONCURRENCY",

@@ -118,6 +118,10 @@ export class AgentCore {
     return this.options.backend;
   }
 
+  get state(): StateStore {
+    return this.options.state;
+  }
+
   /** The router's namespace of `kind` (absent: qrouter, as on the wire); throws for a kind it cannot name. */
   namespaceFor(routerId: string, kind: NamespaceKind = "qrouter"): string {
     if (!this.kinds.includes(kind)) {

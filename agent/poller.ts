@@ -1,7 +1,7 @@
 /**
  * The SQS side of the agent: long poll, verify the dispatcher's signature, re-validate, park unauthenticated
- * and invalid messages in the DLQ at once, coalesce, apply, delete only what has been applied (or made
- * obsolete), back off on what could not be applied yet.
+ * and invalid messages in the DLQ at once, coalesce, keep each router's newest snapshot on disk
+ * (agent/intake.ts applies it from there), and only then delete its messages.
  */
 import {
   ChangeMessageVisibilityBatchCommand,
@@ -14,13 +14,12 @@ import {
   SendMessageCommand,
   type SQSClient,
 } from "@aws-sdk/client-sqs";
-import pLimit, { type LimitFunction } from "p-limit";
 import type { Logger } from "pino";
 import type { RouterSyncMessage, Schemas } from "../lib/schemas/index.ts";
 import { toFieldIssues } from "../lib/schemas/index.ts";
 import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE, type VerifyKeys, verifyBody } from "../lib/signing.ts";
-import { ApplyFailedError } from "./backend.ts";
-import { type AgentCore, type ApplyOutcome, coalesce } from "./core.ts";
+import { type AgentCore, coalesce } from "./core.ts";
+import { Intake } from "./intake.ts";
 import type { AgentMetrics } from "./metrics.ts";
 
 export interface PollerOptions {
@@ -38,32 +37,19 @@ export interface PollerOptions {
   readonly batchSize?: number;
   /** Visibility while a batch is in hand; renewed every third of it while applying. */
   readonly visibilitySeconds?: number;
-  /** Retry delay for snapshots that could not be applied yet: base * 2^(receives-1), capped. */
+  /**
+   * Retry delay for snapshots that could not be applied yet (kept in state, agent/intake.ts) and for
+   * messages that could not be kept or parked (left queued): base * 2^(attempts-1), capped.
+   */
   readonly backoffBaseSeconds?: number;
   readonly backoffMaxSeconds?: number;
-  /** Routers applied at once, across batches (default 4); one router's snapshots never overlap. */
+  /** Routers applied at once (default 4); one router's snapshots never overlap. */
   readonly applyConcurrency?: number;
 }
 
 interface Valid {
   readonly message: Message;
   readonly snapshot: RouterSyncMessage;
-}
-
-/**
- * Whether the message is done with: applied, made obsolete, or refused (nothing a retry could change; the
- * reconciler re-sends). Only a missing namespace is worth retrying the same message for.
- */
-function isSettled(outcome: ApplyOutcome): boolean {
-  switch (outcome.kind) {
-    case "applied":
-    case "stale":
-    case "duplicate":
-    case "refused":
-      return true;
-    case "namespace-missing":
-      return false;
-  }
 }
 
 const sleep = (ms: number, signal?: AbortSignal) =>
@@ -82,8 +68,8 @@ export class QueuePoller {
   private readonly wait: number;
   private readonly batch: number;
   private readonly visibility: number;
-  /** Apply slots shared by every batch in hand. */
-  private readonly slots: LimitFunction;
+  /** Where verified snapshots are kept and applied from (agent/intake.ts). */
+  private readonly intake: Intake;
   /** Messages received and not yet deleted, parked or backed off; the loop receives only below `batch`. */
   private held = 0;
   private readonly handling = new Set<Promise<void>>();
@@ -96,7 +82,15 @@ export class QueuePoller {
     this.wait = options.waitSeconds ?? 20;
     this.batch = options.batchSize ?? 10;
     this.visibility = options.visibilitySeconds ?? 30;
-    this.slots = pLimit(Math.max(1, options.applyConcurrency ?? 4));
+    this.intake = new Intake({
+      core: options.core,
+      state: options.core.state,
+      metrics: options.metrics,
+      logger: options.logger,
+      applyConcurrency: options.applyConcurrency ?? 4,
+      retryBaseSeconds: options.backoffBaseSeconds ?? 5,
+      retryMaxSeconds: options.backoffMaxSeconds ?? 300,
+    });
   }
 
   /** Resolves the DLQ from the queue's RedrivePolicy unless one was given. */
@@ -129,15 +123,31 @@ export class QueuePoller {
     return this.polledAt;
   }
 
+  /** Applies what a former run kept and did not apply, and starts polling. */
   start(): void {
-    this.loop ??= this.run();
+    if (this.loop) return;
+    const resumed = this.intake.resume();
+    if (resumed > 0)
+      this.options.logger.info({ routers: resumed }, "applying snapshots kept before a restart");
+    this.loop = this.run();
   }
 
-  /** Stops polling; resolves once every batch in hand (and its applies) has finished. */
+  /** Routers with a snapshot taken off the queue and not applied yet. */
+  get backlog(): number {
+    return this.intake.backlog;
+  }
+
+  /** Resolves once nothing taken off the queue is being applied (tests, benchmarks). */
+  idle(): Promise<void> {
+    return this.intake.idle();
+  }
+
+  /** Stops polling; resolves once every batch in hand and the applies in flight have finished. */
   async stop(): Promise<void> {
     this.abort.abort();
     this.capacityFreed?.();
     await this.loop;
+    await this.intake.stop();
   }
 
   /**
@@ -203,10 +213,11 @@ export class QueuePoller {
     return received.Messages ?? [];
   }
 
-  /** One receive and the whole handling of its batch (tests and tools; the loop pipelines instead). */
+  /** One receive and the whole handling of its batch, applies included (tests and tools). */
   async pollOnce(): Promise<void> {
     const messages = await this.receive(this.batch);
     if (messages.length > 0) await this.handleBatch(messages, performance.now());
+    await this.intake.idle();
   }
 
   /**
@@ -218,7 +229,7 @@ export class QueuePoller {
     receivedAt: number,
     done: (count: number) => void = () => {},
   ): Promise<void> {
-    const { schema, metrics, logger, core, verifyKeys } = this.options;
+    const { schema, metrics, logger, verifyKeys } = this.options;
     const valid: Valid[] = [];
     for (const message of messages) {
       const body = message.Body ?? "";
@@ -267,47 +278,42 @@ export class QueuePoller {
     const heartbeat = this.keepInvisible(inHand);
     try {
       const groups = coalesce(valid, (item) => item.snapshot);
-      const settled = await Promise.allSettled(
-        groups.map(({ newest, superseded }) =>
-          this.slots(async () => {
-            try {
-              if (superseded.length > 0) {
-                metrics.messages.inc({ outcome: "superseded" }, superseded.length);
-                for (const item of superseded) inHand.delete(item.message);
-                await this.delete(superseded.map((item) => item.message));
-              }
-              let outcome: ApplyOutcome | undefined;
-              try {
-                outcome = await core.apply(newest.snapshot);
-              } catch (error) {
-                if (!(error instanceof ApplyFailedError))
-                  logger.error({ err: error }, "unexpected apply error");
-              }
-              inHand.delete(newest.message);
-              if (outcome && isSettled(outcome)) {
-                if (outcome.kind === "applied") {
-                  // The apply itself is logged at info by the core; this per-message line is for debugging.
-                  logger.debug(
-                    {
-                      router_id: newest.snapshot.router_id,
-                      revision: newest.snapshot.revision,
-                      correlation_id: newest.snapshot.correlation_id,
-                      received_to_verified_seconds: (performance.now() - receivedAt) / 1000,
-                    },
-                    "message done",
-                  );
-                }
-                await this.delete([newest.message]);
-              } else await this.backOff(newest.message);
-            } finally {
-              done(1 + superseded.length);
-            }
-          }),
-        ),
-      );
-      // Every group settles first: a failure must not leave applies running unobserved.
-      const failed = settled.find((result) => result.status === "rejected");
-      if (failed) throw failed.reason;
+      // Every group's newest is kept on disk first (one group commit), and only then are messages deleted.
+      const kept = await Promise.allSettled(groups.map(({ newest }) => this.intake.accept(newest.snapshot)));
+      const taken: Message[] = [];
+      let superseded = 0;
+      for (const [index, group] of groups.entries()) {
+        const result = kept[index]!;
+        if (result.status === "fulfilled") {
+          superseded += group.superseded.length + (result.value === "superseded" ? 1 : 0);
+          taken.push(group.newest.message, ...group.superseded.map((item) => item.message));
+          logger.debug(
+            {
+              router_id: group.newest.snapshot.router_id,
+              revision: group.newest.snapshot.revision,
+              correlation_id: group.newest.snapshot.correlation_id,
+              kept: result.value === "kept",
+              received_to_kept_seconds: (performance.now() - receivedAt) / 1000,
+            },
+            "message taken off the queue",
+          );
+        } else {
+          // Not on disk: left queued (the superseded too, harmlessly), to come back after its delay.
+          logger.error({ err: result.reason }, "could not keep a snapshot; it stays queued");
+          for (const item of [group.newest, ...group.superseded]) {
+            inHand.delete(item.message);
+            await this.backOff(item.message);
+          }
+          done(1 + group.superseded.length);
+        }
+      }
+      if (superseded > 0) metrics.messages.inc({ outcome: "superseded" }, superseded);
+      for (const message of taken) inHand.delete(message);
+      try {
+        await this.delete(taken);
+      } finally {
+        done(taken.length);
+      }
     } finally {
       clearInterval(heartbeat);
     }

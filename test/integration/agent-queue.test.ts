@@ -302,7 +302,7 @@ describe("agent poll loop on fauxqs", () => {
     );
   });
 
-  it("a missing namespace keeps the message (backed off, not deleted) until the namespace appears", async () => {
+  it("a missing namespace: the snapshot is taken off the queue, kept, and retried (backed off) until it appears", async () => {
     const routerId = randomUUID();
     const ns = `qrouter-${routerId}`;
     const helpers = [helper("ftp", "tcp", 2121)];
@@ -312,11 +312,13 @@ describe("agent poll loop on fauxqs", () => {
         " 1",
       ),
     );
-    expect(await emu.depth(queue.url)).toBe(1);
+    expect(await emu.depth(queue.url)).toBe(0);
+    expect(agent!.core.state.pending(routerId)?.revision).toBe(1);
     await iptables.createNamespace(ns);
-    await eventually(async () => (await emu.depth(queue.url)) === 0, 20_000);
+    await eventually(async () => ownedHelperIds(await iptables.save(ns, "ipv4")).length === 1, 20_000);
     expect(ownedHelperIds(await iptables.save(ns, "ipv4"))).toEqual([helpers[0]!.id]);
-    // Backed off, not spun on: a handful of receives in several seconds, not hundreds.
+    await eventually(async () => agent!.core.state.pending(routerId) === undefined);
+    // Backed off, not spun on: a handful of attempts in several seconds, not hundreds.
     const misses = await agent!.metrics.registry.getSingleMetricAsString("cth_agent_namespace_missing_total");
     expect(Number(misses.trim().split(" ").at(-1))).toBeLessThan(5);
   });
@@ -383,29 +385,53 @@ describe("agent poll loop on fauxqs: slow applies", () => {
     );
   };
 
-  it("keeps the message invisible while an apply outlasts the visibility timeout", async () => {
+  it("a message leaves the queue once its snapshot is kept, while the apply still runs", async () => {
     const routerId = randomUUID();
     await iptables.createNamespace(`qrouter-${routerId}`);
-    iptables.delayMs = 5_000;
+    iptables.delayMs = 3_000;
     const before = iptables.started;
     await sendSnapshot(routerId, 1, [helper("ftp", "tcp", 21)]);
     await eventually(async () => iptables.started > before);
-    // Past the 2 s visibility timeout, mid-apply: without the heartbeat the message would be visible again.
-    await new Promise((resolve) => setTimeout(resolve, 3_000));
-    const { ReceiveMessageCommand } = await import("@aws-sdk/client-sqs");
-    const stolen = await emu
-      .clients()
-      .sqs.send(new ReceiveMessageCommand({ QueueUrl: queue.url, WaitTimeSeconds: 0, VisibilityTimeout: 1 }));
-    expect(stolen.Messages ?? []).toEqual([]);
-    expect(await agent!.metrics.registry.getSingleMetricAsString("cth_agent_applies_total")).not.toContain(
-      'result="changed"} 1',
+    // Mid-apply: the message is gone from the queue, its snapshot is on disk, nothing is applied yet.
+    expect(await emu.depth(queue.url)).toBe(0);
+    expect(agent!.core.state.pending(routerId)?.revision).toBe(1);
+    expect(agent!.core.state.get(routerId)).toBeUndefined();
+    await eventually(
+      async () => ownedHelperIds(await iptables.save(`qrouter-${routerId}`, "ipv4")).length === 1,
     );
-    await eventually(async () => (await emu.depth(queue.url)) === 0, 20_000);
-    expect(ownedHelperIds(await iptables.save(`qrouter-${routerId}`, "ipv4"))).toHaveLength(1);
-    expect(await agent!.metrics.registry.getSingleMetricAsString("cth_agent_applies_total")).toContain(
-      'result="changed"} 1',
-    );
+    await eventually(async () => agent!.core.state.pending(routerId) === undefined);
+    expect(agent!.core.state.get(routerId)?.revision).toBe(1);
   }, 30_000);
+
+  it("revisions that arrive while their router is applied are coalesced: only the newest is applied, once", async () => {
+    const routerId = randomUUID();
+    const ns = `qrouter-${routerId}`;
+    await iptables.createNamespace(ns);
+    iptables.delayMs = 2_000;
+    iptables.slowNamespace = ns;
+    const restores = () => iptables.restores.get(ns) ?? 0;
+    const before = iptables.started;
+    await sendSnapshot(routerId, 1, [helper("ftp", "tcp", 21)]);
+    await eventually(async () => iptables.started > before);
+    // Sent one after another into one message group: each is handed out only once the one before is deleted.
+    const newest = [helper("tftp", "udp", 69), helper("ftp", "tcp", 2121)];
+    for (const revision of [2, 3, 4]) {
+      await sendSnapshot(
+        routerId,
+        revision,
+        revision === 4 ? newest : [helper("ftp", "tcp", 2000 + revision)],
+      );
+    }
+    await eventually(
+      async () => (await emu.depth(queue.url)) === 0 && agent!.core.state.pending(routerId)?.revision === 4,
+    );
+    await eventually(async () => agent!.core.state.get(routerId)?.revision === 4, 20_000);
+    expect(ownedHelperIds(await iptables.save(ns, "ipv4")).sort()).toEqual(newest.map((h) => h.id).sort());
+    // Revision 1, then revision 4 once: 2 and 3 were never applied.
+    expect(restores()).toBeLessThanOrEqual(2 * 2);
+    expect(agent!.core.state.pending(routerId)).toBeUndefined();
+    iptables.slowNamespace = undefined;
+  }, 40_000);
 
   it("a snapshot that arrives while another router's apply runs is applied without waiting for it", async () => {
     const slow = randomUUID();
@@ -424,8 +450,11 @@ describe("agent poll loop on fauxqs: slow applies", () => {
       3_000,
     );
     expect(ownedHelperIds(await iptables.save(`qrouter-${slow}`, "ipv4"))).toEqual([]);
-    await eventually(async () => (await emu.depth(queue.url)) === 0, 20_000);
-    expect(ownedHelperIds(await iptables.save(`qrouter-${slow}`, "ipv4"))).toHaveLength(1);
+    await eventually(
+      async () => ownedHelperIds(await iptables.save(`qrouter-${slow}`, "ipv4")).length === 1,
+      20_000,
+    );
+    expect(await emu.depth(queue.url)).toBe(0);
     iptables.slowNamespace = undefined;
   }, 30_000);
 
@@ -440,5 +469,82 @@ describe("agent poll loop on fauxqs: slow applies", () => {
     agent = undefined;
     expect(ownedHelperIds(await iptables.save(`qrouter-${routerId}`, "ipv4"))).toHaveLength(1);
     expect(await emu.depth(queue.url)).toBe(0);
+  }, 30_000);
+});
+
+describe("agent restart: what was kept and not applied is applied by the next start", () => {
+  let emu: Emulators;
+  let dir: string;
+
+  beforeAll(async () => {
+    emu = await startEmulators();
+    dir = await mkdtemp(join(tmpdir(), "cth-agent-restart-"));
+  });
+
+  afterAll(async () => {
+    await emu?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("a snapshot taken off the queue before a stop is applied after the restart, with no message left", async () => {
+    const node = `restart-${randomUUID().slice(0, 6)}`;
+    const queue = await emu.createNodeQueue(node);
+    const iptables = new (class extends MemoryIptables {
+      override async restore(ns: string, family: "ipv4" | "ipv6", text: string): Promise<void> {
+        await new Promise((resolve) => setTimeout(resolve, 1_500));
+        await super.restore(ns, family, text);
+      }
+    })();
+    const start = () =>
+      startAgent({
+        node,
+        sqs: emu.clients().sqs,
+        queueUrl: queue.url,
+        backend: (metrics) => iptablesBackend(iptables, { metrics }),
+        verifyKeys: loadVerifyKeys(keysDir),
+        catalog: new HelperCatalog(),
+        limits: DEFAULT_LIMITS,
+        logger: pino({ level: "silent" }),
+        stateDir: dir,
+        namespacePattern: "qrouter-{router_id}",
+        driftIntervalSeconds: 3600,
+        waitSeconds: 1,
+        applyConcurrency: 1,
+      });
+    const first = await start();
+    const [busy, waiting] = [randomUUID(), randomUUID()];
+    for (const routerId of [busy, waiting]) {
+      await iptables.createNamespace(`qrouter-${routerId}`);
+      const body = JSON.stringify(snapshot(routerId, 3, [helper("ftp", "tcp", 21)]));
+      await emu.clients().sqs.send(
+        new SendMessageCommand({
+          QueueUrl: queue.url,
+          MessageBody: body,
+          MessageGroupId: routerId,
+          MessageDeduplicationId: randomUUID(),
+          MessageAttributes: await signedAttributes(dispatcher, body),
+        }),
+      );
+    }
+    // One apply slot: one router is being applied while the other waits, both off the queue.
+    await eventually(
+      async () => first.core.state.pendingRouters().length === 2 && (await emu.depth(queue.url)) === 0,
+    );
+    await first.stop();
+    const appliedFirst = [busy, waiting].filter((id) => first.core.state.get(id) !== undefined);
+    expect(appliedFirst).toHaveLength(1);
+    const left = [busy, waiting].find((id) => !appliedFirst.includes(id))!;
+    expect(ownedHelperIds(await iptables.save(`qrouter-${left}`, "ipv4"))).toEqual([]);
+
+    const second = await start();
+    try {
+      await eventually(
+        async () => ownedHelperIds(await iptables.save(`qrouter-${left}`, "ipv4")).length === 1,
+      );
+      await eventually(async () => second.core.state.pendingRouters().length === 0);
+      expect(second.core.state.get(left)?.revision).toBe(3);
+    } finally {
+      await second.stop();
+    }
   }, 30_000);
 });

@@ -1,6 +1,7 @@
 /**
- * What the poller does with each apply outcome's message: a refused snapshot is done with (deleted, never
- * retried into the DLQ), a missing namespace is retried later. SQS is a recording stub.
+ * What the poller does with each message: a verified snapshot is kept on disk, then its message deleted (a
+ * refused one is done with, a missing namespace's is retried from the agent's state); one that cannot be kept
+ * stays queued. SQS is a recording stub.
  */
 import { randomUUID } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
@@ -70,6 +71,7 @@ describe("agent poller: apply outcomes and their messages", () => {
   let sqs: RecordingSqs;
   let reports: StatusMessage[];
   let poller: QueuePoller;
+  let core: AgentCore;
 
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), "cth-agent-poller-"));
@@ -77,7 +79,7 @@ describe("agent poller: apply outcomes and their messages", () => {
     reports = [];
     const metrics = new AgentMetrics();
     const logger = pino({ level: "silent" });
-    const core = new AgentCore({
+    core = new AgentCore({
       node: NODE,
       backend: iptablesBackend(new MemoryIptables(), { catalog }),
       state: await StateStore.load(dir, NODE),
@@ -102,16 +104,38 @@ describe("agent poller: apply outcomes and their messages", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it("a refused snapshot's message is deleted; a missing namespace's is left queued with a retry delay", async () => {
-    const refused = await signed(sync(randomUUID(), "snat"), "refused-receipt");
-    const missing = await signed(sync(randomUUID()), "missing-receipt");
+  it("a refused snapshot's message is deleted, and a missing namespace's once its snapshot is kept for a retry", async () => {
+    const refusedRouter = randomUUID();
+    const missingRouter = randomUUID();
+    const refused = await signed(sync(refusedRouter, "snat"), "refused-receipt");
+    const missing = await signed(sync(missingRouter), "missing-receipt");
     await poller.handleBatch([refused, missing], performance.now());
+    await poller.idle();
     expect(reports).toMatchObject([
       { kind: "applied", namespace: "snat", errors: [{ code: "namespace_unsupported" }] },
     ]);
     const deleted = sqs.of(DeleteMessageBatchCommand).flatMap((command) => command.input.Entries ?? []);
-    expect(deleted.map((entry) => entry.ReceiptHandle)).toEqual(["refused-receipt"]);
+    expect(deleted.map((entry) => entry.ReceiptHandle).sort()).toEqual([
+      "missing-receipt",
+      "refused-receipt",
+    ]);
+    expect(sqs.of(ChangeMessageVisibilityCommand)).toEqual([]);
+    expect(core.state.pending(missingRouter)?.revision).toBe(1);
+    expect(core.state.pending(refusedRouter)).toBeUndefined();
+    await poller.stop();
+  });
+
+  it("a snapshot that cannot be kept on disk stays queued with a retry delay, and nothing is applied", async () => {
+    const routerId = randomUUID();
+    const message = await signed(sync(routerId), "unkept-receipt");
+    // The state directory is gone: the write that would keep the snapshot fails.
+    await rm(dir, { recursive: true, force: true });
+    await poller.handleBatch([message], performance.now());
+    await poller.idle();
+    expect(sqs.of(DeleteMessageBatchCommand).flatMap((command) => command.input.Entries ?? [])).toEqual([]);
     const delayed = sqs.of(ChangeMessageVisibilityCommand).map((command) => command.input.ReceiptHandle);
-    expect(delayed).toEqual(["missing-receipt"]);
+    expect(delayed).toEqual(["unkept-receipt"]);
+    expect(core.state.get(routerId)).toBeUndefined();
+    expect(reports).toEqual([]);
   });
 });
