@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold,sweep,cost] [--shared DIR]`
+ * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold,sweep,cost,burst] [--shared DIR]`
  * Every figure comes with the baseline measured in the same run and the ratio against the goal.
  * The shared dir (restore_floor.sh, neutron_cth_bench.py) defaults to ../shared beside the repo
  * (CTH_SHARED_DIR or --shared to override).
@@ -10,6 +10,7 @@ import { cpus } from "node:os";
 import { resolve } from "node:path";
 import { type ApplyRow, benchAgentApply, neutronAvailable } from "./agent-apply.ts";
 import { benchBackends, type FloorRow, type NodeRow } from "./backends.ts";
+import { type BurstResult, benchBurst } from "./burst.ts";
 import { benchColdStart, type ColdRow } from "./cold-start.ts";
 import { benchCostCounts, type CostCounts } from "./cost-counts.ts";
 import { benchEndToEnd, type EndToEndResult } from "./e2e.ts";
@@ -40,7 +41,7 @@ function parseFlags(argv: readonly string[]): Flags {
     json: false,
     quick: false,
     skipNeutron: false,
-    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold", "sweep", "cost"]),
+    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold", "sweep", "cost", "burst"]),
     shared: process.env.CTH_SHARED_DIR ?? resolve(ROOT, "../shared/bench"),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -318,6 +319,63 @@ function costGoals(counts: CostCounts): Goal[] {
   }));
 }
 
+function burstGoals(result: BurstResult): Goal[] {
+  const size = `${result.notifications} notifications over ${result.routers} routers from ${result.clients} clients (${result.backend})`;
+  if (result.skipped) {
+    const goal = "drain <= 10 s after the last 202";
+    return [{ name: `burst: ${size}`, measured: "skipped", baseline: "-", ratio: "-", goal, met: undefined }];
+  }
+  const replay = result.replay;
+  const replayOk =
+    replay !== undefined &&
+    replay.statuses["202"] === result.notifications &&
+    replay.differing === 0 &&
+    replay.moved.length === 0 &&
+    replay.appliesDelta === 0 &&
+    replay.messagesDelta === 0;
+  const allTaken = result.statuses["202"] === result.notifications;
+  const converged =
+    result.converged &&
+    result.notAtLastRevision.length === 0 &&
+    result.desiredMismatch.length === 0 &&
+    result.kernelMismatch.length === 0;
+  const dlqEmpty = result.dlq.node === 0 && result.dlq.status === 0;
+  return [
+    {
+      name: `burst: ${size}, end to end against intake`,
+      measured: `end to end ${fmt(result.endToEndPerSecond, "/s")}; drained ${fmt(result.drainSeconds, " s")} after the last 202 (queue empty after ${fmt(result.queueEmptySeconds, " s")}; peak ${result.peakQueued} queued, ${result.queuedAtLast202} at the last 202)`,
+      baseline: `intake ${fmt(result.intakePerSecond, "/s")} (${fmt(result.intakeSeconds, " s")}, ${result.retries} retries); POST p50 ${fmt(result.post.p50Ms, " ms")}, p99 ${fmt(result.post.p99Ms, " ms")}`,
+      ratio: `${fmt(result.endToEndPerSecond / result.intakePerSecond, "x")} of intake`,
+      goal: "drain <= 10 s after the last 202",
+      met: result.converged && result.drainSeconds <= 10,
+    },
+    {
+      name: `burst: 202 -> rule in the kernel (${result.latency.samples} samples from rule monitors)`,
+      measured: `p50 ${fmt(result.latency.p50Ms, " ms")}, p99 ${fmt(result.latency.p99Ms, " ms")}, max ${fmt(result.latency.maxMs, " ms")}`,
+      baseline: `POST p50 ${fmt(result.post.p50Ms, " ms")}, p99 ${fmt(result.post.p99Ms, " ms")}`,
+      ratio: `p99 ${fmt(result.latency.p99Ms / result.post.p99Ms, "x")} POST p99`,
+      goal: "(reported)",
+      met: undefined,
+    },
+    {
+      name: "burst: agent applies per notification",
+      measured: `${fmt(result.appliesPerNotification)} (${result.applies.changed} changed, ${result.applies.unchanged} unchanged; messages ${JSON.stringify(result.messages)})`,
+      baseline: `1 per notification without coalescing; ${result.routers} at the least (one per router)`,
+      ratio: fmt(result.appliesPerNotification, "x"),
+      goal: "(reported; coalescing shows as well below 1)",
+      met: undefined,
+    },
+    {
+      name: "burst: all taken, every router at its last revision, DLQs empty, replay changes nothing",
+      measured: `202s ${JSON.stringify(result.statuses)}; ${result.notAtLastRevision.length} behind, ${result.kernelMismatch.length} namespaces differ; DLQs ${result.dlq.node}/${result.dlq.status}; replay ${replay ? `${JSON.stringify(replay.statuses)}, ${replay.differing} answers differ, ${replay.moved.length} routers moved, ${replay.appliesDelta} applies` : "not run (not converged)"}`,
+      baseline: `registration ${fmt(result.registerSeconds, " s")} (each router with one helper)`,
+      ratio: "-",
+      goal: "all yes",
+      met: allTaken && converged && dlqEmpty && replayOk,
+    },
+  ];
+}
+
 function table(goals: readonly Goal[]): string {
   const header = ["benchmark", "measured", "same-run baseline", "ratio", "goal", "met"];
   const cells = goals.map((g) => [
@@ -442,6 +500,18 @@ async function main(): Promise<void> {
     const counts = await benchCostCounts({ notifications: flags.quick ? 10 : 50, log });
     result.costCounts = counts;
     goals.push(...costGoals(counts));
+  }
+  if (flags.only.has("burst")) {
+    const size = flags.quick
+      ? { routers: 100, notifications: 1_000, clients: 20 }
+      : { routers: 1_000, notifications: 10_000, clients: 50 };
+    log(
+      `a burst on the local stack: ${size.notifications} notifications, ${size.routers} routers, ${size.clients} clients ...`,
+    );
+    const burst = await benchBurst({ root: ROOT, ...size, log });
+    result.burst = burst;
+    if (burst.skipped) log(`  burst skipped: ${burst.skipped}`);
+    goals.push(...burstGoals(burst));
   }
   result.goals = goals;
   // The last run is kept for RESULTS.md (bench/out is ignored by git).
