@@ -4,6 +4,7 @@
  * transaction at a time per router (poll loop and drift timer share its lock); different routers proceed in
  * parallel.
  */
+import { setTimeout } from "node:timers/promises";
 import type { Logger } from "pino";
 import { helperSetDigest } from "../lib/digest.ts";
 import type { StatusSink } from "../lib/ports.ts";
@@ -440,14 +441,21 @@ export class AgentCore {
    * them out of band. The first pass of this process also clears each namespace of what a former backend
    * owns there (an agent whose state was lost when `--backend` changed). Returns the routers repaired.
    */
-  async checkDrift(): Promise<string[]> {
+  async checkDrift(pace: DriftPace = {}): Promise<string[]> {
     // One drift pass at a time; a timer tick during a long pass is skipped, not queued.
     if (this.drifting) return [];
     this.drifting = true;
     const repaired: string[] = [];
     const { backend, logger, metrics, state } = this.options;
+    const { spreadMs = 0, signal, sleep = abortableSleep } = pace;
     try {
-      for (const [routerId] of state.entries()) {
+      const routers = state.entries();
+      // Spread evenly: a node of 1,000 namespaces is checked a few at a time, not in one burst of processes.
+      const step = routers.length > 1 ? spreadMs / routers.length : 0;
+      for (const [index, [routerId]] of routers.entries()) {
+        if (signal?.aborted) break;
+        if (index > 0 && step > 0) await sleep(step, signal);
+        if (signal?.aborted) break;
         // The lock is taken per router, so snapshots from the queue are not held up by a whole pass.
         await this.exclusive(routerId, async () => {
           const last = state.get(routerId);
@@ -486,6 +494,17 @@ export class AgentCore {
     return repaired;
   }
 }
+
+/** How a drift pass is paced: `spreadMs` spread evenly between its routers; stopped by `signal`. */
+export interface DriftPace {
+  readonly spreadMs?: number;
+  readonly signal?: AbortSignal | undefined;
+  /** Injected by tests; resolves early when `signal` aborts. */
+  readonly sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+}
+
+const abortableSleep = (ms: number, signal?: AbortSignal): Promise<void> =>
+  setTimeout(ms, undefined, { signal }).catch(() => undefined);
 
 /** One router's snapshot, placed on this host. */
 interface Target {

@@ -131,8 +131,12 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
   // Repair first what may have drifted while the agent was down, then poll.
   await core.checkDrift();
   poller.start();
+  // A periodic pass spreads its namespaces over half the interval: never a burst, always done before the next.
+  const stopping = new AbortController();
   const drift = setInterval(() => {
-    core.checkDrift().catch((error: unknown) => logger.error({ err: error }, "drift check failed"));
+    core
+      .checkDrift({ spreadMs: (deps.driftIntervalSeconds * 1000) / 2, signal: stopping.signal })
+      .catch((error: unknown) => logger.error({ err: error }, "drift check failed"));
   }, deps.driftIntervalSeconds * 1000);
   logger.info(
     {
@@ -150,6 +154,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
     metricsPort: served?.port,
     async stop() {
       clearInterval(drift);
+      stopping.abort();
       await poller.stop();
       await core.idle();
       backend.close();

@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { ApplyFailedError } from "../../agent/backend.ts";
 import { AgentCore, coalesce } from "../../agent/core.ts";
 import { MemoryIptables } from "../../agent/iptables/memory.ts";
@@ -372,6 +372,34 @@ describe("agent core (in-memory iptables model)", () => {
     expect(await owned(ns, "ipv4")).toEqual(expected);
     expect(await core.checkDrift()).toEqual([]);
     expect(await metrics.registry.getSingleMetricAsString("cth_agent_drift_repairs_total")).toContain(" 1");
+  });
+
+  it("drift: a paced pass spreads its routers evenly over the spread, and stops when told", async () => {
+    const core = makeCore();
+    const routers = [routerId, randomUUID(), randomUUID(), randomUUID()];
+    for (const id of routers.slice(1)) await iptables.createNamespace(`qrouter-${id}`);
+    for (const id of routers) await core.apply(snapshot(id, 1, [helper("ftp", "tcp", 21)]));
+    const reads = vi.spyOn(iptables, "save");
+    const timeline: string[] = [];
+    const sleep = async (ms: number) => {
+      timeline.push(`sleep ${ms} after ${reads.mock.calls.length} reads`);
+    };
+    expect(await core.checkDrift({ spreadMs: 1_000, sleep })).toEqual([]);
+    const perRouter = reads.mock.calls.length / routers.length;
+    expect(perRouter).toBeGreaterThan(0);
+    expect(timeline).toEqual([1, 2, 3].map((n) => `sleep 250 after ${n * perRouter} reads`));
+
+    reads.mockClear();
+    const stop = new AbortController();
+    let sleeps = 0;
+    await core.checkDrift({
+      spreadMs: 1_000,
+      signal: stop.signal,
+      sleep: async () => {
+        if (++sleeps === 2) stop.abort();
+      },
+    });
+    expect(reads.mock.calls.length).toBe(2 * perRouter);
   });
 
   it("a table changed behind the agent's back between applies is still converged (stale read-back view)", async () => {
