@@ -7,6 +7,7 @@
 import type { SendMessageBatchRequestEntry } from "@aws-sdk/client-sqs";
 import { KERNEL_HELPERS } from "../catalog.ts";
 import type { Limits } from "../config.ts";
+import type { ReplicaContent } from "../ports.ts";
 import { FIELD_LIMITS } from "../schemas/field-limits.ts";
 import { type ApplyError, MAX_BINDINGS, namespaceKind, type RouterSyncMessage } from "../schemas/index.ts";
 import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE } from "../signing.ts";
@@ -86,8 +87,7 @@ const longest = (values: readonly string[]): number =>
 /** Stored and queued helpers carry the catalog's canonical name. */
 const HELPER_NAME = longest(KERNEL_HELPERS.map((spec) => spec.name));
 const NAMESPACE = longest(namespaceKind.options);
-/** The longest ReplicaContent ("match", "partial", "mismatch", "behind"). */
-const CONTENT = longest(["mismatch"]);
+const CONTENT = longest(["match", "partial", "mismatch", "behind"] satisfies ReplicaContent[]);
 
 const named = (name: string, value: number): number => Buffer.byteLength(name, "utf8") + value;
 /** A map of these (name, value size) entries. */
