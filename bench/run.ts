@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold,sweep,cost,burst] [--shared DIR]`
+ * `npm run bench [-- --json] [--quick] [--skip-neutron] [--only apply,backends,handler,e2e,replicas,cold,sweep,cost,burst,node] [--shared DIR]`
  * Every figure comes with the baseline measured in the same run and the ratio against the goal.
  * The shared dir (restore_floor.sh, neutron_cth_bench.py) defaults to ../shared beside the repo
  * (CTH_SHARED_DIR or --shared to override).
@@ -7,7 +7,7 @@
 
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { type ApplyRow, benchAgentApply, neutronAvailable } from "./agent-apply.ts";
 import { benchBackends, type FloorRow, type NodeRow } from "./backends.ts";
 import { type BurstResult, benchBurst } from "./burst.ts";
@@ -22,6 +22,7 @@ import {
   type ObservabilityRow,
   type SigningRow,
 } from "./handler.ts";
+import { benchNodeScale, benchStateBytes, type NodeScaleRow, type StateBytesRow } from "./node-scale.ts";
 import { benchReconcileScale, type SweepRow } from "./reconcile-scale.ts";
 import { benchReplicas, type ReplicasResult } from "./replicas.ts";
 import { fmt, run } from "./stats.ts";
@@ -41,7 +42,18 @@ function parseFlags(argv: readonly string[]): Flags {
     json: false,
     quick: false,
     skipNeutron: false,
-    only: new Set(["apply", "backends", "handler", "e2e", "replicas", "cold", "sweep", "cost", "burst"]),
+    only: new Set([
+      "apply",
+      "backends",
+      "handler",
+      "e2e",
+      "replicas",
+      "cold",
+      "sweep",
+      "cost",
+      "burst",
+      "node",
+    ]),
     shared: process.env.CTH_SHARED_DIR ?? resolve(ROOT, "../shared/bench"),
   };
   for (let i = 0; i < argv.length; i++) {
@@ -343,7 +355,7 @@ function burstGoals(result: BurstResult): Goal[] {
   return [
     {
       name: `burst: ${size}, end to end against intake`,
-      measured: `end to end ${fmt(result.endToEndPerSecond, "/s")}; drained ${fmt(result.drainSeconds, " s")} after the last 202 (queue empty after ${fmt(result.queueEmptySeconds, " s")}; peak ${result.peakQueued} queued, ${result.queuedAtLast202} at the last 202)`,
+      measured: `end to end ${fmt(result.endToEndPerSecond, "/s")}; drained ${fmt(result.drainSeconds, " s")} after the last 202 (queue empty after ${fmt(result.queueEmptySeconds, " s")}; peak ${result.peakQueued} queued, ${result.queuedAtLast202} at the last 202); CPU s: stack ${fmt(result.cpu.stack)}, agent ${fmt(result.cpu.agent)}; load ${fmt(result.loadAverage)}`,
       baseline: `intake ${fmt(result.intakePerSecond, "/s")} (${fmt(result.intakeSeconds, " s")}, ${result.retries} retries); POST p50 ${fmt(result.post.p50Ms, " ms")}, p99 ${fmt(result.post.p99Ms, " ms")}`,
       ratio: `${fmt(result.endToEndPerSecond / result.intakePerSecond, "x")} of intake`,
       goal: "drain <= 10 s after the last 202",
@@ -351,7 +363,7 @@ function burstGoals(result: BurstResult): Goal[] {
     },
     {
       name: `burst: 202 -> rule in the kernel (${result.latency.samples} samples from rule monitors)`,
-      measured: `p50 ${fmt(result.latency.p50Ms, " ms")}, p99 ${fmt(result.latency.p99Ms, " ms")}, max ${fmt(result.latency.maxMs, " ms")}`,
+      measured: `p50 ${fmt(result.latency.p50Ms, " ms")}, p99 ${fmt(result.latency.p99Ms, " ms")}, max ${fmt(result.latency.maxMs, " ms")} (a rule committed before its 202 arrived counts 0); POST sent -> kernel p50 ${fmt(result.latency.fromSendP50Ms, " ms")}, p99 ${fmt(result.latency.fromSendP99Ms, " ms")}`,
       baseline: `POST p50 ${fmt(result.post.p50Ms, " ms")}, p99 ${fmt(result.post.p99Ms, " ms")}`,
       ratio: `p99 ${fmt(result.latency.p99Ms / result.post.p99Ms, "x")} POST p99`,
       goal: "(reported)",
@@ -374,6 +386,46 @@ function burstGoals(result: BurstResult): Goal[] {
       met: allTaken && converged && dlqEmpty && replayOk,
     },
   ];
+}
+
+/** Node scale against Neutron's per-router time x routers; the best concurrency per backend is the one judged. */
+function nodeScaleGoals(rows: readonly NodeScaleRow[], neutronPerRouterSeconds: number | undefined): Goal[] {
+  const best = new Map<string, NodeScaleRow>();
+  for (const row of rows) {
+    const held = best.get(row.backend);
+    if (!held || row.seconds < held.seconds) best.set(row.backend, row);
+  }
+  return rows.map((row) => {
+    const neutron = neutronPerRouterSeconds === undefined ? undefined : neutronPerRouterSeconds * row.routers;
+    const speedup = neutron === undefined ? undefined : neutron / row.seconds;
+    const judged = best.get(row.backend) === row;
+    return {
+      name: `node cold start: agent process, empty state, ${row.routers} routers x 2 helpers queued, ${row.backend}, apply concurrency ${row.concurrency}${judged ? " (best)" : ""}`,
+      measured: `${fmt(row.seconds, " s")} (first apply at ${fmt(row.firstAppliedSeconds, " s")}); agent RSS ${fmt(row.agentRssMiB, " MiB")}, command helper ${fmt(row.helperRssMiB ?? Number.NaN, " MiB")}; state dir ${fmt(row.stateBytes / 1024, " KiB")}; ${row.verified.held}/${row.verified.read} namespaces read back`,
+      baseline:
+        neutron === undefined
+          ? "Neutron not run"
+          : `Neutron ${fmt(neutronPerRouterSeconds! * 1000, " ms")}/router (--routers 100) x ${row.routers} = ${fmt(neutron, " s")}`,
+      ratio: speedup === undefined ? "-" : `${fmt(speedup, "x")} faster than Neutron`,
+      goal: ">= 50x faster than Neutron; agent RSS <= 150 MiB; every namespace read back",
+      met:
+        row.verified.held === row.verified.read &&
+        row.agentRssMiB <= 150 &&
+        (speedup === undefined || !judged ? undefined : speedup >= 50),
+    };
+  });
+}
+
+function stateBytesGoals(rows: readonly StateBytesRow[]): Goal[] {
+  const small = rows.find((row) => row.routers === Math.min(...rows.map((r) => r.routers)));
+  return rows.map((row) => ({
+    name: `agent state bytes per snapshot on a node of ${row.routers} routers (${row.changes} snapshots, kept, applied, cleared)`,
+    measured: `${fmt(row.bytesPerChange, " B")}`,
+    baseline: `${small ? `${fmt(small.bytesPerChange, " B")} at ${small.routers} routers; ` : ""}a whole-map rewrite: ${fmt(row.wholeMapBytes / 1024, " KiB")}`,
+    ratio: small ? `${fmt(row.bytesPerChange / small.bytesPerChange, "x")} the small node's` : "-",
+    goal: "<= 10x those at 10 routers",
+    met: small ? row.bytesPerChange <= 10 * small.bytesPerChange : undefined,
+  }));
 }
 
 function table(goals: readonly Goal[]): string {
@@ -512,6 +564,33 @@ async function main(): Promise<void> {
     result.burst = burst;
     if (burst.skipped) log(`  burst skipped: ${burst.skipped}`);
     goals.push(...burstGoals(burst));
+  }
+  if (flags.only.has("node")) {
+    log("a busy network node: the agent's cold start on 1,000 routers, its state bytes ...");
+    const states = [await benchStateBytes(10, 500), await benchStateBytes(1_000, 500)];
+    result.stateBytes = states;
+    goals.push(...stateBytesGoals(states));
+    let neutronPerRouterSeconds: number | undefined;
+    const neutronMissing =
+      flags.skipNeutron || flags.quick ? "skipped" : await neutronAvailable(flags.shared);
+    if (neutronMissing === undefined) {
+      log("  neutron 2 --routers 100 (about 15 s) ...");
+      const { stdout } = await run(join(flags.shared, "neutron_cth_bench.py"), ["2", "--routers", "100"], {
+        timeoutMs: 900_000,
+      });
+      neutronPerRouterSeconds =
+        (JSON.parse(stdout.trim().split("\n").pop() ?? "{}") as { seconds: number }).seconds / 100;
+    } else log(`  Neutron not run: ${neutronMissing}`);
+    const rows = await benchNodeScale({
+      root: ROOT,
+      routers: flags.quick ? 200 : 1_000,
+      backends: ["nftables", "iptables"],
+      concurrencies: flags.quick ? [4] : [2, 4, 8],
+      verifySample: flags.quick ? 200 : 1_000,
+      log,
+    });
+    result.nodeScale = { neutronPerRouterSeconds, rows };
+    goals.push(...nodeScaleGoals(rows, neutronPerRouterSeconds));
   }
   result.goals = goals;
   // The last run is kept for RESULTS.md (bench/out is ignored by git).
