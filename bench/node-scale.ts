@@ -62,7 +62,7 @@ export interface NodeScaleOptions {
   readonly root: string;
   readonly routers: number;
   readonly backends: readonly NodeScaleBackend[];
-  readonly concurrencies: readonly number[];
+  readonly concurrencyLevels: readonly number[];
   /** Namespaces read back at the end of each run (all when >= routers). */
   readonly verifySample: number;
   readonly log: (line: string) => void;
@@ -188,7 +188,7 @@ export async function benchNodeScale(options: NodeScaleOptions): Promise<NodeSca
     const key = testKey("bench-node-scale");
     const keys = verifyKeysDir(key);
     for (const backend of options.backends) {
-      for (const concurrency of options.concurrencies) {
+      for (const concurrency of options.concurrencyLevels) {
         const node = `scale-${backend}-${concurrency}-${randomUUID().slice(0, 4)}`;
         const { url } = await emu.createNodeQueue(node);
         const status = await emu.createStatusQueue(`cth-${node}-status`);

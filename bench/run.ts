@@ -585,7 +585,7 @@ async function main(): Promise<void> {
       root: ROOT,
       routers: flags.quick ? 200 : 1_000,
       backends: ["nftables", "iptables"],
-      concurrencies: flags.quick ? [4] : [2, 4, 8],
+      concurrencyLevels: flags.quick ? [4] : [2, 4, 8],
       verifySample: flags.quick ? 200 : 1_000,
       log,
     });

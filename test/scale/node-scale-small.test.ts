@@ -17,7 +17,7 @@ describeKernel("node scale, small: the agent process's cold start on 20 routers"
       root: ROOT,
       routers: 20,
       backends: ["nftables", "iptables"],
-      concurrencies: [2],
+      concurrencyLevels: [2],
       verifySample: 20,
       log: () => undefined,
     });
