@@ -10,6 +10,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { GetQueueAttributesCommand, SQSClient } from "@aws-sdk/client-sqs";
 import pLimit from "p-limit";
@@ -32,6 +33,11 @@ export interface BurstOptions {
   readonly backend?: "nftables" | "iptables";
   /** Routers whose namespace a rule monitor watches for the latency sample (default min(routers, 25)). */
   readonly sampleRouters?: number;
+  /**
+   * The stack's reconciler period (default 300 s, the deployed schedule). The local default of 10 s re-sends
+   * every router still behind on each sweep, which in a burst is nearly all of them.
+   */
+  readonly reconcileSeconds?: number;
   /** Everything, stack start to stop, within this (default: from the sizes). */
   readonly deadlineMs?: number;
   readonly log: (line: string) => void;
@@ -43,6 +49,8 @@ export interface BacklogSample {
   readonly t: number;
   /** Node `local`'s command queue: visible, in flight and delayed. */
   readonly queued: number;
+  /** Node `local`'s status queue (the agent's reports, waiting for the status function). */
+  readonly statusQueued: number;
   /** The agent's cth_agent_applies_total so far, counted from the burst's start. */
   readonly applies: number;
   readonly accepted: number;
@@ -89,6 +97,9 @@ export interface BurstResult {
     readonly p50Ms: number;
     readonly p99Ms: number;
     readonly maxMs: number;
+    /** From the POST sent (not its 202) to the rule committed. */
+    readonly fromSendP50Ms: number;
+    readonly fromSendP99Ms: number;
   };
   /** POST -> its final answer (retries included). */
   readonly post: { readonly p50Ms: number; readonly p99Ms: number };
@@ -99,6 +110,13 @@ export interface BurstResult {
   /** cth_agent_messages_total by outcome (superseded, stale, duplicate, ...). */
   readonly messages: Record<string, number>;
   readonly peakQueued: number;
+  /**
+   * CPU seconds from the burst's first POST to convergence: the stack's process (gateway, functions,
+   * emulators, status consumer, reconciler: one Node thread) and the agent's (its command helpers apart).
+   */
+  readonly cpu: { readonly stack: number; readonly agent: number };
+  /** The machine's 1-minute load average at the end of the drain (other work on the same cores). */
+  readonly loadAverage: number;
   readonly queuedAtLast202: number;
   readonly backlog: readonly BacklogSample[];
   readonly dlq: { readonly node: number; readonly status: number };
@@ -112,6 +130,8 @@ export interface BurstResult {
 }
 
 const catalog = new HelperCatalog();
+/** USER_HZ: what Linux reports /proc/<pid>/stat times in, 100 on every architecture Node runs on. */
+const CLOCK_TICKS = 100;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 /** Retries of one POST answered 429 or 503 (with the same Idempotency-Key, so a repeat is safe). */
 const MAX_ATTEMPTS = 30;
@@ -159,6 +179,17 @@ function counter(page: string, name: string, label?: string): Record<string, num
     sums[key] = (sums[key] ?? 0) + Number(line.split(" ").pop());
   }
   return sums;
+}
+
+/** User + system CPU seconds of a process so far, from /proc (NaN when it is gone). */
+function cpuSeconds(pid: number | undefined): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    // User and system time are fields 14 and 15 of proc_pid_stat(5), counted here from the state field (3).
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 const sum = (values: Record<string, number>): number => Object.values(values).reduce((a, b) => a + b, 0);
@@ -251,13 +282,22 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
     endToEndPerSecond: Number.NaN,
     drainSeconds: Number.NaN,
     queueEmptySeconds: Number.NaN,
-    latency: { samples: 0, p50Ms: Number.NaN, p99Ms: Number.NaN, maxMs: Number.NaN },
+    latency: {
+      samples: 0,
+      p50Ms: Number.NaN,
+      p99Ms: Number.NaN,
+      maxMs: Number.NaN,
+      fromSendP50Ms: Number.NaN,
+      fromSendP99Ms: Number.NaN,
+    },
     post: { p50Ms: Number.NaN, p99Ms: Number.NaN },
     applies: { changed: 0, unchanged: 0 },
     appliesPerNotification: Number.NaN,
     applyFailures: 0,
     messages: {},
     peakQueued: 0,
+    cpu: { stack: Number.NaN, agent: Number.NaN },
+    loadAverage: Number.NaN,
     queuedAtLast202: 0,
     backlog: [],
     dlq: { node: Number.NaN, status: Number.NaN },
@@ -267,7 +307,7 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
   };
   const missing = stackMissing(options.root);
   if (missing) return { ...empty, skipped: missing };
-  const deadlineMs = options.deadlineMs ?? 180_000 + routerCount * 150 + notifications * 40;
+  const deadlineMs = options.deadlineMs ?? 180_000 + routerCount * 200 + notifications * 120;
   const deadline = Date.now() + deadlineMs;
   const left = () => deadline - Date.now();
   const check = (phase: string) => {
@@ -275,7 +315,11 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
   };
   const metricsPort = await freePort();
   const stack = await startStackChild(options.root, {
-    env: { CTH_LOCAL_BACKEND: backendWanted, CTH_LOCAL_METRICS_PORT: String(metricsPort) },
+    env: {
+      CTH_LOCAL_BACKEND: backendWanted,
+      CTH_LOCAL_METRICS_PORT: String(metricsPort),
+      CTH_LOCAL_RECONCILE_SECONDS: String(options.reconcileSeconds ?? 300),
+    },
   });
   const monitors: RuleMonitor[] = [];
   const info = JSON.parse(readFileSync(join(stack.dir, "stack.json"), "utf8")) as StackInfo;
@@ -387,6 +431,7 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
       monitorOf.set(routerId, monitor);
     }
     const before = await agentCounters(metricsPort);
+    const cpuBefore = { stack: cpuSeconds(stack.pid), agent: cpuSeconds(info.agentPid) };
 
     // 2. The burst. Bodies and keys are kept for the replay; each key's first answer too.
     const bodies = Array.from({ length: notifications }, (_, n) =>
@@ -396,6 +441,8 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
     const answers: { status: number; text: string }[] = new Array(notifications);
     const statuses: Record<string, number> = {};
     const latencies: number[] = [];
+    /** From a sampled notification's first POST to its rule in the kernel. */
+    const fromSend: number[] = [];
     /** Each notification's time from its first POST to its final answer. */
     const posts: number[] = [];
     const unseen: string[] = [];
@@ -410,17 +457,18 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
     const sampler = (async () => {
       let lastLog = 0;
       while (!sampling.stop) {
-        const [queued, counters] = await Promise.all([
+        const [queued, statusQueued, counters] = await Promise.all([
           depth(sqs, info.queues.node),
+          depth(sqs, info.queues.status),
           agentCounters(metricsPort),
-        ]).catch(() => [Number.NaN, undefined] as const);
+        ]).catch(() => [Number.NaN, Number.NaN, undefined] as const);
         const t = (performance.now() - started) / 1000;
         const applies = counters ? sum(counters.applies) - sum(before.applies) : Number.NaN;
-        backlog.push({ t, queued, applies, accepted });
+        backlog.push({ t, queued, statusQueued, applies, accepted });
         if (t - lastLog >= 5) {
           lastLog = t;
           log(
-            `  t=${t.toFixed(0)} s: ${accepted}/${notifications} accepted, ${queued} queued, ${applies} applies`,
+            `  t=${t.toFixed(0)} s: ${accepted}/${notifications} accepted, ${queued} queued, ${applies} applies, ${statusQueued} reports queued`,
           );
         }
         await sleep(500);
@@ -453,7 +501,10 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
             if (monitor) {
               watching.push(
                 monitor.seen(helper.id, Math.max(1_000, left())).then(
-                  (seenAt) => void latencies.push(Math.max(0, seenAt - at)),
+                  (seenAt) => {
+                    latencies.push(Math.max(0, seenAt - at));
+                    fromSend.push(seenAt - sent);
+                  },
                   () => void unseen.push(helper.id),
                 ),
               );
@@ -467,25 +518,38 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
         `  ${accepted}/${notifications} accepted in ${intakeSeconds.toFixed(1)} s (${retries - burstRetries} retries), ${queuedAtLast202} queued`,
       );
 
-      // 3. The drain: every router in sync at its last 202's revision (the listing until none of ours is left).
+      // 3. The drain: every router in sync at its last 202's revision (the listing until none of ours is
+      // left). The listing is read when both queues are empty, or every 2 s, so that reading it does not
+      // slow the status function it waits for.
       let converged = false;
       let convergedAt = Number.NaN;
       let queueEmptyAt = queuedAtLast202 === 0 ? performance.now() : Number.NaN;
+      let listedAt = 0;
       while (left() > 0) {
-        if (Number.isNaN(queueEmptyAt) && (await depth(sqs, info.queues.node)) === 0)
-          queueEmptyAt = performance.now();
-        if ((await outOfSync()).size === 0) {
-          converged = true;
-          convergedAt = performance.now();
-          break;
+        const [queued, reports] = await Promise.all([
+          depth(sqs, info.queues.node),
+          depth(sqs, info.queues.status),
+        ]);
+        if (Number.isNaN(queueEmptyAt) && queued === 0) queueEmptyAt = performance.now();
+        if ((queued === 0 && reports === 0) || performance.now() - listedAt > 2_000) {
+          listedAt = performance.now();
+          if ((await outOfSync()).size === 0) {
+            converged = true;
+            convergedAt = performance.now();
+            break;
+          }
         }
-        await sleep(250);
+        await sleep(100);
       }
       sampling.stop = true;
       await sampler;
       await Promise.race([Promise.all(watching), sleep(Math.max(0, Math.min(left(), 30_000)))]);
       for (const monitor of monitors.splice(0)) monitor.stop();
       const after = await agentCounters(metricsPort);
+      const cpu = {
+        stack: cpuSeconds(stack.pid) - cpuBefore.stack,
+        agent: cpuSeconds(info.agentPid) - cpuBefore.agent,
+      };
       const endToEndSeconds = (convergedAt - started) / 1000;
       const drainSeconds = (convergedAt - last202) / 1000;
       log(
@@ -568,6 +632,8 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
           p50Ms: summarize(latencies).p50,
           p99Ms: summarize(latencies).p99,
           maxMs: latencies.length ? Math.max(...latencies) : Number.NaN,
+          fromSendP50Ms: summarize(fromSend).p50,
+          fromSendP99Ms: summarize(fromSend).p99,
         },
         post: { p50Ms: summarize(posts).p50, p99Ms: summarize(posts).p99 },
         applies: { changed: burstApplies.changed ?? 0, unchanged: burstApplies.unchanged ?? 0 },
@@ -576,6 +642,8 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
         messages: delta(after.messages, before.messages),
         peakQueued: Math.max(0, ...backlog.map((sample) => sample.queued).filter(Number.isFinite)),
         queuedAtLast202,
+        cpu,
+        loadAverage: loadavg()[0]!,
         backlog,
         dlq,
         notAtLastRevision,
