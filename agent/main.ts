@@ -157,6 +157,7 @@ export async function startAgent(deps: AgentDeps): Promise<RunningAgent> {
       stopping.abort();
       await poller.stop();
       await core.idle();
+      await state.close();
       backend.close();
       await served?.close();
       logger.info("agent stopped");

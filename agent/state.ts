@@ -9,7 +9,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants } from "node:fs";
-import { mkdir, open, readdir, rename, unlink } from "node:fs/promises";
+import { type FileHandle, mkdir, open, readdir, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import * as z from "zod/mini";
 import type { HelperRule, NamespaceKind, RouterSyncMessage } from "../lib/schemas/index.ts";
@@ -103,6 +103,7 @@ export class StateStore {
   private journalBytes: number;
   private fileBytes: number;
   private readonly compactFloor: number;
+  private journal: FileHandle | undefined;
   private constructor(
     private readonly path: string,
     private readonly node: string,
@@ -255,15 +256,35 @@ export class StateStore {
 
   private async append(lines: string): Promise<void> {
     this.flushes++;
-    const handle = await open(this.journalPath, APPEND_FLAGS, 0o600);
-    try {
-      if (!(await handle.stat()).isFile()) throw new Error(`${this.journalPath} is not a regular file`);
-      await handle.writeFile(lines);
-      await handle.sync();
-      this.bytes += Buffer.byteLength(lines);
-    } finally {
-      await handle.close();
+    // Opened once per generation (O_NOFOLLOW, checked a regular file) and kept: an append is write + fsync.
+    if (!this.journal) {
+      const handle = await open(this.journalPath, APPEND_FLAGS, 0o600);
+      if (!(await handle.stat()).isFile()) {
+        await handle.close();
+        throw new Error(`${this.journalPath} is not a regular file`);
+      }
+      this.journal = handle;
     }
+    try {
+      await this.journal.appendFile(lines);
+      await this.journal.sync();
+    } catch (error) {
+      await this.closeJournal();
+      throw error;
+    }
+    this.bytes += Buffer.byteLength(lines);
+  }
+
+  private async closeJournal(): Promise<void> {
+    const handle = this.journal;
+    this.journal = undefined;
+    await handle?.close().catch(() => undefined);
+  }
+
+  /** Closes the journal file (the agent's stop; a later change opens it again). */
+  async close(): Promise<void> {
+    await this.writing;
+    await this.closeJournal();
   }
 
   private async compact(): Promise<void> {
@@ -293,6 +314,7 @@ export class StateStore {
     this.bytes += this.fileBytes;
     this.journalBytes = 0;
     // Its lines are of an older generation now; unlink removes a symlink itself, never its target.
+    await this.closeJournal();
     await unlink(this.journalPath).catch((error: NodeJS.ErrnoException) => {
       if (error.code !== "ENOENT") throw error;
     });
