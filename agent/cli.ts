@@ -342,7 +342,10 @@ async function main(): Promise<void> {
     sqs,
     queueUrl: options.queueUrl,
     dlqUrl: options.dlqUrl,
-    status: options.statusQueueUrl ? new SqsStatusSink(sqs, options.statusQueueUrl) : undefined,
+    // 10 ms of gathering: a node applying many routers at once sends its reports ten to a request.
+    status: options.statusQueueUrl
+      ? new SqsStatusSink(sqs, options.statusQueueUrl, { windowMs: 10 })
+      : undefined,
     backend,
     formerBackends,
     verifyKeys,

@@ -1,21 +1,47 @@
-/** StatusSink on SQS: agents' applied reports and resync requests to the status queue (client injected). */
+/**
+ * StatusSink on SQS: agents' applied reports and resync requests to the status queue (client injected).
+ * Reports sent at about the same time (a node applying many routers at once) share one SendMessageBatch:
+ * each send joins the batch being gathered, which goes out after `windowMs` (0: at the end of this turn of
+ * the event loop), or at once when it holds 10 entries or the next would pass SQS's 1 MiB per request.
+ */
 import { createHash, randomUUID } from "node:crypto";
-import { SendMessageCommand, type SQSClient } from "@aws-sdk/client-sqs";
+import {
+  SendMessageBatchCommand,
+  type SendMessageBatchRequestEntry,
+  type SQSClient,
+} from "@aws-sdk/client-sqs";
 import { ServiceUnavailableError } from "../errors.ts";
 import type { StatusSink } from "../ports.ts";
 import type { StatusMessage } from "../schemas/index.ts";
+import { AWS_LIMITS } from "./limits.ts";
+
+export interface StatusSinkOptions {
+  /** How long a batch gathers reports before it is sent. */
+  readonly windowMs: number;
+}
+
+interface Pending {
+  readonly entry: Omit<SendMessageBatchRequestEntry, "Id">;
+  readonly bytes: number;
+  resolve(): void;
+  reject(error: Error): void;
+}
 
 export class SqsStatusSink implements StatusSink {
   private readonly fifo: boolean;
+  private gathering: Pending[] = [];
+  private gatheredBytes = 0;
+  private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
 
   constructor(
     private readonly client: SQSClient,
     private readonly queueUrl: string,
+    private readonly options: StatusSinkOptions = { windowMs: 0 },
   ) {
     this.fifo = queueUrl.endsWith(".fifo");
   }
 
-  async send(message: StatusMessage): Promise<void> {
+  send(message: StatusMessage): Promise<void> {
     const body = JSON.stringify(message);
     // A FIFO status queue orders one router's reports; the body hash makes a re-sent report a duplicate,
     // while every resync request (an agent restart) must get through.
@@ -24,21 +50,66 @@ export class SqsStatusSink implements StatusSink {
       message.kind === "applied"
         ? createHash("sha256").update(body).digest("hex").slice(0, 64)
         : randomUUID();
-    try {
-      await this.client.send(
-        new SendMessageCommand({
-          QueueUrl: this.queueUrl,
-          MessageBody: body,
-          ...(this.fifo
-            ? {
-                MessageGroupId: group,
-                MessageDeduplicationId: dedup,
-              }
-            : {}),
+    const entry = {
+      MessageBody: body,
+      ...(this.fifo ? { MessageGroupId: group, MessageDeduplicationId: dedup } : {}),
+    };
+    const bytes = Buffer.byteLength(body);
+    if (bytes > AWS_LIMITS.sqsMessageBytes) {
+      return Promise.reject(
+        new ServiceUnavailableError("status report over the SQS message size limit", undefined, {
+          cause: new Error(`${bytes} bytes`),
         }),
       );
+    }
+    return new Promise((resolve, reject) => {
+      if (this.gatheredBytes + bytes > AWS_LIMITS.sqsBatchBytes) this.flush();
+      this.gathering.push({ entry, bytes, resolve, reject });
+      this.gatheredBytes += bytes;
+      if (this.gathering.length >= AWS_LIMITS.sqsBatchEntries) this.flush();
+      else
+        this.timer ??=
+          this.options.windowMs > 0
+            ? setTimeout(() => this.flush(), this.options.windowMs)
+            : setImmediate(() => this.flush());
+    });
+  }
+
+  private flush(): void {
+    if (this.timer) {
+      clearTimeout(this.timer as NodeJS.Timeout);
+      clearImmediate(this.timer as NodeJS.Immediate);
+      this.timer = undefined;
+    }
+    const batch = this.gathering;
+    this.gathering = [];
+    this.gatheredBytes = 0;
+    if (batch.length > 0) void this.sendBatch(batch);
+  }
+
+  private async sendBatch(batch: readonly Pending[]): Promise<void> {
+    try {
+      const result = await this.client.send(
+        new SendMessageBatchCommand({
+          QueueUrl: this.queueUrl,
+          Entries: batch.map((pending, index) => ({ ...pending.entry, Id: String(index) })),
+        }),
+      );
+      const failed = new Map((result.Failed ?? []).map((entry) => [entry.Id, entry]));
+      for (const [index, pending] of batch.entries()) {
+        const failure = failed.get(String(index));
+        if (!failure) pending.resolve();
+        else
+          pending.reject(
+            new ServiceUnavailableError("status queue refused a report", undefined, {
+              cause: new Error(`${failure.Code}: ${failure.Message}`),
+            }),
+          );
+      }
     } catch (error) {
-      throw new ServiceUnavailableError("status queue unavailable", undefined, { cause: error });
+      for (const pending of batch) {
+        pending.reject(new ServiceUnavailableError("status queue unavailable", undefined, { cause: error }));
+      }
     }
   }
 }

@@ -69,3 +69,74 @@ describe("SqsStatusSink on fauxqs", () => {
     );
   });
 });
+
+describe("SqsStatusSink batching", () => {
+  let emu: Emulators;
+
+  beforeAll(async () => {
+    emu = await startEmulators();
+  });
+
+  afterAll(async () => {
+    await emu?.stop();
+  });
+
+  const report = (): StatusMessage => ({
+    v: 1,
+    kind: "applied",
+    router_id: randomUUID(),
+    revision: 1,
+    host: "net-1",
+    namespace: "qrouter",
+    digest: helperSetDigest([]),
+    rules: { ipv4: 0, ipv6: 0 },
+    errors: [],
+  });
+
+  it("25 reports sent at once go out in 3 SendMessageBatch requests, every one delivered", async () => {
+    const { url } = await emu.createNodeQueue(`stb-${randomUUID().slice(0, 6)}`);
+    const sqs = emu.clients().sqs;
+    const requests: string[] = [];
+    sqs.middlewareStack.add(
+      (next, context) => async (args) => {
+        requests.push(String(context.commandName));
+        return next(args);
+      },
+      { step: "initialize", name: "countRequests" },
+    );
+    const sink = new SqsStatusSink(sqs, url);
+    const reports = Array.from({ length: 25 }, report);
+    await Promise.all(reports.map((message) => sink.send(message)));
+    expect(requests).toEqual([
+      "SendMessageBatchCommand",
+      "SendMessageBatchCommand",
+      "SendMessageBatchCommand",
+    ]);
+    const delivered = (await emu.drain(url)).map((m) => JSON.parse(m.Body!).router_id).sort();
+    expect(delivered).toEqual(reports.map((message) => (message as { router_id: string }).router_id).sort());
+  });
+
+  it("an entry the queue refuses fails that send only; the others in its batch succeed", async () => {
+    const { mockClient } = await import("aws-sdk-client-mock");
+    const { SendMessageBatchCommand, SQSClient } = await import("@aws-sdk/client-sqs");
+    const sqs = new SQSClient({ region: "us-east-1" });
+    mockClient(sqs)
+      .on(SendMessageBatchCommand)
+      .resolves({
+        Successful: [],
+        Failed: [{ Id: "1", Code: "InternalError", SenderFault: false, Message: "boom" }],
+      });
+    const sink = new SqsStatusSink(sqs, "http://127.0.0.1:1/000000000000/status");
+    const settled = await Promise.allSettled([report(), report(), report()].map((m) => sink.send(m)));
+    expect(settled.map((result) => result.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+    expect((settled[1] as PromiseRejectedResult).reason).toBeInstanceOf(ServiceUnavailableError);
+  });
+
+  it("a report over SQS's message size is refused before any request", async () => {
+    const { url } = await emu.createStatusQueue(`stx-${randomUUID().slice(0, 6)}`);
+    const sink = new SqsStatusSink(emu.clients().sqs, url);
+    const huge = { ...report(), errors: [{ code: "x", message: "y".repeat(1_100_000) }] } as StatusMessage;
+    await expect(sink.send(huge)).rejects.toThrow(/over the SQS message size limit/);
+    expect(await emu.depth(url)).toBe(0);
+  });
+});
