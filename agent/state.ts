@@ -8,9 +8,10 @@
  * this file decides which revisions the agent drops.
  */
 import { randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { type FileHandle, mkdir, open, readdir, rename, unlink } from "node:fs/promises";
+import { close, constants, fstat, fsync, open as openCallback, write } from "node:fs";
+import { mkdir, open, readdir, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import * as z from "zod/mini";
 import type { HelperRule, NamespaceKind, RouterSyncMessage } from "../lib/schemas/index.ts";
 import { namespaceKind, primitives } from "../lib/schemas/index.ts";
@@ -103,7 +104,7 @@ export class StateStore {
   private journalBytes: number;
   private fileBytes: number;
   private readonly compactFloor: number;
-  private journal: FileHandle | undefined;
+  private journal: number | undefined;
   private constructor(
     private readonly path: string,
     private readonly node: string,
@@ -257,17 +258,19 @@ export class StateStore {
   private async append(lines: string): Promise<void> {
     this.flushes++;
     // Opened once per generation (O_NOFOLLOW, checked a regular file) and kept: an append is write + fsync.
-    if (!this.journal) {
-      const handle = await open(this.journalPath, APPEND_FLAGS, 0o600);
-      if (!(await handle.stat()).isFile()) {
-        await handle.close();
+    // A plain descriptor, not a FileHandle: a store dropped without close() must not warn when collected.
+    if (this.journal === undefined) {
+      const fd = await openFd(this.journalPath, APPEND_FLAGS, 0o600);
+      if (!(await fstatFd(fd)).isFile()) {
+        await closeFd(fd);
         throw new Error(`${this.journalPath} is not a regular file`);
       }
-      this.journal = handle;
+      this.journal = fd;
     }
     try {
-      await this.journal.appendFile(lines);
-      await this.journal.sync();
+      const buffer = Buffer.from(lines);
+      for (let done = 0; done < buffer.length; ) done += await writeFd(this.journal, buffer, done);
+      await fsyncFd(this.journal);
     } catch (error) {
       await this.closeJournal();
       throw error;
@@ -276,9 +279,9 @@ export class StateStore {
   }
 
   private async closeJournal(): Promise<void> {
-    const handle = this.journal;
+    const fd = this.journal;
     this.journal = undefined;
-    await handle?.close().catch(() => undefined);
+    if (fd !== undefined) await closeFd(fd).catch(() => undefined);
   }
 
   /** Closes the journal file (the agent's stop; a later change opens it again). */
@@ -359,6 +362,16 @@ export class StateStore {
 }
 
 const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const openFd = promisify(openCallback);
+const fstatFd = promisify(fstat);
+const fsyncFd = promisify(fsync);
+const closeFd = promisify(close);
+const writeFd = (fd: number, buffer: Buffer, offset: number) =>
+  new Promise<number>((resolve, reject) =>
+    write(fd, buffer, offset, buffer.length - offset, null, (error, written) =>
+      error ? reject(error) : resolve(written),
+    ),
+  );
 const APPEND_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | constants.O_NOFOLLOW;
 // O_NONBLOCK: a FIFO planted at the path must not hang the start-up (no effect on a regular file).
 const READ_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK;
