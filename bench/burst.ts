@@ -38,6 +38,11 @@ export interface BurstOptions {
    * every router still behind on each sweep, which in a burst is nearly all of them.
    */
   readonly reconcileSeconds?: number;
+  /**
+   * Concurrent status batches (default 5: Lambda's SQS event source starts with five and scales up; the
+   * stack's default single poller read 4,000 reports behind the agent in a 10,000-notification burst).
+   */
+  readonly statusPollers?: number;
   /** Everything, stack start to stop, within this (default: from the sizes). */
   readonly deadlineMs?: number;
   readonly log: (line: string) => void;
@@ -319,6 +324,7 @@ export async function benchBurst(options: BurstOptions): Promise<BurstResult> {
       CTH_LOCAL_BACKEND: backendWanted,
       CTH_LOCAL_METRICS_PORT: String(metricsPort),
       CTH_LOCAL_RECONCILE_SECONDS: String(options.reconcileSeconds ?? 300),
+      CTH_LOCAL_STATUS_POLLERS: String(options.statusPollers ?? 5),
     },
   });
   const monitors: RuleMonitor[] = [];

@@ -66,6 +66,11 @@ export interface StackOptions {
   readonly dataDir?: string | undefined;
   /** The gateway's throttle (requests per second, bucket depth); default serverless.yml's 50 and 100. */
   readonly throttle?: { readonly rate: number; readonly burst: number };
+  /**
+   * Concurrent batches per status queue (default 1). Lambda's SQS event source runs several at once (five
+   * to start with) and scales up; one serial poller falls behind an agent that reports faster than it reads.
+   */
+  readonly statusPollers?: number;
   readonly print: (line: string) => void;
 }
 
@@ -111,6 +116,13 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv, print: (line: string) => 
         1,
       ),
     },
+    statusPollers: integerSetting(
+      raw(env, "CTH_LOCAL_STATUS_POLLERS"),
+      "CTH_LOCAL_STATUS_POLLERS",
+      1,
+      1,
+      100,
+    ),
     print,
   };
 }
@@ -532,15 +544,17 @@ export async function startStack(options: StackOptions): Promise<RunningStack> {
     // One poller per node status queue, as one Lambda event source mapping per queue: each record carries
     // its queue's real ARN in eventSourceARN.
     consumeStatus = (queue) => {
-      const poller: Poller = startStatusPoller({
-        sqs: clients.sqs,
-        queueUrl: queue.url,
-        queueArn: queue.arn,
-        region: config.region,
-        handler: statusFn.handler,
-        log,
-      });
-      cleanups.push(() => poller.stop());
+      for (let i = 0; i < (options.statusPollers ?? 1); i++) {
+        const poller: Poller = startStatusPoller({
+          sqs: clients.sqs,
+          queueUrl: queue.url,
+          queueArn: queue.arn,
+          region: config.region,
+          handler: statusFn.handler,
+          log,
+        });
+        cleanups.push(() => poller.stop());
+      }
     };
     for (const queue of unconsumed.splice(0)) consumeStatus(queue);
 
