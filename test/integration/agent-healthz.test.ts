@@ -98,7 +98,7 @@ describe("agent /healthz and /metrics against fauxqs", () => {
     expect(body.last_poll_age_seconds).toBeLessThan(30);
   });
 
-  it("logs a snapshot's correlation_id on every line about it (applying, applied, message done)", async () => {
+  it("logs a snapshot's correlation_id on every line about it (taken off the queue, applying, applied)", async () => {
     const queue = await emu.createNodeQueue(`healthz-${randomUUID().slice(0, 6)}`);
     const lines: Record<string, unknown>[] = [];
     const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
@@ -123,10 +123,10 @@ describe("agent /healthz and /metrics against fauxqs", () => {
         MessageAttributes: await signedAttributes(dispatcher, body),
       }),
     );
-    await eventually(async () => (lines.some((line) => line.msg === "message done") ? true : undefined));
+    await eventually(async () => (lines.some((line) => line.msg === "snapshot applied") ? true : undefined));
     const about = lines.filter((line) => line.router_id === routerId);
     expect(about.map((line) => line.msg)).toEqual(
-      expect.arrayContaining(["applying", "snapshot applied", "message done"]),
+      expect.arrayContaining(["message taken off the queue", "applying", "snapshot applied"]),
     );
     for (const line of about)
       expect(line, String(line.msg)).toMatchObject({ correlation_id: "req-observed-1" });

@@ -15,7 +15,7 @@ describe("requests per notification (dynalite, fauxqs)", () => {
     expect(counts.http.sqs.requests).toEqual({ SendMessageBatch: 1 });
     // Powertools' in-progress record and its completion.
     expect(counts.httpIdempotent.dynamo.requests).toEqual({ BatchGetItem: 1, PutItem: 1, UpdateItem: 2 });
-    expect(counts.statusReport.sqs.requests).toEqual({ SendMessage: 1 });
+    expect(counts.statusReport.sqs.requests).toEqual({ SendMessageBatch: 1 });
     expect(counts.status.dynamo.requests).toEqual({ GetItem: 1, UpdateItem: 1 });
     expect(counts.status.sqs.requests).toEqual({});
     // The desired write and the settling report each rewrite the by-host entry (projection ALL) and add or
