@@ -43,6 +43,16 @@ export interface NodeScaleRow {
   readonly agentRssMiB: number;
   /** Peak resident set of its command helper, MiB (undefined: none seen). */
   readonly helperRssMiB: number | undefined;
+  /**
+   * CPU seconds spent until every router was verified: the agent itself, its command helper, the commands the
+   * helper ran (nsenter, nft, iptables-restore...), and this bench process, which hosts the SQS emulator.
+   */
+  readonly cpuSeconds: {
+    readonly agent: number;
+    readonly helper: number;
+    readonly commands: number;
+    readonly emulatorAndBench: number;
+  };
   /** Bytes in the state directory at the end. */
   readonly stateBytes: number;
   /** Namespaces read back at the end holding exactly their two helpers, of those read. */
@@ -125,6 +135,22 @@ function childrenOf(pid: number): number[] {
   }
 }
 
+/** utime+stime and cutime+cstime (reaped children) of a process, in seconds; undefined once it is gone. */
+function cpuSeconds(pid: number): { self: number; children: number } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command (which may hold spaces) start after the last ")".
+    const fields = stat
+      .slice(stat.lastIndexOf(")") + 2)
+      .split(" ")
+      .map(Number);
+    const tick = 100; // USER_HZ on Linux
+    return { self: (fields[11]! + fields[12]!) / tick, children: (fields[13]! + fields[14]!) / tick };
+  } catch {
+    return undefined;
+  }
+}
+
 /** The long-lived `node` child among the agent's children (nsenter and nft come and go). */
 function helperPid(pid: number): number | undefined {
   return childrenOf(pid).find((child) => {
@@ -201,6 +227,7 @@ export async function benchNodeScale(options: NodeScaleOptions): Promise<NodeSca
         const port = await freePort();
         log(`  node scale: ${routers} routers, ${backend}, concurrency ${concurrency}: agent starting ...`);
         const started = performance.now();
+        const benchCpu = process.cpuUsage();
         const agent: ChildProcess = spawn(
           process.execPath,
           [
@@ -249,6 +276,12 @@ export async function benchNodeScale(options: NodeScaleOptions): Promise<NodeSca
         let applied = 0;
         let seconds = Number.NaN;
         let firstApplied: number | undefined;
+        let cpu: NodeScaleRow["cpuSeconds"] = {
+          agent: Number.NaN,
+          helper: Number.NaN,
+          commands: Number.NaN,
+          emulatorAndBench: Number.NaN,
+        };
         let lastLog = started;
         const deadline = started + 600_000;
         try {
@@ -274,6 +307,16 @@ export async function benchNodeScale(options: NodeScaleOptions): Promise<NodeSca
           if (Number.isNaN(seconds))
             throw new Error(`only ${applied} of ${routers} routers applied in 600 s`);
           agentRss = Math.max(agentRss, peakRssMiB(pid) ?? 0);
+          const bench = process.cpuUsage(benchCpu);
+          const agentCpu = cpuSeconds(pid);
+          const helperCpu = helper === undefined ? undefined : cpuSeconds(helper);
+          cpu = {
+            agent: agentCpu?.self ?? Number.NaN,
+            helper: helperCpu?.self ?? 0,
+            // nsenter and the tools are the helper's children (or the agent's, without a helper).
+            commands: (helperCpu?.children ?? 0) + (agentCpu?.children ?? 0),
+            emulatorAndBench: (bench.user + bench.system) / 1e6,
+          };
         } finally {
           agent.kill("SIGTERM");
           await new Promise((resolve) =>
@@ -292,12 +335,13 @@ export async function benchNodeScale(options: NodeScaleOptions): Promise<NodeSca
           firstAppliedSeconds: firstApplied ?? Number.NaN,
           agentRssMiB: agentRss,
           helperRssMiB: helperRss,
+          cpuSeconds: cpu,
           stateBytes: dirBytes(stateDir),
           verified: { held, read: sample.length },
         };
         rows.push(row);
         log(
-          `  node scale: ${routers} routers, ${backend}, concurrency ${concurrency}: ${seconds.toFixed(2)} s, agent RSS ${agentRss.toFixed(0)} MiB, helper ${helperRss?.toFixed(0) ?? "-"} MiB, ${held}/${sample.length} read back`,
+          `  node scale: ${routers} routers, ${backend}, concurrency ${concurrency}: ${seconds.toFixed(2)} s, agent RSS ${agentRss.toFixed(0)} MiB, helper ${helperRss?.toFixed(0) ?? "-"} MiB, CPU s agent ${cpu.agent.toFixed(1)} helper ${cpu.helper.toFixed(1)} commands ${cpu.commands.toFixed(1)} emulator+bench ${cpu.emulatorAndBench.toFixed(1)}, ${held}/${sample.length} read back`,
         );
       }
     }
