@@ -135,7 +135,7 @@ function childrenOf(pid: number): number[] {
   }
 }
 
-/** utime+stime and cutime+cstime (reaped children) of a process, in seconds; undefined once it is gone. */
+/** CPU time of a process and of its reaped children (/proc/PID/stat fields 14 to 17), in seconds; undefined once it is gone. */
 function cpuSeconds(pid: number): { self: number; children: number } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
