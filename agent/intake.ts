@@ -77,11 +77,6 @@ export class Intake {
     return routers.length;
   }
 
-  /** Routers with a snapshot kept and not yet applied. */
-  get backlog(): number {
-    return this.options.state.pendingRouters().length;
-  }
-
   /** Resolves once nothing is being applied (retries waiting on their delay do not count). */
   async idle(): Promise<void> {
     while (this.running.size > 0) await Promise.all([...this.running.values()]);

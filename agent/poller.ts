@@ -132,11 +132,6 @@ export class QueuePoller {
     this.loop = this.run();
   }
 
-  /** Routers with a snapshot taken off the queue and not applied yet. */
-  get backlog(): number {
-    return this.intake.backlog;
-  }
-
   /** Resolves once nothing taken off the queue is being applied (tests, benchmarks). */
   idle(): Promise<void> {
     return this.intake.idle();

@@ -31,7 +31,8 @@ export class SqsStatusSink implements StatusSink {
   private readonly fifo: boolean;
   private gathering: Pending[] = [];
   private gatheredBytes = 0;
-  private timer: NodeJS.Timeout | NodeJS.Immediate | undefined;
+  /** Cancels the pending flush of the batch being gathered. */
+  private cancelFlush: (() => void) | undefined;
 
   constructor(
     private readonly client: SQSClient,
@@ -67,20 +68,22 @@ export class SqsStatusSink implements StatusSink {
       this.gathering.push({ entry, bytes, resolve, reject });
       this.gatheredBytes += bytes;
       if (this.gathering.length >= AWS_LIMITS.sqsBatchEntries) this.flush();
-      else
-        this.timer ??=
-          this.options.windowMs > 0
-            ? setTimeout(() => this.flush(), this.options.windowMs)
-            : setImmediate(() => this.flush());
+      else this.cancelFlush ??= this.scheduleFlush();
     });
   }
 
-  private flush(): void {
-    if (this.timer) {
-      clearTimeout(this.timer as NodeJS.Timeout);
-      clearImmediate(this.timer as NodeJS.Immediate);
-      this.timer = undefined;
+  private scheduleFlush(): () => void {
+    if (this.options.windowMs > 0) {
+      const timer = setTimeout(() => this.flush(), this.options.windowMs);
+      return () => clearTimeout(timer);
     }
+    const immediate = setImmediate(() => this.flush());
+    return () => clearImmediate(immediate);
+  }
+
+  private flush(): void {
+    this.cancelFlush?.();
+    this.cancelFlush = undefined;
     const batch = this.gathering;
     this.gathering = [];
     this.gatheredBytes = 0;
