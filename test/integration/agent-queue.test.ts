@@ -17,7 +17,7 @@ import { SqsStatusSink } from "../../lib/aws/sqs-status-sink.ts";
 import { HelperCatalog } from "../../lib/catalog.ts";
 import { DEFAULT_LIMITS } from "../../lib/config.ts";
 import { helperSetDigest } from "../../lib/digest.ts";
-import type { HelperRule } from "../../lib/schemas/index.ts";
+import type { HelperRule, RouterSyncMessage } from "../../lib/schemas/index.ts";
 import { KEY_ID_ATTRIBUTE, SIGNATURE_ATTRIBUTE } from "../../lib/signing.ts";
 import { iptablesBackend } from "../support/backends.ts";
 import { type Emulators, type QueuePair, startEmulators } from "../support/emulators.ts";
@@ -52,6 +52,34 @@ const counterValue = async (agent: RunningAgent, outcome: string): Promise<numbe
   const text = await agent.metrics.registry.getSingleMetricAsString("cth_agent_messages_total");
   return Number(new RegExp(`outcome="${outcome}"\\} (\\d+)`).exec(text)?.[1] ?? 0);
 };
+
+/** restore() takes a while, like a large table on a busy host. */
+class SlowIptables extends MemoryIptables {
+  delayMs = 0;
+  /** When set, only this namespace is slow. */
+  slowNamespace: string | undefined;
+  started = 0;
+  override async restore(ns: string, family: "ipv4" | "ipv6", text: string): Promise<void> {
+    this.started++;
+    if (this.slowNamespace === undefined || this.slowNamespace === ns)
+      await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+    await super.restore(ns, family, text);
+  }
+}
+
+/** Queues `message` in its router's group, signed by the dispatcher. */
+async function sendSigned(emu: Emulators, queueUrl: string, message: RouterSyncMessage): Promise<void> {
+  const body = JSON.stringify(message);
+  await emu.clients().sqs.send(
+    new SendMessageCommand({
+      QueueUrl: queueUrl,
+      MessageBody: body,
+      MessageGroupId: message.router_id,
+      MessageDeduplicationId: randomUUID(),
+      MessageAttributes: await signedAttributes(dispatcher, body),
+    }),
+  );
+}
 
 describe("agent poll loop on fauxqs", () => {
   let emu: Emulators;
@@ -329,19 +357,6 @@ describe("agent poll loop on fauxqs: slow applies", () => {
   let queue: QueuePair;
   let dir: string;
   let agent: RunningAgent | undefined;
-  /** restore() takes a while, like a large table on a busy host. */
-  class SlowIptables extends MemoryIptables {
-    delayMs = 0;
-    /** When set, only this namespace is slow. */
-    slowNamespace: string | undefined;
-    started = 0;
-    override async restore(ns: string, family: "ipv4" | "ipv6", text: string): Promise<void> {
-      this.started++;
-      if (this.slowNamespace === undefined || this.slowNamespace === ns)
-        await new Promise((resolve) => setTimeout(resolve, this.delayMs));
-      await super.restore(ns, family, text);
-    }
-  }
   const iptables = new SlowIptables();
 
   beforeAll(async () => {
@@ -372,18 +387,8 @@ describe("agent poll loop on fauxqs: slow applies", () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  const sendSnapshot = async (routerId: string, revision: number, helpers: HelperRule[]) => {
-    const body = JSON.stringify(snapshot(routerId, revision, helpers));
-    await emu.clients().sqs.send(
-      new SendMessageCommand({
-        QueueUrl: queue.url,
-        MessageBody: body,
-        MessageGroupId: routerId,
-        MessageDeduplicationId: randomUUID(),
-        MessageAttributes: await signedAttributes(dispatcher, body),
-      }),
-    );
-  };
+  const sendSnapshot = (routerId: string, revision: number, helpers: HelperRule[]) =>
+    sendSigned(emu, queue.url, snapshot(routerId, revision, helpers));
 
   it("a message leaves the queue once its snapshot is kept, while the apply still runs", async () => {
     const routerId = randomUUID();
@@ -490,12 +495,8 @@ describe("agent restart: what was kept and not applied is applied by the next st
   it("a snapshot taken off the queue before a stop is applied after the restart, with no message left", async () => {
     const node = `restart-${randomUUID().slice(0, 6)}`;
     const queue = await emu.createNodeQueue(node);
-    const iptables = new (class extends MemoryIptables {
-      override async restore(ns: string, family: "ipv4" | "ipv6", text: string): Promise<void> {
-        await new Promise((resolve) => setTimeout(resolve, 1_500));
-        await super.restore(ns, family, text);
-      }
-    })();
+    const iptables = new SlowIptables();
+    iptables.delayMs = 1_500;
     const start = () =>
       startAgent({
         node,
@@ -516,16 +517,7 @@ describe("agent restart: what was kept and not applied is applied by the next st
     const [busy, waiting] = [randomUUID(), randomUUID()];
     for (const routerId of [busy, waiting]) {
       await iptables.createNamespace(`qrouter-${routerId}`);
-      const body = JSON.stringify(snapshot(routerId, 3, [helper("ftp", "tcp", 21)]));
-      await emu.clients().sqs.send(
-        new SendMessageCommand({
-          QueueUrl: queue.url,
-          MessageBody: body,
-          MessageGroupId: routerId,
-          MessageDeduplicationId: randomUUID(),
-          MessageAttributes: await signedAttributes(dispatcher, body),
-        }),
-      );
+      await sendSigned(emu, queue.url, snapshot(routerId, 3, [helper("ftp", "tcp", 21)]));
     }
     // One apply slot: one router is being applied while the other waits, both off the queue.
     await eventually(
